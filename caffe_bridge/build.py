@@ -1,0 +1,128 @@
+"""IR -> ``torch.fx.GraphModule``: one ``call_module`` node per Caffe layer."""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from torch import fx, nn
+
+from caffe_bridge.errors import ShapeError
+from caffe_bridge.ir import Layer, Net, load_net
+
+
+def safe_identifier(name: str, taken: set[str]) -> str:
+    """A Python identifier derived from a Caffe name, unique within ``taken`` (which it extends).
+
+    Names never reach generated source as code: anything outside ``[A-Za-z0-9_]`` becomes ``_``.
+    """
+    ident = re.sub(r"\W", "_", name, flags=re.ASCII).strip("_") or "layer"
+    if ident[0].isdigit():
+        ident = f"l_{ident}"
+    if keyword.iskeyword(ident) or ident in {"self", "forward", "training", "to", "cuda"}:
+        ident = f"{ident}_"
+    candidate, k = ident, 1
+    while candidate in taken or hasattr(nn.Module, candidate):
+        k += 1
+        candidate = f"{ident}_{k}"
+    taken.add(candidate)
+    return candidate
+
+
+def _fusable(first: Layer, second: Layer, uses: Counter[str], keep: set[str]) -> bool:
+    return (
+        len(first.tops) == 1
+        and second.bottoms == first.tops
+        and uses[first.tops[0]] == 1
+        and first.tops[0] not in keep
+    )
+
+
+def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModule:
+    """Assemble the converted layers of ``net`` into an eval-mode GraphModule.
+
+    ``outputs`` are Caffe blob names (their value after the last in-place writer); by default
+    the net's own outputs. One output returns a tensor, several a tuple.
+    """
+    from caffe_bridge import converters  # registers the built-in converters
+
+    converters.load_plugins()
+    registry = converters.REGISTRY
+    out_values = [net.value(n) for n in outputs] if outputs else list(net.outputs)
+    if not out_values:
+        raise ShapeError("the net has no output blob", file=net.source)
+    keep = set(out_values)
+    uses: Counter[str] = Counter(b for layer in net.layers for b in layer.bottoms)
+
+    root = nn.Module()
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    taken: set[str] = set()
+    caffe_names: dict[str, str] = {}
+    layers = list(net.layers)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if layer.type == "Input":
+            for top in layer.tops:
+                env[top] = graph.placeholder(safe_identifier(top, taken))
+            i += 1
+            continue
+        module: nn.Module | None = None
+        produced = layer
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if nxt is not None and _fusable(layer, nxt, uses, keep):
+            fuse = registry.fusion(layer.type, nxt.type)
+            module = fuse(layer, nxt, net) if fuse else None
+            if module is not None:
+                produced = nxt
+                i += 1
+        if module is None:
+            module = registry.convert(layer, net)
+        attr = safe_identifier(produced.name, taken)
+        root.add_module(attr, module)
+        caffe_names[attr] = produced.name
+        node = graph.call_module(attr, tuple(env[b] for b in layer.bottoms))
+        if len(produced.tops) == 1:
+            env[produced.tops[0]] = node
+        else:
+            for k, top in enumerate(produced.tops):
+                env[top] = graph.call_function(_getitem, (node, k))
+        i += 1
+    missing = [v for v in out_values if v not in env]
+    if missing:
+        raise ShapeError(f"requested outputs {missing} are not computed", file=net.source)
+    result = env[out_values[0]] if len(out_values) == 1 else tuple(env[v] for v in out_values)
+    graph.output(result)
+    gm = fx.GraphModule(root, graph, class_name=_class_name(net))
+    gm.caffe_layer_names = caffe_names  # attr -> Caffe layer name, for reports
+    gm.eval()
+    return gm
+
+
+def _getitem(seq: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    return seq[k]
+
+
+def _class_name(net: Net) -> str:
+    ident = re.sub(r"\W", "_", net.name or "CaffeNet", flags=re.ASCII).strip("_") or "CaffeNet"
+    return ident if ident[0].isalpha() else f"Net_{ident}"
+
+
+def convert(
+    prototxt: str | os.PathLike[str] | Net,
+    caffemodel: str | os.PathLike[str] | None = None,
+    *,
+    outputs: Sequence[str] | None = None,
+) -> fx.GraphModule:
+    """Convert a Caffe definition (and weights) to an eval-mode ``torch.fx.GraphModule``.
+
+    ``forward`` takes the net's inputs (NCHW float32) in declaration order and returns its output
+    blob, a tuple when there are several, or the blobs named in ``outputs``.
+    """
+    net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel)
+    return build_module(net, outputs)

@@ -1,0 +1,95 @@
+"""Seeded random weights for any Net, shaped so that numerical checks cannot hide errors.
+
+Used by the tests, the benchmarks and ``caffe2torch demo``. Weights are drawn layer by layer
+while a seeded batch runs through the net, so that every BatchNorm gets the statistics of its
+actual input (times a moving-average factor != 1, as real caffemodels store): activations stay
+O(1), SE gates and softmax outputs are not saturated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from caffe_bridge.ir import Layer, Net, with_weights
+
+BN_FACTOR = 0.999  # the third BatchNorm blob; real files store e.g. 999.98 (open_nsfw)
+
+
+def _fan_in(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape[1:])) if len(shape) > 1 else max(1, shape[0])
+
+
+def _draw(layer: Layer, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random blobs for every non-BatchNorm parameter layer."""
+    blobs: list[np.ndarray] = []
+    for i, shape in enumerate(layer.param_shapes):
+        if layer.type in ("Convolution", "InnerProduct") and i == 0:
+            fan = _fan_in(shape)
+            if layer.type == "InnerProduct" and layer.param.inner_product_param.transpose:
+                fan = shape[0]
+            arr = rng.standard_normal(shape) * np.sqrt(1.0 / fan)
+        elif layer.type == "Deconvolution" and i == 0:
+            arr = rng.standard_normal(shape) * np.sqrt(1.0 / (shape[0] * np.prod(shape[2:])))
+        elif layer.type == "Scale" and i == 0 and len(layer.bottoms) == 1:
+            arr = rng.uniform(0.5, 1.5, shape)  # gamma
+        elif layer.type == "PReLU":
+            arr = rng.uniform(0.05, 0.3, shape)
+        else:  # biases, betas
+            arr = rng.standard_normal(shape) * 0.1
+        blobs.append(arr.astype(np.float32))
+    return blobs
+
+
+def random_inputs(net: Net, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded N(0, 1) inputs for every net input (optionally with another batch size)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in net.inputs.items():
+        s = (batch, *shape[1:]) if batch is not None else shape
+        out[name] = rng.standard_normal(s).astype(np.float32)
+    return out
+
+
+@torch.no_grad()
+def random_weights(
+    net: Net, seed: int = 0, *, calibration_batch: int = 2, bn_factor: float = BN_FACTOR
+) -> dict[str, list[np.ndarray]]:
+    """Seeded weights for every parameter layer of ``net``: layer name -> Caffe blobs."""
+    from caffe_bridge import converters
+
+    rng = np.random.default_rng(seed)
+    inputs = random_inputs(net, seed + 1, batch=calibration_batch)
+    env: dict[str, torch.Tensor] = {}
+    weights: dict[str, list[np.ndarray]] = {}
+    for layer in net.layers:
+        if layer.type == "Input":
+            for top, caffe in zip(layer.tops, layer.caffe_tops, strict=True):
+                env[top] = torch.from_numpy(inputs[caffe])
+            continue
+        args = [env[b] for b in layer.bottoms]
+        if layer.param_shapes:
+            if layer.type == "BatchNorm":
+                x = args[0].double()
+                dims = [d for d in range(x.dim()) if d != 1]
+                mean = x.mean(dim=dims).numpy()
+                var = x.var(dim=dims, unbiased=False).numpy()
+                blobs = [(mean * bn_factor).astype(np.float32),
+                         (var * bn_factor).astype(np.float32),
+                         np.array([bn_factor], dtype=np.float32)]
+            else:
+                blobs = _draw(layer, rng)
+            weights[layer.name] = blobs
+            layer = dataclasses.replace(layer, blobs=tuple(blobs))
+        out = converters.REGISTRY.convert(layer, net).eval()(*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        for top, value in zip(layer.tops, outs, strict=True):
+            env[top] = value
+    return weights
+
+
+def net_with_random_weights(net: Net, seed: int = 0) -> Net:
+    """``net`` with :func:`random_weights` attached."""
+    return with_weights(net, random_weights(net, seed))

@@ -1,0 +1,37 @@
+"""Per-layer converters, installed as ``caffe_bridge.converters``.
+
+Importing this package imports every family module, whose ``@register`` decorators fill the
+default registry. Third-party converters plug in through the ``caffe_bridge.converters``
+entry-point group (see ``registry.load_plugins``).
+"""
+
+from caffe_bridge.converters import (  # noqa: F401  (imported for their registrations)
+    activation,
+    axpy,
+    conv,
+    elementwise,
+    norm,
+    pooling,
+    shape_ops,
+)
+from caffe_bridge.converters.registry import (
+    REGISTRY,
+    ConverterInfo,
+    Registry,
+    load_plugins,
+    lookup,
+    register,
+    register_fusion,
+    supported_types,
+)
+
+__all__ = [
+    "REGISTRY",
+    "ConverterInfo",
+    "Registry",
+    "load_plugins",
+    "lookup",
+    "register",
+    "register_fusion",
+    "supported_types",
+]

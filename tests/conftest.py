@@ -1,0 +1,18 @@
+"""Shared fixtures. ``tests/`` is on sys.path (pytest's rootdir conftest), so tests may
+``import reference`` (the pure-numpy Caffe reference) and ``import layer_check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout (released definitions); skip where it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared (released SENet and zoo definitions) is not beside this checkout")
+    return SHARED

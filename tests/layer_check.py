@@ -1,0 +1,60 @@
+"""Check converters against the numpy Caffe reference, one small definition at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+import reference
+from caffe_bridge.build import build_module
+from caffe_bridge.ir import Net, build_net, with_weights
+from caffe_bridge.prototxt import parse_prototxt_text
+from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.upgrade import upgrade
+
+
+def net_from_text(text: str) -> Net:
+    """A Net from prototxt text (any generation), without weights."""
+    parsed = parse_prototxt_text(text, "<test>")
+    return build_net(upgrade(parsed), name=parsed.net.name, source="<test>")
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max|ours - ref| / max|ref| (0 when both are all zero)."""
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    diff = float(np.max(np.abs(ours.astype(np.float64) - ref))) if ref.size else 0.0
+    return diff / scale if scale else diff
+
+
+def check_layer(
+    text: str,
+    *,
+    seed: int = 0,
+    weights: Mapping[str, Sequence[np.ndarray]] | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    rtol: float = 1e-5,
+) -> dict[str, float]:
+    """Convert ``text`` and compare every net output with the numpy reference.
+
+    Returns value name -> relative max error; asserts each is <= rtol and shapes agree with
+    Caffe's shape inference.
+    """
+    net = net_from_text(text)
+    net = with_weights(net, weights if weights is not None else random_weights(net, seed))
+    feeds = dict(inputs) if inputs is not None else random_inputs(net, seed + 100)
+    ref = reference.run_net(net, feeds)
+    model = build_module(net)
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in net.inputs))
+    outs = out if isinstance(out, tuple) else (out,)
+    errors = {}
+    for value, tensor in zip(net.outputs, outs, strict=True):
+        got = tensor.detach().numpy()
+        want = np.asarray(ref[value])
+        assert got.shape == tuple(net.blobs[value].shape), (value, got.shape)
+        assert want.shape == got.shape, (value, want.shape, got.shape)
+        errors[value] = rel_err(got, want)
+        assert errors[value] <= rtol, f"{value}: relative error {errors[value]:.3g} > {rtol}"
+    return errors
