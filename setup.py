@@ -15,7 +15,7 @@ setup(
         "caffe_bridge",
         "caffe_bridge.models",
         "caffe_bridge.codegen",
-        "caffe_bridge.data",
+        "caffe_bridge.resources",
         "caffe_bridge.proto",
         "caffe_bridge.converters",
     ],
@@ -27,7 +27,7 @@ setup(
     package_data={
         "caffe_bridge.proto": ["caffe.proto", "caffe.desc"],
         "caffe_bridge.codegen": ["*.tmpl"],
-        "caffe_bridge.data": ["*.txt", "*.tsv", "*.md"],
+        "caffe_bridge.resources": ["*.txt", "*.tsv", "*.md", "*.json"],
     },
     install_requires=[
         "torch>=2.4",

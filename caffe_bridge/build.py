@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import keyword
+import operator
 import os
 import re
 from collections import Counter
 from collections.abc import Sequence
 
-import torch
 from torch import fx, nn
 
 from caffe_bridge.errors import ShapeError
@@ -91,7 +91,7 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
             env[produced.tops[0]] = node
         else:
             for k, top in enumerate(produced.tops):
-                env[top] = graph.call_function(_getitem, (node, k))
+                env[top] = graph.call_function(operator.getitem, (node, k))
         i += 1
     missing = [v for v in out_values if v not in env]
     if missing:
@@ -102,10 +102,6 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
     gm.caffe_layer_names = caffe_names  # attr -> Caffe layer name, for reports
     gm.eval()
     return gm
-
-
-def _getitem(seq: Sequence[torch.Tensor], k: int) -> torch.Tensor:
-    return seq[k]
 
 
 def _class_name(net: Net) -> str:

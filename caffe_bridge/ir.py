@@ -198,7 +198,7 @@ def build_net(
                 raise ShapeError(f"the weights file has {len(given)} blob(s), Caffe expects "
                                  f"{len(result.params)} {list(result.params)}", **where)
             layer_blobs = tuple(_normalise_blob(np.asarray(a), s, i, raw, source)
-                                for i, (a, s) in enumerate(zip(given, result.params)))
+                                for i, (a, s) in enumerate(zip(given, result.params, strict=False)))
         elif weights and result.params:
             raise CaffemodelError(f"no weights for this layer in {weights_source}", **where)
         layers.append(Layer(p.name, p.type, tuple(bottoms), tuple(tops), p, layer_blobs,
@@ -241,7 +241,7 @@ def with_weights(net: Net, weights: Mapping[str, Sequence[np.ndarray]]) -> Net:
                              f"{len(layer.param_shapes)}", **layer.error_kwargs())
         raw = RawLayer(layer.param, layer.loc.line)
         blobs = tuple(_normalise_blob(np.asarray(a, dtype=np.float32), s, i, raw, net.source)
-                      for i, (a, s) in enumerate(zip(given, layer.param_shapes)))
+                      for i, (a, s) in enumerate(zip(given, layer.param_shapes, strict=False)))
         layers.append(dataclasses.replace(layer, blobs=blobs))
     by_name = {layer.name: layer for layer in layers}
     return dataclasses.replace(net, layers=tuple(layers), _by_name=MappingProxyType(by_name))

@@ -247,10 +247,7 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
         kernel = (pp.kernel_size, pp.kernel_size)
     else:
         raise ShapeRuleError("kernel_size (or kernel_h/kernel_w, or global_pooling) is required")
-    if pp.HasField("pad_h") or pp.HasField("pad_w"):
-        pad = (pp.pad_h, pp.pad_w)
-    else:
-        pad = (pp.pad, pp.pad)
+    pad = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") or pp.HasField("pad_w") else (pp.pad, pp.pad)
     if pp.HasField("stride_h") or pp.HasField("stride_w"):
         stride = (pp.stride_h if pp.HasField("stride_h") else 1,
                   pp.stride_w if pp.HasField("stride_w") else 1)
@@ -387,8 +384,9 @@ def _concat(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     axis_field = cp.concat_dim if cp.HasField("concat_dim") else cp.axis
     axis = canonical_axis(axis_field, len(ins[0]))
     for s in ins[1:]:
-        if len(s) != len(ins[0]) or any(a != b for i, (a, b) in enumerate(zip(s, ins[0]))
-                                        if i != axis):
+        if len(s) != len(ins[0]) or any(
+            a != b for i, (a, b) in enumerate(zip(s, ins[0], strict=True)) if i != axis
+        ):
             raise ShapeRuleError(f"Concat bottoms {list(ins)} differ outside axis {axis}")
     total = sum(s[axis] for s in ins)
     return LayerShapes(((*ins[0][:axis], total, *ins[0][axis + 1:]),))
@@ -405,9 +403,9 @@ def slice_sizes(p: pb_message.Message, x: Shape) -> tuple[int, list[int]]:
         if len(points) != n_tops - 1:
             raise ShapeRuleError(f"{len(points)} slice points for {n_tops} tops")
         bounds = [0, *points, dim]
-        if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
             raise ShapeRuleError(f"slice points {points} must increase within 1..{dim - 1}")
-        return axis, [b - a for a, b in zip(bounds, bounds[1:])]
+        return axis, [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
     if dim % n_tops:
         raise ShapeRuleError(f"dimension {dim} does not split evenly into {n_tops} tops")
     return axis, [dim // n_tops] * n_tops

@@ -1,0 +1,1 @@
+"""Package data: label maps and class-order tables."""
