@@ -1,0 +1,1 @@
+"""Caffe schema files: caffe.proto and its compiled descriptor set, caffe.desc."""
