@@ -28,15 +28,15 @@ def test_built_wheel_imports_under_caffe_bridge_only(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, cwd=tmp_path)
     probe = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(site)!r})\n"
         "import importlib.util, caffe_bridge, caffe_bridge.converters as c\n"
         "from caffe_bridge import schema\n"
-        "assert caffe_bridge.__file__.startswith(%r), caffe_bridge.__file__\n"
+        f"assert caffe_bridge.__file__.startswith({str(site)!r}), caffe_bridge.__file__\n"
         "assert importlib.util.find_spec('proto') is None\n"
         "assert importlib.util.find_spec('converters') is None\n"
         "assert 'Axpy' in c.supported_types()\n"
         "print(schema.NetParameter.DESCRIPTOR.fields_by_name['layer'].number)\n"
-    ) % (str(site), str(site))
+    )
     out = subprocess.run([sys.executable, "-I", "-c", probe], check=True, cwd=tmp_path,
                          capture_output=True, text=True)
     assert out.stdout.strip() == "100"

@@ -1,0 +1,76 @@
+"""Independent pure-numpy Caffe forward reference (test phase), written from Caffe's CPU layers.
+
+The spec as code: one small module per layer family, float64 throughout, no torch. Layers are
+duck-typed: anything with `.type` (V2 type string), `.param` (a LayerParameter message),
+`.blobs` (float32 arrays in Caffe shapes) and, for multi-top layers, `.tops`.
+
+    run_layer(layer, inputs) -> list of tops
+    run_net(net, inputs)     -> every value of an IR Net, by value name
+    SUPPORTED                -> the layer types run_layer knows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import activation, axpy, conv, elementwise, norm, pooling, shape_ops, softmax
+from ._util import LayerFn
+
+_FAMILIES = (activation, axpy, conv, elementwise, norm, pooling, shape_ops, softmax)
+
+
+def _dispatch() -> dict[str, LayerFn]:
+    table: dict[str, LayerFn] = {}
+    for mod in _FAMILIES:
+        for name, fn in mod.LAYERS.items():
+            if name in table:
+                raise RuntimeError(f"layer type {name!r} defined twice")
+            table[name] = fn
+    return table
+
+
+DISPATCH: dict[str, LayerFn] = _dispatch()
+SUPPORTED: frozenset[str] = frozenset(DISPATCH)
+
+
+def run_layer(layer: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run one layer on its bottoms (in order); returns its tops (in order), float64."""
+    fn = DISPATCH.get(layer.type)
+    if fn is None:
+        raise NotImplementedError(f"reference has no layer type {layer.type!r}")
+    return fn(layer, list(inputs))
+
+
+def run_net(net: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Execute `net.layers` in order; returns every value under its value name.
+
+    Input layers take `inputs[caffe top name]` (the value name is accepted too).
+    """
+    vals: dict[str, np.ndarray] = {}
+    for layer in net.layers:
+        if layer.type == "Input":
+            names = tuple(getattr(layer, "caffe_tops", None) or layer.tops)
+            fed = []
+            for caffe_name, value_name in zip(names, layer.tops, strict=True):
+                key = caffe_name if caffe_name in inputs else value_name
+                if key not in inputs:
+                    raise KeyError(f"no input given for {caffe_name!r}")
+                fed.append(inputs[key])
+            outs = run_layer(layer, fed)
+        else:
+            missing = [b for b in layer.bottoms if b not in vals]
+            if missing:
+                raise KeyError(f"layer {layer.name!r} reads unknown values {missing}")
+            outs = run_layer(layer, [vals[b] for b in layer.bottoms])
+        if len(outs) != len(layer.tops):
+            raise ValueError(
+                f"layer {layer.name!r} produced {len(outs)} tops, expected {len(layer.tops)}"
+            )
+        vals.update(zip(layer.tops, outs, strict=True))
+    return vals
+
+
+__all__ = ["DISPATCH", "SUPPORTED", "run_layer", "run_net"]
