@@ -55,9 +55,14 @@ def random_inputs(net: Net, seed: int = 0, batch: int | None = None) -> dict[str
 
 @torch.no_grad()
 def random_weights(
-    net: Net, seed: int = 0, *, calibration_batch: int = 2, bn_factor: float = BN_FACTOR
+    net: Net, seed: int = 0, *, calibration_batch: int | None = None,
+    bn_factor: float = BN_FACTOR,
 ) -> dict[str, list[np.ndarray]]:
-    """Seeded weights for every parameter layer of ``net``: layer name -> Caffe blobs."""
+    """Seeded weights for every parameter layer of ``net``: layer name -> Caffe blobs.
+
+    BatchNorm statistics are calibrated on seeded inputs of the declared shapes (or with the
+    first axis resized to ``calibration_batch``, for nets whose inputs all carry the batch).
+    """
     from caffe_bridge import converters
 
     rng = np.random.default_rng(seed)

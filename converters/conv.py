@@ -1,0 +1,141 @@
+"""Convolution, Deconvolution and InnerProduct.
+
+Caffe's weight layouts are PyTorch's: Convolution ``(O, C/group, *k)`` is ``nn.ConvNd``'s,
+Deconvolution ``(C, O/group, *k)`` is ``nn.ConvTransposeNd``'s, and its output size
+``s(in-1) + d(k-1) + 1 - 2p`` is ``ConvTransposeNd``'s with no output padding. A channel axis
+other than 1 folds the leading axes into the batch; several bottoms share the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from caffe_bridge import shapes
+from caffe_bridge.converters.registry import register
+from caffe_bridge.errors import ShapeError, UnsupportedLayerError
+from caffe_bridge.ir import Layer, Net
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+def _tensor(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 torch copy of a Caffe blob in ``shape``."""
+    return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
+
+
+def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
+    """Copy ``layer.blobs`` into ``params`` in order; keep the defaults without weights."""
+    if not layer.blobs:
+        return
+    if len(layer.blobs) != len(params):
+        raise ShapeError(f"{len(layer.blobs)} weight blob(s), expected {len(params)}",
+                         **layer.error_kwargs())
+    with torch.no_grad():
+        for (name, dst), arr in zip(params.items(), layer.blobs, strict=True):
+            if arr.size != dst.numel():
+                raise ShapeError(f"weight blob {name!r} has {arr.size} values, expected "
+                                 f"{dst.numel()}", **layer.error_kwargs())
+            dst.copy_(_tensor(arr, tuple(dst.shape)))
+
+
+class FoldedAxis(nn.Module):
+    """Run ``inner`` (which wants ``(B, C, *spatial)``) on a blob whose channel axis is ``axis``.
+
+    The axes before ``axis`` are folded into one batch axis and restored afterwards; the first of
+    them may vary in size (the batch), the others are fixed by the definition.
+    """
+
+    def __init__(self, inner: nn.Module, axis: int, lead: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.axis = axis
+        self.lead = (-1, *lead[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis == 0:
+            return self.inner(x.unsqueeze(0)).squeeze(0)
+        y = self.inner(x.flatten(0, self.axis - 1))
+        return y.unflatten(0, self.lead)
+
+
+class SharedWeights(nn.Module):
+    """One module applied to each of several bottoms (Caffe's multi-bottom Convolution)."""
+
+    def __init__(self, inner: nn.Module, n: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.n = n
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.inner(x) for x in xs)
+
+
+def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
+    cp = layer.param.convolution_param
+    x = net.blobs[layer.bottoms[0]].shape
+    if any(net.blobs[b].shape != x for b in layer.bottoms[1:]):
+        raise ShapeError("bottoms of a shared-weight convolution differ in shape",
+                         **layer.error_kwargs())
+    try:
+        axis = shapes.canonical_axis(cp.axis, len(x))
+        n_sp = len(x) - axis - 1
+        if n_sp not in _CONV:
+            raise UnsupportedLayerError(f"{n_sp} spatial axes (after channel axis {axis} of "
+                                        f"{x}); only 1 to 3 are supported",
+                                        **layer.error_kwargs())
+        geo = shapes.conv_geometry(cp, n_sp)
+    except shapes.ShapeRuleError as err:
+        raise ShapeError(str(err), **layer.error_kwargs()) from None
+    channels, group = x[axis], cp.group
+    table = _DECONV if deconv else _CONV
+    conv = table[n_sp](channels, cp.num_output, geo.kernel, stride=geo.stride, padding=geo.pad,
+                       dilation=geo.dilation, groups=group, bias=cp.bias_term)
+    params = {"weight": conv.weight}
+    if cp.bias_term:
+        params["bias"] = conv.bias
+    load_blobs(layer, params)
+    module: nn.Module = conv
+    if axis != 1:
+        module = FoldedAxis(conv, axis, x[:axis])
+    if len(layer.bottoms) > 1:
+        module = SharedWeights(module, len(layer.bottoms))
+    return module
+
+
+@register("Convolution")
+def convolution(layer: Layer, net: Net) -> nn.Module:
+    """Convolution: nn.Conv1d/2d/3d (group, dilation, per-dim or _h/_w geometry, any axis)."""
+    return _conv_family(layer, net, deconv=False)
+
+
+@register("Deconvolution")
+def deconvolution(layer: Layer, net: Net) -> nn.Module:
+    """Deconvolution: nn.ConvTranspose1d/2d/3d without output padding (Caffe's output size)."""
+    return _conv_family(layer, net, deconv=True)
+
+
+@register("InnerProduct")
+def inner_product(layer: Layer, net: Net) -> nn.Module:
+    """InnerProduct: flatten from ``axis``, then nn.Linear (weight transposed if ``transpose``)."""
+    ip = layer.param.inner_product_param
+    x = net.blobs[layer.bottoms[0]].shape
+    try:
+        axis = shapes.canonical_axis(ip.axis, len(x))
+    except shapes.ShapeRuleError as err:
+        raise ShapeError(str(err), **layer.error_kwargs()) from None
+    k = int(np.prod(x[axis:], dtype=np.int64))
+    n = ip.num_output
+    linear = nn.Linear(k, n, bias=ip.bias_term)
+    if layer.blobs:
+        w = np.asarray(layer.blobs[0], dtype=np.float32)
+        w = w.reshape(k, n).T if ip.transpose else w.reshape(n, k)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.array(w, order="C")))
+            if ip.bias_term:
+                linear.bias.copy_(_tensor(layer.blobs[1], (n,)))
+    if axis == len(x) - 1:
+        return linear
+    return nn.Sequential(nn.Flatten(axis, -1), linear)

@@ -1,0 +1,128 @@
+"""Pooling: MAX and AVE with Caffe's output size, clip rule and AVE divisor.
+
+``shapes.pool_geometry`` gives Caffe's output size. A native ``nn.MaxPool2d``/``nn.AvgPool2d``
+is used when one of its rounding modes yields that size with the same window starts and its
+padding limit (``pad <= k/2``) holds: PyTorch's ``count_include_pad=True`` divisor,
+``(min(start + k, H + p) - start)`` per axis, is Caffe's. Otherwise the input is padded
+explicitly (``-FLT_MAX`` for MAX, as Caffe's running maximum starts there; zeros for AVE, with
+Caffe's divisor stored as a buffer) and pooled without implicit padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caffe_bridge import shapes
+from caffe_bridge.converters.registry import register
+from caffe_bridge.errors import ShapeError, UnsupportedLayerError
+from caffe_bridge.ir import Layer, Net
+
+MAX, AVE, STOCHASTIC = 0, 1, 2
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def torch_pooled_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """PyTorch's pooled size (``pooling_output_shape``): its ceil clip applies even with p == 0."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def native_ceil_mode(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> bool | None:
+    """The ``ceil_mode`` flag with which torch pooling reproduces Caffe's windows, or None."""
+    if any(2 * p > k for p, k in zip(geo.pad, geo.kernel, strict=True)):
+        return None  # PyTorch rejects pad > kernel / 2
+    for ceil in (geo.ceil, not geo.ceil):
+        got = tuple(torch_pooled_size(n, k, s, p, ceil) for n, k, s, p in
+                    zip(hw, geo.kernel, geo.stride, geo.pad, strict=True))
+        if got == geo.out:
+            return ceil
+    return None
+
+
+def explicit_pads(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """F.pad amounts (left, right, top, bottom) after which unpadded floor pooling gives
+    exactly Caffe's windows; a negative amount crops input no window reaches."""
+    (ph, pw), (kh, kw), (sh, sw), (oh, ow) = geo.pad, geo.kernel, geo.stride, geo.out
+    h, w = hw
+    return (pw, (ow - 1) * sw + kw - w - pw, ph, (oh - 1) * sh + kh - h - ph)
+
+
+def ave_divisor(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> np.ndarray:
+    """Caffe's AVE pool_size per output: padding counts, overhang past ``H + p`` does not."""
+    sizes = []
+    for n, k, s, p, o in zip(hw, geo.kernel, geo.stride, geo.pad, geo.out, strict=True):
+        start = np.arange(o) * s - p
+        sizes.append(np.minimum(start + k, n + p) - start)
+    return np.outer(sizes[0], sizes[1]).astype(np.float64)
+
+
+class PaddedMaxPool2d(nn.Module):
+    """MAX pooling over an explicitly padded input (pad values never win over image values)."""
+
+    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int],
+                 pads: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.pads = kernel, stride, pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.pads, value=-FLT_MAX)
+        return F.max_pool2d(x, self.kernel, self.stride)
+
+
+class PaddedAvgPool2d(nn.Module):
+    """AVE pooling over a zero-padded input, rescaled to Caffe's divisor (buffer ``scale``)."""
+
+    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int],
+                 pads: tuple[int, int, int, int], divisor: np.ndarray) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.pads = kernel, stride, pads
+        with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too
+            scale = (kernel[0] * kernel[1]) / divisor
+        self.register_buffer("scale", torch.from_numpy(scale.astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.pads)
+        return F.avg_pool2d(x, self.kernel, self.stride) * self.scale
+
+
+@register("Pooling")
+def pooling(layer: Layer, net: Net) -> nn.Module:
+    """Pooling MAX/AVE (global, CEIL/FLOOR, pad up to kernel-1, stride default 1)."""
+    pp = layer.param.pooling_param
+    x = net.blobs[layer.bottoms[0]].shape
+    if len(x) != 4:
+        raise ShapeError(f"Pooling needs a 4-D bottom, got {x}", **layer.error_kwargs())
+    if pp.pool == STOCHASTIC:
+        raise UnsupportedLayerError("STOCHASTIC pooling samples at random in training and has "
+                                    "no CPU test-phase path in Caffe; it is not converted",
+                                    **layer.error_kwargs())
+    if pp.pool not in (MAX, AVE):
+        raise UnsupportedLayerError(f"unknown pooling method {pp.pool}", **layer.error_kwargs())
+    hw = (x[2], x[3])
+    try:
+        geo = shapes.pool_geometry(pp, hw)
+    except shapes.ShapeRuleError as err:
+        raise ShapeError(str(err), **layer.error_kwargs()) from None
+    if geo.global_pooling:
+        return nn.AdaptiveMaxPool2d(1) if pp.pool == MAX else nn.AdaptiveAvgPool2d(1)
+    ceil = native_ceil_mode(geo, hw)
+    if ceil is not None:
+        if pp.pool == MAX:
+            return nn.MaxPool2d(geo.kernel, geo.stride, geo.pad, ceil_mode=ceil)
+        return nn.AvgPool2d(geo.kernel, geo.stride, geo.pad, ceil_mode=ceil,
+                            count_include_pad=True)
+    pads = explicit_pads(geo, hw)
+    padded = (hw[0] + pads[2] + pads[3], hw[1] + pads[0] + pads[1])
+    got = tuple((n - k) // s + 1 for n, k, s in zip(padded, geo.kernel, geo.stride, strict=True))
+    if got != geo.out:  # by construction never; a wrong size must not pass silently
+        raise ShapeError(f"explicit padding {pads} gives {got}, Caffe {geo.out}",
+                         **layer.error_kwargs())
+    if pp.pool == MAX:
+        return PaddedMaxPool2d(geo.kernel, geo.stride, pads)
+    return PaddedAvgPool2d(geo.kernel, geo.stride, pads, ave_divisor(geo, hw))
