@@ -30,7 +30,9 @@ Rule = Callable[[pb_message.Message, Sequence[Shape]], LayerShapes]
 _RULES: dict[str, Rule] = {}
 
 
-def _rule(*types: str) -> Callable[[Rule], Rule]:
+def shape_rule(*types: str) -> Callable[[Rule], Rule]:
+    """Register the shape rule of layer ``types`` (public: fork layers need one too)."""
+
     def deco(fn: Rule) -> Rule:
         for t in types:
             _RULES[t] = fn
@@ -69,7 +71,7 @@ def _count(shape: Sequence[int]) -> int:
 # ---------------------------------------------------------------- Input
 
 
-@_rule("Input")
+@shape_rule("Input")
 def _input(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     shapes = [tuple(int(d) for d in s.dim) for s in p.input_param.shape]
     n = len(p.top)
@@ -151,7 +153,7 @@ def _conv_common(p: pb_message.Message, ins: Sequence[Shape]) -> tuple[
     return cp, x, axis, geo
 
 
-@_rule("Convolution")
+@shape_rule("Convolution")
 def _convolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     cp, x, axis, geo = _conv_common(p, ins)
     spatial = []
@@ -169,7 +171,7 @@ def _convolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tuple(top for _ in ins), tuple(params))
 
 
-@_rule("Deconvolution")
+@shape_rule("Deconvolution")
 def _deconvolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     cp, x, axis, geo = _conv_common(p, ins)
     spatial = []
@@ -186,7 +188,7 @@ def _deconvolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tuple(top for _ in ins), tuple(params))
 
 
-@_rule("InnerProduct")
+@shape_rule("InnerProduct")
 def _inner_product(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     ip = p.inner_product_param
@@ -270,7 +272,7 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
     return PoolGeometry(kernel, stride, pad, ceil, gp, out)
 
 
-@_rule("Pooling")
+@shape_rule("Pooling")
 def _pooling(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
@@ -286,7 +288,7 @@ def _pooling(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 # ---------------------------------------------------------------- shape-preserving layers
 
 
-@_rule("ReLU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "ELU",
+@shape_rule("ReLU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "ELU",
        "Dropout", "Softmax", "LRN", "Swish", "Clip")
 def _same(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
@@ -297,7 +299,7 @@ def _same(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((ins[0],))
 
 
-@_rule("PReLU")
+@shape_rule("PReLU")
 def _prelu(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
@@ -305,7 +307,7 @@ def _prelu(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((x,), ((1,) if p.prelu_param.channel_shared else (channels,),))
 
 
-@_rule("BatchNorm")
+@shape_rule("BatchNorm")
 def _batch_norm(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
@@ -332,7 +334,7 @@ def broadcast_axis(x: Shape, y: Shape, axis_field: int) -> int:
     return axis
 
 
-@_rule("Scale", "Bias")
+@shape_rule("Scale", "Bias")
 def _scale(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1, 2)
     x = ins[0]
@@ -352,7 +354,7 @@ def _scale(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 # ---------------------------------------------------------------- multi-input
 
 
-@_rule("Eltwise")
+@shape_rule("Eltwise")
 def _eltwise(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 2, -1)
     if any(s != ins[0] for s in ins):
@@ -365,7 +367,7 @@ def _eltwise(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((ins[0],))
 
 
-@_rule("Axpy")
+@shape_rule("Axpy")
 def _axpy(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     # SENet's Axpy: bottoms (a, X, Y) -> a * X + Y, a being N x C (x 1 x 1).
     _need(ins, 3)
@@ -377,7 +379,7 @@ def _axpy(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((x,))
 
 
-@_rule("Concat")
+@shape_rule("Concat")
 def _concat(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1, -1)
     cp = p.concat_param
@@ -411,7 +413,7 @@ def slice_sizes(p: pb_message.Message, x: Shape) -> tuple[int, list[int]]:
     return axis, [dim // n_tops] * n_tops
 
 
-@_rule("Slice")
+@shape_rule("Slice")
 def _slice(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
@@ -419,13 +421,13 @@ def _slice(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tuple((*x[:axis], s, *x[axis + 1:]) for s in sizes))
 
 
-@_rule("Split")
+@shape_rule("Split")
 def _split(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     return LayerShapes(tuple(ins[0] for _ in p.top))
 
 
-@_rule("Flatten")
+@shape_rule("Flatten")
 def _flatten(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
@@ -479,7 +481,7 @@ def reshape_target(p: pb_message.Message, x: Shape) -> Shape:
     return tuple(full)
 
 
-@_rule("Reshape")
+@shape_rule("Reshape")
 def _reshape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     return LayerShapes((reshape_target(p, ins[0]),))
@@ -504,7 +506,7 @@ def crop_offsets(p: pb_message.Message, x: Shape, ref: Shape) -> tuple[int, list
     return axis, offs
 
 
-@_rule("Crop")
+@shape_rule("Crop")
 def _crop(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 2)
     x, ref = ins
@@ -514,7 +516,7 @@ def _crop(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(((*x[:axis], *ref[axis:]),))
 
 
-@_rule("ArgMax")
+@shape_rule("ArgMax")
 def _argmax(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]

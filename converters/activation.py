@@ -1,0 +1,305 @@
+"""Neuron layers (one bottom, one top, same shape) and Softmax.
+
+Each module computes what Caffe's CPU layer computes, in the same order of operations where
+that changes float32 rounding (Power, Exp, Log). Constants are folded at conversion time; the
+forward passes use torch ops only, so the modules follow ``.to(device)`` and any batch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.shape_ops import shape_rule
+from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
+from caffe_bridge.ir import Layer, Net
+from caffe_bridge.shapes import canonical_axis
+
+PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
+
+
+def _f32(value: float) -> float:
+    """A proto float field as the float32 Caffe holds (protobuf hands out the double)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+class LeakyReLU(nn.Module):
+    """``max(x, 0) + negative_slope * min(x, 0)``."""
+
+    def __init__(self, negative_slope: float) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.negative_slope == 0.0:
+            return torch.relu(x)
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+@register("ReLU")
+def convert_relu(layer: Layer, net: Net) -> nn.Module:
+    """ReLU, with Caffe's ``negative_slope`` (leaky) when set."""
+    return LeakyReLU(_f32(layer.param.relu_param.negative_slope))
+
+
+class PReLU(nn.Module):
+    """Learned slope for negative inputs: one (channel_shared) or one per channel (axis 1)."""
+
+    def __init__(self, slope: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(slope.reshape(-1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.weight)
+
+
+@register("PReLU")
+def convert_prelu(layer: Layer, net: Net) -> nn.Module:
+    """PReLU; ``channel_shared`` gives one slope for all channels."""
+    (shape,) = layer.param_shapes
+    if layer.blobs:
+        slope = torch.from_numpy(layer.blobs[0].astype("float32", copy=True))
+    else:  # no weights loaded: Caffe's initial slopes (constant filler, 0.25 by default)
+        pp = layer.param.prelu_param
+        value = PRELU_DEFAULT_SLOPE
+        if pp.HasField("filler"):
+            if pp.filler.type != "constant":
+                raise UnsupportedLayerError(
+                    f"PReLU without weights needs a constant filler, not {pp.filler.type!r}",
+                    **layer.error_kwargs())
+            value = _f32(pp.filler.value)
+        slope = torch.full(shape, value, dtype=torch.float32)
+    return PReLU(slope)
+
+
+class ELU(nn.Module):
+    """``max(x, 0) + alpha * (exp(min(x, 0)) - 1)``."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+@register("ELU")
+def convert_elu(layer: Layer, net: Net) -> nn.Module:
+    """ELU with Caffe's ``alpha`` (default 1)."""
+    return ELU(_f32(layer.param.elu_param.alpha))
+
+
+class Sigmoid(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x)
+
+
+class TanH(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+class AbsVal(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.abs(x)
+
+
+@register("Sigmoid")
+def convert_sigmoid(layer: Layer, net: Net) -> nn.Module:
+    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+    return Sigmoid()
+
+
+@register("TanH")
+def convert_tanh(layer: Layer, net: Net) -> nn.Module:
+    """Hyperbolic tangent."""
+    return TanH()
+
+
+@register("AbsVal")
+def convert_absval(layer: Layer, net: Net) -> nn.Module:
+    """Absolute value ``|x|``."""
+    return AbsVal()
+
+
+class Power(nn.Module):
+    """``(shift + scale * x) ^ power``, skipping the steps that are identities, as Caffe does."""
+
+    def __init__(self, power: float, scale: float, shift: float) -> None:
+        super().__init__()
+        self.power, self.scale, self.shift = power, scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.scale != 1.0:
+            y = y * self.scale
+        if self.shift != 0.0:
+            y = y + self.shift
+        if self.power != 1.0:
+            y = torch.pow(y, self.power)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}, scale={self.scale}, shift={self.shift}"
+
+
+class Constant(nn.Module):
+    """A tensor of ``value`` shaped like the input (Power with scale or power 0)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, self.value)
+
+    def extra_repr(self) -> str:
+        return f"value={self.value}"
+
+
+@register("Power")
+def convert_power(layer: Layer, net: Net) -> nn.Module:
+    """Power ``(shift + scale * x) ^ power``; a constant when ``power * scale == 0``."""
+    p = layer.param.power_param
+    power, scale, shift = _f32(p.power), _f32(p.scale), _f32(p.shift)
+    if power * scale == 0.0:  # Caffe ignores the input: 1 if power == 0 else shift ^ power
+        value = 1.0 if power == 0.0 else float(
+            torch.tensor(shift, dtype=torch.float32).pow(power))
+        return Constant(value)
+    return Power(power, scale, shift)
+
+
+class ScaledExp(nn.Module):
+    """``outer * exp(inner * x)`` (Caffe's ExpLayer factorisation of ``base^(shift+scale*x)``)."""
+
+    def __init__(self, inner: float, outer: float) -> None:
+        super().__init__()
+        self.inner, self.outer = inner, outer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.exp(x if self.inner == 1.0 else x * self.inner)
+        return y if self.outer == 1.0 else y * self.outer
+
+    def extra_repr(self) -> str:
+        return f"inner={self.inner}, outer={self.outer}"
+
+
+def _log_base(layer: Layer, base: float) -> float:
+    """ln(base), 1 for base -1 (e); Caffe rejects base <= 0 otherwise."""
+    if base == -1.0:
+        return 1.0
+    if not base > 0.0 or math.isinf(base):
+        raise PrototxtError(f"base must be strictly positive or -1 (e), got {base}",
+                            **layer.error_kwargs())
+    return _f32(math.log(base))
+
+
+@register("Exp")
+def convert_exp(layer: Layer, net: Net) -> nn.Module:
+    """Exp ``base ^ (shift + scale * x)``; base -1 (default) means e."""
+    p = layer.param.exp_param
+    base, scale, shift = _f32(p.base), _f32(p.scale), _f32(p.shift)
+    inner = _f32(_log_base(layer, base) * scale)
+    # Caffe: outer = base^shift (e^shift for base -1), 1 without shift
+    outer = 1.0 if shift == 0.0 else _f32(math.exp(shift) if base == -1.0 else base**shift)
+    return ScaledExp(inner, outer)
+
+
+class ScaledLog(nn.Module):
+    """``log(shift + scale * x) * base_scale`` (base_scale = 1 / ln(base))."""
+
+    def __init__(self, scale: float, shift: float, base_scale: float) -> None:
+        super().__init__()
+        self.scale, self.shift, self.base_scale = scale, shift, base_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.scale != 1.0:
+            y = y * self.scale
+        if self.shift != 0.0:
+            y = y + self.shift
+        y = torch.log(y)
+        return y if self.base_scale == 1.0 else y * self.base_scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
+
+
+@register("Log")
+def convert_log(layer: Layer, net: Net) -> nn.Module:
+    """Log ``log_base(shift + scale * x)``; base -1 (default) means e."""
+    p = layer.param.log_param
+    ln_base = _log_base(layer, _f32(p.base))
+    if ln_base == 0.0:
+        raise PrototxtError("Log base 1 has no logarithm", **layer.error_kwargs())
+    return ScaledLog(_f32(p.scale), _f32(p.shift), _f32(1.0 / ln_base))
+
+
+class BNLL(nn.Module):
+    """``log(1 + exp(x))`` without overflow: ``max(x, 0) + log1p(exp(-|x|))``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
+
+
+@register("BNLL")
+def convert_bnll(layer: Layer, net: Net) -> nn.Module:
+    """BNLL (softplus) ``log(1 + exp(x))``, exact for large |x|."""
+    return BNLL()
+
+
+class Threshold(nn.Module):
+    """1 where ``x > threshold`` (strictly), else 0, in the input's dtype."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > self.threshold).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+@register("Threshold")
+def convert_threshold(layer: Layer, net: Net) -> nn.Module:
+    """Threshold: 1 where ``x > threshold`` (strictly), else 0."""
+    return Threshold(_f32(layer.param.threshold_param.threshold))
+
+
+@register("Dropout")
+def convert_dropout(layer: Layer, net: Net) -> nn.Module:
+    """Dropout: the identity at test time (Caffe scales while training)."""
+    return nn.Identity()
+
+
+class Softmax(nn.Module):
+    """Softmax along ``axis``."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=self.axis)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+@register("Softmax")
+def convert_softmax(layer: Layer, net: Net) -> nn.Module:
+    """Softmax along ``axis`` (default 1, not the last axis)."""
+    ndim = len(net.blobs[layer.bottoms[0]].shape)
+    return Softmax(shape_rule(layer, canonical_axis, layer.param.softmax_param.axis, ndim))

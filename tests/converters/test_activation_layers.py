@@ -1,0 +1,216 @@
+"""Neuron layers and Softmax against the numpy Caffe reference, on the settings that differ from
+PyTorch's defaults (Softmax axis, Exp/Log base, Threshold at equality, BNLL at large |x|)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import reference
+from caffe_bridge.build import build_module
+from caffe_bridge.errors import PrototxtError
+from caffe_bridge.ir import with_weights
+from caffe_bridge.testing import random_inputs, random_weights
+from layer_check import check_layer, net_from_text, rel_err
+
+COVERS = {"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL",
+          "Threshold", "Dropout", "Softmax"}
+
+X4 = (2, 3, 4, 5)
+
+
+def net_text(layer: str, *shapes: tuple[int, ...]) -> str:
+    """An Input layer (tops data, b1, b2, ...) with ``shapes``, then ``layer`` on line 2."""
+    names = ["data", *(f"b{i}" for i in range(1, len(shapes)))]
+    tops = "".join(f' top: "{n}"' for n in names)
+    dims = " ".join("shape {" + "".join(f" dim: {d}" for d in s) + " }" for s in shapes)
+    return f'name: "t"\nlayer {{ name: "in" type: "Input"{tops} input_param {{ {dims} }} }}\n' \
+           f"{layer}\n"
+
+
+def one(type_: str, body: str = "") -> str:
+    return f'layer {{ name: "l" type: "{type_}" bottom: "data" top: "out" {body} }}'
+
+
+def check_batch(layer: str, *shapes: tuple[int, ...], batch: int = 3) -> None:
+    """Convert for the prototxt's batch, run on ``batch`` samples, compare with Caffe there."""
+    small = net_from_text(net_text(layer, *shapes))
+    big = net_from_text(net_text(layer, *((batch, *s[1:]) for s in shapes)))
+    weights = random_weights(small, 0)
+    model = build_module(with_weights(small, weights))
+    feeds = random_inputs(big, 5)
+    ref = reference.run_net(with_weights(big, weights), feeds)
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(feeds[n]) for n in big.inputs))
+    outs = out if isinstance(out, tuple) else (out,)
+    for value, got in zip(big.outputs, outs, strict=True):
+        assert got.shape == big.blobs[value].shape
+        assert rel_err(got.numpy(), ref[value]) < 1e-5
+
+
+CASES = {
+    "relu": (one("ReLU"), X4),
+    "relu-leaky": (one("ReLU", "relu_param { negative_slope: 0.1 }"), X4),
+    "relu-negative-slope-above-1": (one("ReLU", "relu_param { negative_slope: -1.5 }"), X4),
+    "prelu-per-channel": (one("PReLU"), X4),
+    "prelu-shared": (one("PReLU", "prelu_param { channel_shared: true }"), X4),
+    "prelu-2d": (one("PReLU"), (4, 6)),
+    "elu": (one("ELU"), X4),
+    "elu-alpha": (one("ELU", "elu_param { alpha: 0.3 }"), X4),
+    "sigmoid": (one("Sigmoid"), X4),
+    "tanh": (one("TanH"), X4),
+    "absval": (one("AbsVal"), X4),
+    "power-square-affine": (one("Power", "power_param { power: 2 scale: 0.5 shift: 1 }"), X4),
+    "power-cube": (one("Power", "power_param { power: 3 }"), X4),
+    "power-affine-only": (one("Power", "power_param { scale: -2 shift: 0.25 }"), X4),
+    "power-zero-power": (one("Power", "power_param { power: 0 scale: 3 shift: 2 }"), X4),
+    "power-zero-scale": (one("Power", "power_param { power: 3 scale: 0 shift: 2 }"), X4),
+    "exp": (one("Exp"), X4),
+    "exp-base2-affine": (one("Exp", "exp_param { base: 2 scale: 0.5 shift: 1 }"), X4),
+    "exp-e-shift": (one("Exp", "exp_param { shift: -1.5 scale: 0.25 }"), X4),
+    "exp-base-fraction": (one("Exp", "exp_param { base: 0.5 shift: 2 }"), X4),
+    "bnll": (one("BNLL"), X4),
+    "threshold": (one("Threshold", "threshold_param { threshold: 0.3 }"), X4),
+    "dropout": (one("Dropout", "dropout_param { dropout_ratio: 0.3 }"), X4),
+    "softmax-4d-default-axis": (one("Softmax"), X4),
+    "softmax-axis-last": (one("Softmax", "softmax_param { axis: -1 }"), X4),
+    "softmax-axis-2": (one("Softmax", "softmax_param { axis: 2 }"), X4),
+    "softmax-2d": (one("Softmax"), (3, 10)),
+}
+
+
+@pytest.mark.parametrize("layer,shape", CASES.values(), ids=CASES.keys())
+def test_layer_matches_caffe(layer: str, shape: tuple[int, ...]) -> None:
+    check_layer(net_text(layer, shape))
+
+
+LOG_CASES = {
+    "log": "",
+    "log-base10-affine": "log_param { base: 10 scale: 2 shift: 0.5 }",
+    "log-base2": "log_param { base: 2 }",
+    "log-e-shift": "log_param { shift: 1 scale: 0.5 }",
+}
+
+
+@pytest.mark.parametrize("body", LOG_CASES.values(), ids=LOG_CASES.keys())
+def test_log_matches_caffe(body: str) -> None:
+    x = np.random.default_rng(1).uniform(0.05, 4.0, X4).astype(np.float32)
+    check_layer(net_text(one("Log", body), X4), inputs={"data": x})
+
+
+def test_log_base_is_not_natural() -> None:
+    """log_10(100) is 2; a converter ignoring ``base`` gives 4.6."""
+    x = np.full((1, 1, 1, 2), 100.0, dtype=np.float32)
+    out = _run(net_text(one("Log", "log_param { base: 10 }"), (1, 1, 1, 2)), x)
+    np.testing.assert_allclose(out, 2.0, rtol=1e-6)
+
+
+def test_exp_base_2() -> None:
+    """2^(1 + 0.5 * 4) = 8."""
+    x = np.full((1, 1, 1, 1), 4.0, dtype=np.float32)
+    out = _run(net_text(one("Exp", "exp_param { base: 2 scale: 0.5 shift: 1 }"), (1, 1, 1, 1)), x)
+    np.testing.assert_allclose(out, 8.0, rtol=1e-6)
+
+
+def _run(text: str, x: np.ndarray) -> np.ndarray:
+    model = build_module(net_from_text(text))
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_threshold_at_exact_equality_is_zero() -> None:
+    """Caffe's Threshold is strict: x == threshold gives 0 (``>=`` would give 1)."""
+    x = np.array([[0.5, 0.5, 0.4999, 0.5001, -1.0, 2.0]], dtype=np.float32)
+    text = net_text(one("Threshold", "threshold_param { threshold: 0.5 }"), (1, 6))
+    check_layer(text, inputs={"data": x})
+    np.testing.assert_array_equal(_run(text, x), [[0, 0, 0, 1, 0, 1]])
+
+
+def test_bnll_large_magnitudes_are_finite_and_exact() -> None:
+    """log(1 + exp(x)) naively overflows to inf at x = 100 and underflows to 0 at x = -50."""
+    x = np.array([[-1000, -100, -50, -20, -1e-3, 0, 1e-3, 20, 50, 100, 1000]], dtype=np.float32)
+    text = net_text(one("BNLL"), x.shape)
+    check_layer(text, inputs={"data": x})
+    got = _run(text, x)
+    want = reference.run_net(net_from_text(text), {"data": x})["out"]
+    assert np.isfinite(got).all()
+    # elementwise, so tiny values count too (float32 subnormals below 1e-38 excepted)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-38)
+    assert got[0, 2] > 0  # exp(-50) = 2e-22, representable in float32
+
+
+def test_softmax_default_axis_is_channels_not_last() -> None:
+    """The 4-D case above would fail with PyTorch's habitual dim=-1: show the gap is large."""
+    text = net_text(one("Softmax"), X4)
+    net = net_from_text(text)
+    x = random_inputs(net, 3)["data"]
+    ref = reference.run_net(net, {"data": x})["out"]
+    wrong = torch.softmax(torch.from_numpy(x), dim=-1).numpy()
+    assert rel_err(wrong, ref) > 0.1
+    assert rel_err(_run(text, x), ref) < 1e-6
+
+
+def test_power_zero_scale_is_a_constant_even_for_inf() -> None:
+    """Caffe ignores the input when power * scale == 0: shift^power, 1 for power 0."""
+    x = np.array([[np.inf, -np.inf, np.nan, 1.0]], dtype=np.float32)
+    out = _run(net_text(one("Power", "power_param { power: 3 scale: 0 shift: 2 }"), (1, 4)), x)
+    np.testing.assert_array_equal(out, [[8, 8, 8, 8]])
+    out = _run(net_text(one("Power", "power_param { power: 0 shift: -2 }"), (1, 4)), x)
+    np.testing.assert_array_equal(out, [[1, 1, 1, 1]])
+
+
+def test_prelu_without_weights_uses_caffe_initial_slope() -> None:
+    x = np.array([[-4.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(_run(net_text(one("PReLU"), (1, 2)), x), [[-1.0, 2.0]])
+    body = 'prelu_param { filler { type: "constant" value: 0.5 } }'
+    np.testing.assert_allclose(_run(net_text(one("PReLU", body), (1, 2)), x), [[-2.0, 2.0]])
+
+
+def test_prelu_slopes_follow_channels() -> None:
+    """Channel c gets slope c (a slope per spatial position or per sample would not)."""
+    text = net_text(one("PReLU"), (2, 3, 1, 2))
+    net = with_weights(net_from_text(text), {"l": [np.array([0.1, 0.2, 0.3], np.float32)]})
+    x = -np.ones((2, 3, 1, 2), np.float32)
+    with torch.no_grad():
+        got = build_module(net)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got[:, :, 0, 0], [[-0.1, -0.2, -0.3]] * 2, rtol=1e-6)
+
+
+BAD = {
+    "exp-negative-base": one("Exp", "exp_param { base: -2 }"),
+    "exp-zero-base": one("Exp", "exp_param { base: 0 }"),
+    "log-base-1": one("Log", "log_param { base: 1 }"),
+    "log-negative-base": one("Log", "log_param { base: -3 }"),
+}
+
+
+@pytest.mark.parametrize("layer", BAD.values(), ids=BAD.keys())
+def test_invalid_base_is_rejected_with_location(layer: str) -> None:
+    with pytest.raises(PrototxtError, match=r"<test>:3: layer 'l' \((Exp|Log)\): .*base"):
+        build_module(net_from_text(net_text(layer, X4)))
+
+
+BATCH = {
+    "prelu": one("PReLU"),
+    "softmax": one("Softmax"),
+    "softmax-axis-0": one("Softmax", "softmax_param { axis: 0 }"),
+    "power-constant": one("Power", "power_param { power: 0 }"),
+    "log": one("Log", "log_param { shift: 10 }"),
+}
+
+
+@pytest.mark.parametrize("layer", BATCH.values(), ids=BATCH.keys())
+def test_batch_size_independent(layer: str) -> None:
+    check_batch(layer, (1, 3, 4, 5))
+
+
+@pytest.mark.parametrize("layer", [CASES[k][0] for k in ("prelu-shared", "power-zero-scale",
+                                                         "bnll", "threshold", "softmax-axis-2")],
+                         ids=["prelu", "power-constant", "bnll", "threshold", "softmax"])
+def test_modules_follow_the_device(layer: str) -> None:
+    """Nothing in forward is pinned to the CPU: the whole GraphModule runs on ``meta``."""
+    net = net_from_text(net_text(layer, X4))
+    model = build_module(with_weights(net, random_weights(net, 0))).to("meta")
+    out = model(torch.empty(X4, device="meta"))
+    assert out.device.type == "meta" and tuple(out.shape) == X4

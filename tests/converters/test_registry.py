@@ -1,0 +1,225 @@
+"""The converter registry: coverage by reference tests, unknown types, user converters, plugins,
+and the generated support table."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import caffe_bridge
+import reference
+from caffe_bridge import converters, shapes
+from caffe_bridge.build import build_module, convert
+from caffe_bridge.converters.registry import ENTRY_POINT_GROUP, Registry
+from caffe_bridge.errors import CaffeBridgeError, UnsupportedLayerError
+from caffe_bridge.support import support_table
+from layer_check import net_from_text
+
+HERE = Path(__file__).resolve().parent
+
+NET_HEAD = 'name: "t"\nlayer { name: "in" type: "Input" top: "data" ' \
+           "input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n"
+
+
+def _literal_types(node: ast.expr) -> set[str]:
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("set", "frozenset"):
+        return set(ast.literal_eval(node.args[0])) if node.args else set()
+    return set(ast.literal_eval(node))
+
+
+def collect_covers() -> dict[Path, set[str]]:
+    """``COVERS = {...}`` of every test module beside this one (parsed, not imported)."""
+    found: dict[Path, set[str]] = {}
+    for path in sorted(HERE.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "COVERS" for t in stmt.targets):
+                found[path] = _literal_types(stmt.value)
+    return found
+
+
+def test_every_registered_type_has_a_reference_and_a_layer_test() -> None:
+    registered = set(converters.REGISTRY.types())
+    no_reference = sorted(registered - reference.SUPPORTED)
+    covered = set().union(*collect_covers().values())
+    untested = sorted(registered - covered)
+    assert not no_reference, f"registered types the numpy reference lacks: {no_reference}"
+    assert not untested, (f"registered types no tests/converters module lists in COVERS "
+                          f"(with a check_layer test): {untested}")
+
+
+def _strings_outside_covers(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    covers = [s for s in tree.body if isinstance(s, ast.Assign)
+              and any(isinstance(t, ast.Name) and t.id == "COVERS" for t in s.targets)]
+    skip = {id(n) for stmt in covers for n in ast.walk(stmt)}
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip}
+
+
+@pytest.mark.parametrize("path", sorted(collect_covers()), ids=lambda p: p.name)
+def test_covers_are_backed_by_check_layer_prototxts(path: Path) -> None:
+    """Each type a module claims is written in its prototxt snippets (``type: "T"``, or passed to
+    a snippet helper as ``"T"``), and the module runs check_layer."""
+    assert "check_layer(" in path.read_text(encoding="utf-8"), \
+        f"{path.name} declares COVERS but never calls check_layer"
+    strings = _strings_outside_covers(path)
+    missing = sorted(t for t in collect_covers()[path]
+                     if t not in strings and not any(f'type: "{t}"' in s for s in strings))
+    assert not missing, f"{path.name} lists {missing} in COVERS without a prototxt using them"
+
+
+PRIOR_BOX = """name: "ssd_head"
+layer { name: "in" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
+
+layer {
+  name: "conv4_3_priorbox"
+  type: "PriorBox"
+  bottom: "data"
+  top: "prior"
+  prior_box_param { min_size: 30 aspect_ratio: 2 flip: true }
+}
+"""
+
+
+def test_unknown_layer_type_names_file_line_layer_and_supported_types(tmp_path: Path) -> None:
+    path = tmp_path / "ssd.prototxt"
+    path.write_text(PRIOR_BOX, encoding="utf-8")
+    with pytest.raises(UnsupportedLayerError) as info:
+        convert(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:6: layer 'conv4_3_priorbox' (PriorBox): "), msg
+    assert "PriorBox" in info.value.message and "supported" in msg
+    assert all(t in msg for t in ("Convolution", "ReLU", "Softmax", "Axpy")), msg
+    assert (info.value.line, info.value.layer, info.value.layer_type) == (
+        6, "conv4_3_priorbox", "PriorBox")
+
+
+def test_type_without_converter_is_reported_by_the_registry() -> None:
+    """A type the shape rules know but no converter handles fails in convert, not silently."""
+    net = net_from_text(NET_HEAD + 'layer { name: "act" type: "TanH" bottom: "data" top: "o" }')
+    odd = dataclasses.replace(net.layers[1], type="NoSuchFork")
+    net = dataclasses.replace(net, layers=(net.layers[0], odd))
+    with pytest.raises(UnsupportedLayerError) as info:
+        build_module(net)
+    msg = str(info.value)
+    assert msg.startswith("<test>:3: layer 'act' (NoSuchFork): no converter"), msg
+    assert "Axpy, BNLL" in msg and "caffe_bridge.register" in msg
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations made in the test are dropped afterwards; plugins are rescanned."""
+    monkeypatch.setattr(converters.REGISTRY, "_by_type", dict(converters.REGISTRY._by_type))
+    converters.load_plugins.cache_clear()
+    yield
+    converters.load_plugins.cache_clear()
+
+
+class _AffineFork(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x + 1
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_user_converter_is_used_by_convert(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fork type needs a shape rule (caffe_bridge.shapes.shape_rule) to load at all.
+    monkeypatch.setattr(shapes, "_RULES", dict(shapes._RULES))
+
+    @shapes.shape_rule("MyFork")
+    def my_fork_shape(p: object, ins: list) -> shapes.LayerShapes:
+        return shapes.LayerShapes((tuple(ins[0]),))
+
+    @caffe_bridge.register("MyFork")
+    def convert_my_fork(layer: caffe_bridge.Layer, net: caffe_bridge.Net) -> torch.nn.Module:
+        """MyFork: 3x + 1 (test fork layer)."""
+        return _AffineFork()
+
+    net = net_from_text(NET_HEAD + 'layer { name: "f" type: "MyFork" bottom: "data" top: "o" }')
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(convert(net)(x), 3 * x + 1)
+    assert "| `MyFork` |" in support_table()
+
+
+PLUGIN_SOURCE = '''
+import torch
+from caffe_bridge.converters import register
+
+
+class Plus42(torch.nn.Module):
+    def forward(self, x):
+        return x + 42
+
+
+@register("TanH")
+def convert_tanh_plugin(layer, net):
+    """TanH replaced by a plugin (test)."""
+    return Plus42()
+'''
+
+
+def _dist(root: Path, name: str, entry: str) -> None:
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry}\n")
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_entry_point_plugins_are_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution on sys.path declaring the entry-point group is imported by convert."""
+    (tmp_path / "cb_test_plugin.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
+    _dist(tmp_path, "cb_test_plugin", "plus42 = cb_test_plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cb_test_plugin", raising=False)
+    net = net_from_text(NET_HEAD + 'layer { name: "act" type: "TanH" bottom: "data" top: "o" }')
+    x = torch.zeros(2, 3, 4, 5)
+    out = convert(net)(x)
+    assert "plus42" in converters.load_plugins()
+    np.testing.assert_array_equal(out.numpy(), 42.0)  # tanh(0) would be 0
+    monkeypatch.delitem(sys.modules, "cb_test_plugin", raising=False)
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_broken_plugin_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _dist(tmp_path, "cb_broken_plugin", "broken = cb_no_such_module_here")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CaffeBridgeError, match="converter plugin 'broken'.*failed to load"):
+        converters.load_plugins()
+
+
+def test_support_table_lists_every_registered_type() -> None:
+    table = support_table()
+    lines = table.splitlines()
+    assert lines[0] == "| Caffe type | Converter | Summary |"
+    for info in converters.REGISTRY:
+        row = next((ln for ln in lines if ln.startswith(f"| `{info.type}` |")), None)
+        assert row is not None, info.type
+        assert f"`{info.origin}`" in row and info.summary.split()[0] in row
+    assert "| `Softmax` | `caffe_bridge.converters.activation` |" in table
+    assert "Input" in lines[-1] and "graph builder" in lines[-1]
+
+
+def test_support_table_escapes_pipes() -> None:
+    reg = Registry()
+
+    @reg.register("Abs")
+    def convert_abs(layer: caffe_bridge.Layer, net: caffe_bridge.Net) -> torch.nn.Module:
+        """Absolute value |x|.
+
+        Second line, not in the table."""
+        return torch.nn.Identity()
+
+    rows = support_table(reg).splitlines()
+    assert rows[2] == f"| `Abs` | `{__name__}` | Absolute value \\|x\\|. |"
+    assert len([r for r in rows if r.startswith("|")]) == 3
