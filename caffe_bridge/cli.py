@@ -1,0 +1,441 @@
+"""``caffe2torch``: inspect, convert, export and verify Caffe models from the command line.
+
+Exit codes: 0 success; 1 ``verify`` found a blob beyond tolerance; 2 any error (printed as one
+line ``error: <message>`` on stderr). The only module of the package that prints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from caffe_bridge.errors import CaffeBridgeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_MISMATCH = 1
+EXIT_ERROR = 2
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _os_message(err: OSError) -> str:
+    reason = err.strerror or str(err)
+    name = err.filename if err.filename is not None else None
+    return f"{name}: {reason}" if name is not None else reason
+
+
+def _handle_errors(fn: F) -> F:
+    """Turn the package's errors, file problems and Ctrl-C into one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CaffeBridgeError as err:
+            _fail(str(err))
+        except OSError as err:
+            _fail(_os_message(err))
+        except MemoryError:
+            _fail("out of memory")
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _input_file(path: str, what: str) -> str:
+    """Check that ``path`` is a readable file (clean errors instead of click's usage text)."""
+    p = Path(path)
+    if not p.exists():
+        raise CaffeBridgeError(f"no such {what}", file=path)
+    if p.is_dir():
+        raise CaffeBridgeError(f"is a directory, not a {what}", file=path)
+    with open(p, "rb"):
+        pass  # PermissionError surfaces here as a clean OSError
+    return path
+
+
+def _weights(prototxt: str, weights: str | None, no_weights: bool) -> str | None:
+    """The caffemodel to use: WEIGHTS, else NET.caffemodel beside the prototxt."""
+    if weights is not None and no_weights:
+        raise CaffeBridgeError("pass either WEIGHTS or --no-weights, not both")
+    if no_weights:
+        return None
+    if weights is not None:
+        return _input_file(weights, "caffemodel")
+    beside = Path(prototxt).with_suffix(".caffemodel")
+    if beside.is_file():
+        return str(beside)
+    raise CaffeBridgeError(f"no weights: pass WEIGHTS or --no-weights (looked for {beside})")
+
+
+class _Progress:
+    """``progress(stage, done, total)`` callbacks drawn as tqdm bars on stderr."""
+
+    LABELS = {"hash": ("sha256", "B"), "render": ("render", " layers"),
+              "export": ("export", " files")}
+
+    def __init__(self, quiet: bool) -> None:
+        self.disabled = quiet or not sys.stderr.isatty()
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.disabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None or bar.total != total or done < bar.n:
+            if bar is not None:
+                bar.close()
+            label, unit = self.LABELS.get(stage, (stage, ""))
+            bar = tqdm(total=total, desc=label, unit=unit, unit_scale=unit == "B",
+                       file=sys.stderr, leave=False)
+            self.bars[stage] = bar
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            del self.bars[stage]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _show(name: str) -> str:
+    """A name for the terminal: non-printable characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _quiet_option(fn: F) -> F:
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress bars (they are also off when stderr is not a "
+                             "terminal).")(fn)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="caffe-bridge", prog_name="caffe2torch")
+def main() -> None:
+    """Read Caffe models (.prototxt + .caffemodel) without Caffe; convert them to exact PyTorch.
+
+    \b
+    Examples:
+      caffe2torch inspect SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
+      caffe2torch convert SE-ResNet-50.prototxt -o out/
+      caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
+      caffe2torch verify SE-ResNet-50.prototxt --reference opencv
+
+    Exit codes: 0 ok, 1 verify found a mismatch, 2 error.
+    """
+
+
+# ------------------------------------------------------------------ inspect
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("net", metavar="NET.prototxt")
+@click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
+@_handle_errors
+def inspect(net: str, weights: str | None) -> None:
+    """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
+
+    Parameters count every blob Caffe stores (BatchNorm statistics included). FLOPs are
+    2 x multiply-accumulates of Convolution, Deconvolution and InnerProduct at the batch size
+    of the definition; other layers count 0. With WEIGHTS, also list caffemodel layers the
+    prototxt lacks (unused), parameter layers without weights (missing) and blob mismatches.
+
+    \b
+    Example:
+      caffe2torch inspect SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
+    """
+    from caffe_bridge.inspect import inspect_files
+
+    _input_file(net, "prototxt")
+    if weights is not None:
+        _input_file(weights, "caffemodel")
+    summary = inspect_files(net, weights)
+    rows = []
+    for i, r in enumerate(summary.rows):
+        tops = ", ".join(f"{_show(t)} {_shape(s)}"
+                         for t, s in zip(r.tops, r.top_shapes, strict=True))
+        rows.append([str(i), _show(r.name), _show(r.type), tops,
+                     f"{r.params:,}" if r.params else "-", _si(r.flops) if r.flops else "-"])
+    click.echo(f"net: {_show(summary.name) or '(unnamed)'}  ({_show(summary.source)})")
+    click.echo(_table(["#", "layer", "type", "top(s)", "params", "FLOPs"], rows, {0, 4, 5}))
+    n_layers = sum(1 for r in summary.rows if r.type != "Input")
+    click.echo(f"\ntotal: {n_layers} layers, {summary.total_params:,} parameters, "
+               f"{_si(summary.total_flops)} FLOPs ({summary.total_flops:,})")
+    click.echo("inputs: " + ", ".join(f"{_show(n)} {_shape(s)}"
+                                      for n, s in summary.inputs.items()))
+    click.echo("outputs: " + ", ".join(_show(o) for o in summary.outputs))
+    report = summary.weights
+    if report is None:
+        return
+    click.echo(f"\nweights: {_show(report.path)}")
+    if report.ok:
+        n = sum(1 for r in summary.rows if r.params)
+        click.echo(f"  all {n} parameter layers have weights of the right shapes; none unused")
+    if report.unused:
+        click.echo(f"  unused (caffemodel layers the prototxt lacks): "
+                   f"{', '.join(_show(n) for n in report.unused)}")
+    if report.missing:
+        click.echo(f"  missing (parameter layers without weights): "
+                   f"{', '.join(_show(n) for n in report.missing)}")
+    for layer, message in report.mismatched:
+        click.echo(f"  mismatch: {_show(layer)}: {_show(message)}")
+
+
+# ------------------------------------------------------------------ layers
+
+
+@main.command(context_settings=CONTEXT)
+@_handle_errors
+def layers() -> None:
+    """List the supported Caffe layer types and the converter handling each.
+
+    \b
+    Example:
+      caffe2torch layers
+    """
+    try:
+        from caffe_bridge.support import support_table
+    except ImportError:
+        support_table = None
+    if support_table is not None:
+        click.echo(support_table().rstrip())
+        return
+    from caffe_bridge import converters
+
+    converters.load_plugins()
+    rows = [[info.type, info.origin, info.summary] for info in converters.REGISTRY]
+    click.echo(_table(["type", "converter", "summary"], rows, set()))
+
+
+# ------------------------------------------------------------------ convert
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("net", metavar="NET.prototxt")
+@click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
+@click.option("-o", "--outdir", default=".", show_default=True, metavar="OUTDIR",
+              help="Folder for <stem>.py and <stem>.pth (created if missing).")
+@click.option("--no-weights", is_flag=True,
+              help="Convert the definition alone (the .pth then holds the converters' "
+                   "defaults).")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@_quiet_option
+@_handle_errors
+def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
+            quiet: bool) -> None:
+    """Write a standalone PyTorch module (OUTDIR/<stem>.py) and its weights (<stem>.pth).
+
+    Without WEIGHTS, NET.caffemodel beside the prototxt is used when present. The .py needs
+    only torch: `build("<stem>.pth")` returns the model in eval mode, one named submodule per
+    Caffe layer. The .pth is a plain state dict (torch.load(..., weights_only=True)). Before
+    the files are moved into place, the module is imported and must reproduce the conversion
+    bit for bit.
+
+    \b
+    Example:
+      caffe2torch convert SE-ResNet-50.prototxt SE-ResNet-50.caffemodel -o out/
+      # then: cd out && mv SE-ResNet-50.py se_resnet50.py && python -c \\
+      #   'import se_resnet50; m = se_resnet50.build("SE-ResNet-50.pth")'
+    """
+    from caffe_bridge.codegen import write_module_files
+
+    _input_file(net, "prototxt")
+    caffemodel = _weights(net, weights, no_weights)
+    bars = _Progress(quiet)
+    try:
+        py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars)
+    finally:
+        bars.close()
+    click.echo(f"wrote {py} and {pth}")
+
+
+# ------------------------------------------------------------------ export
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("net", metavar="NET.prototxt")
+@click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
+@click.option("--onnx", "onnx_path", metavar="OUT.onnx", help="Write ONNX here.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 21),
+              help="ONNX opset version.")
+@click.option("--dynamic-batch", is_flag=True,
+              help="Let the batch size vary (also checked at another batch size).")
+@click.option("--torchscript", "ts_path", metavar="OUT.pt", help="Write TorchScript here.")
+@click.option("--pt2", "pt2_path", metavar="OUT.pt2", help="Write a torch.export program here.")
+@click.option("--no-weights", is_flag=True, help="Export the definition alone.")
+@click.option("--tolerance", default=1e-5, show_default=True, type=float,
+              help="Largest relative error allowed against PyTorch.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@_quiet_option
+@_handle_errors
+def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
+           dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
+           tolerance: float, force: bool, quiet: bool) -> None:
+    """Export the converted model to ONNX, TorchScript and/or torch.export (.pt2).
+
+    Each file is loaded back (onnxruntime, torch.jit.load, torch.export.load) and run on a
+    seeded input; a relative error above --tolerance against PyTorch is an error and leaves
+    no file behind. WEIGHTS defaults to NET.caffemodel beside the prototxt.
+
+    \b
+    Example:
+      caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx --dynamic-batch
+    """
+    from caffe_bridge.export import export_net
+    from caffe_bridge.ir import load_net
+
+    _input_file(net, "prototxt")
+    if not (onnx_path or ts_path or pt2_path):
+        raise CaffeBridgeError("nothing to export: pass --onnx, --torchscript and/or --pt2")
+    caffemodel = _weights(net, weights, no_weights)
+    bars = _Progress(quiet)
+    try:
+        results = export_net(load_net(net, caffemodel), onnx=onnx_path, torchscript=ts_path,
+                             pt2=pt2_path, opset=opset, dynamic_batch=dynamic_batch,
+                             force=force, tolerance=tolerance, progress=bars)
+    finally:
+        bars.close()
+    for r in results:
+        click.echo(f"wrote {r.path} ({r.format}; max relative error vs PyTorch "
+                   f"{r.max_rel_err:.2g})")
+
+
+# ------------------------------------------------------------------ verify
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("net", metavar="NET.prototxt")
+@click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
+@click.option("--reference", default="opencv", show_default=True,
+              metavar="opencv|caffe|FILE.npz",
+              help="OpenCV's Caffe importer, pycaffe, or saved blobs (name -> array).")
+@click.option("--input", "input_path", metavar="X.npy|X.npz",
+              help="Input array (.npz: input name -> array). Default: the reference .npz's "
+                   "inputs, else seeded N(0, 1) of the declared shape.")
+@click.option("--device", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "cuda"]), help="Where to run the converted model.")
+@click.option("--rtol", default=1e-4, show_default=True, type=float,
+              help="Largest relative error (max|ours-ref| / max|ref|) per blob.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random inputs.")
+@click.option("--json", "json_path", metavar="OUT.json", help="Also write the report as JSON.")
+@click.option("--plot", "plot_path", metavar="OUT.png",
+              help="Plot per-blob relative error (needs matplotlib).")
+@click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
+@_handle_errors
+def verify(net: str, weights: str | None, reference: str, input_path: str | None, device: str,
+           rtol: float, seed: int, json_path: str | None, plot_path: str | None,
+           force: bool) -> None:
+    """Compare every blob with a reference and name the first one that diverges.
+
+    Blobs are compared in network order at their value after the last in-place layer. Exit
+    code 1 when any blob's relative error exceeds --rtol. WEIGHTS defaults to NET.caffemodel
+    beside the prototxt; with an .npz reference it is optional.
+
+    \b
+    Examples:
+      caffe2torch verify SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
+      caffe2torch verify net.prototxt net.caffemodel --reference blobs.npz --json report.json
+    """
+    import torch
+
+    from caffe_bridge import verify as V
+    from caffe_bridge.atomic import atomic_outputs, check_target
+
+    _input_file(net, "prototxt")
+    is_npz = reference not in V.REFERENCES
+    if is_npz:
+        _input_file(reference, "reference .npz")
+    if input_path is not None:
+        _input_file(input_path, "input array")
+    if weights is None and is_npz:
+        beside = Path(net).with_suffix(".caffemodel")
+        caffemodel = str(beside) if beside.is_file() else None
+    else:
+        caffemodel = _weights(net, weights, False)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CaffeBridgeError("--device cuda: no CUDA device is available")
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CaffeBridgeError("--plot needs matplotlib (pip install matplotlib)") from None
+    for out in (json_path, plot_path):
+        if out is not None:
+            check_target(out, force=force)
+    report = V.verify(net, caffemodel, reference=reference, inputs=input_path, device=device,
+                      rtol=rtol, seed=seed)
+    rows = [[_show(r.blob), _shape(r.shape), f"{r.max_abs_err:.3g}", f"{r.rel_err:.3g}",
+             f"{r.cosine:.6f}", "ok" if r.ok else "DIVERGES"] for r in report.rows]
+    click.echo(f"reference: {_show(report.reference)}  (rtol {report.rtol:g})")
+    click.echo(_table(["blob", "shape", "max abs err", "rel err", "cosine", ""], rows,
+                      {2, 3, 4}))
+    if report.skipped:
+        click.echo(f"skipped (not in the net): {', '.join(_show(s) for s in report.skipped)}")
+    outputs = [p for p in (json_path, plot_path) if p is not None]
+    if outputs:
+        with atomic_outputs(outputs, force=force) as temps:
+            tmp = dict(zip(outputs, temps, strict=True))
+            if json_path is not None:
+                tmp[json_path].write_text(json.dumps(report.to_json(), indent=2) + "\n",
+                                          encoding="utf-8")
+            if plot_path is not None:
+                V.plot_report(report, tmp[plot_path])
+    first = report.first_divergent
+    if first is None:
+        click.echo(f"all {len(report.rows)} blobs within rtol {report.rtol:g}")
+        return
+    bad = sum(1 for r in report.rows if not r.ok)
+    click.echo(f"first divergent blob: {_show(first.blob)} (layer {_show(first.layer)}); "
+               f"{bad} of {len(report.rows)} blobs exceed rtol {report.rtol:g}")
+    sys.exit(EXIT_MISMATCH)
+
+
+if __name__ == "__main__":
+    main()

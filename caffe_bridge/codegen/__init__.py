@@ -1,0 +1,208 @@
+"""Standalone PyTorch source for a converted net: what ``caffe2torch convert`` writes.
+
+The generated ``<stem>.py`` imports only torch and the standard library. It holds
+
+* a header docstring naming the source files (whitelisted characters only) and ``SOURCES``,
+  their exact names and sha256 digests;
+* the module classes the converters used that are not torch's, copied with
+  ``inspect.getsource`` together with the helpers and constants they use;
+* one ``nn.Module`` class whose ``__init__`` creates one named submodule per Caffe layer by
+  repeating the constructor call the converter made (captured while converting), whose
+  ``CAFFE_NAMES`` maps submodules back to Caffe layer names, and whose ``forward`` is written
+  from the fx graph with variables named after the Caffe blobs;
+* ``build(weights: str | None = None) -> torch.nn.Module``: the model in eval mode, loading a
+  plain state dict (``<stem>.pth``, for ``torch.load(weights_only=True)``) when given.
+
+Before anything is written, every submodule is rebuilt from its rendered constructor call and
+must compute the same values bit for bit; after writing (to temporary files), the file is
+imported and must reproduce :func:`caffe_bridge.convert` bit for bit on a seeded input. See
+``render.py`` for the details, including why Caffe names can never become code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import secrets
+import sys
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import fx
+
+from caffe_bridge.build import build_module
+from caffe_bridge.codegen.render import (
+    CodegenError,
+    Progress,
+    check_identifiers,
+    display_text,
+    recording,
+    render_module,
+)
+from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.ir import Net
+from caffe_bridge.testing import random_inputs
+
+__all__ = [
+    "CodegenError",
+    "Generated",
+    "check_generated",
+    "check_identifiers",
+    "display_text",
+    "generate",
+    "load_generated",
+    "sha256_file",
+    "state_dict_for_saving",
+    "write_module_files",
+]
+
+_CHUNK = 1 << 22
+
+
+def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) -> str:
+    """Hex sha256 of a file, read in chunks (``progress("hash", done, total)`` in bytes)."""
+    digest = hashlib.sha256()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress("hash", done, total)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A rendered module: its source and the GraphModule it reproduces."""
+
+    source: str
+    module: fx.GraphModule
+
+
+def generate(
+    net: Net,
+    *,
+    sources: Sequence[tuple[str, str, str]] = (),
+    outputs: Sequence[str] | None = None,
+    check: bool = True,
+    progress: Progress | None = None,
+) -> Generated:
+    """Convert ``net`` and render it as standalone source.
+
+    ``sources`` are ``(role, file name, sha256)`` triples for the header; ``outputs`` as in
+    :func:`caffe_bridge.build.build_module`; ``check`` rebuilds every submodule from its
+    rendered constructor call and compares it with the converted one.
+    """
+    with recording() as records:
+        gm = build_module(net, outputs)
+    source = render_module(net, gm, records, sources=sources, check=check, progress=progress)
+    return Generated(source, gm)
+
+
+def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A plain dict of compact CPU tensors (no views of larger storages) for ``torch.save``."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def load_generated(path: str | os.PathLike[str]) -> types.ModuleType:
+    """Import a generated file under a private module name (any file name or suffix)."""
+    name = f"_caffe_bridge_generated_{secrets.token_hex(6)}"
+    loader = importlib.machinery.SourceFileLoader(name, os.fspath(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    if spec is None:
+        raise CodegenError("cannot import the generated file", file=os.fspath(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
+@torch.no_grad()
+def check_generated(
+    py_path: str | os.PathLike[str],
+    pth_path: str | os.PathLike[str] | None,
+    reference: torch.nn.Module,
+    net: Net,
+    seed: int = 0,
+) -> None:
+    """Import the generated file, build it, and require bit-identical outputs to ``reference``."""
+    try:
+        module = load_generated(py_path)
+    except CodegenError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a broken generated file is our error to report
+        raise CodegenError(f"the generated file does not import: {type(err).__name__}: {err}",
+                           file=os.fspath(py_path)) from None
+    try:
+        model = module.build(os.fspath(pth_path) if pth_path is not None else None)
+        if pth_path is None:
+            model.load_state_dict(reference.state_dict())
+        feeds = random_inputs(net, seed)
+        args = [torch.from_numpy(feeds[n]) for n in net.inputs]
+        want, got = reference(*args), model(*args)
+    except Exception as err:  # noqa: BLE001
+        raise CodegenError(f"the generated model fails to run: {type(err).__name__}: {err}",
+                           file=os.fspath(py_path)) from None
+    finally:
+        sys.modules.pop(module.__name__, None)
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    if len(want) != len(got) or not all(_same(a, b) for a, b in zip(want, got, strict=True)):
+        raise CodegenError("the generated model does not reproduce the converted one bit for "
+                           "bit", file=os.fspath(py_path))
+
+
+def write_module_files(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None,
+    outdir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    check: bool = True,
+    progress: Progress | None = None,
+) -> tuple[Path, Path]:
+    """Write ``OUTDIR/<stem>.py`` and ``OUTDIR/<stem>.pth`` atomically; return their paths.
+
+    Without ``caffemodel`` the state dict holds what the converters make without weights.
+    """
+    from caffe_bridge.atomic import atomic_outputs
+    from caffe_bridge.ir import load_net
+
+    folder = Path(outdir)
+    stem = Path(prototxt).stem
+    targets = [folder / f"{stem}.py", folder / f"{stem}.pth"]
+    if folder.exists() and not folder.is_dir():
+        raise CaffeBridgeError("output folder is a file", file=str(folder))
+    for t in targets:  # fail on clobbering before the (possibly long) conversion
+        if t.exists() and not force:
+            raise CaffeBridgeError("already exists (pass --force to overwrite)",
+                                        file=str(t))
+    net = load_net(prototxt, caffemodel)
+    sources = [("prototxt", Path(prototxt).name, sha256_file(prototxt, progress))]
+    if caffemodel is not None:
+        sources.append(("caffemodel", Path(caffemodel).name, sha256_file(caffemodel, progress)))
+    gen = generate(net, sources=sources, check=check, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs(targets, force=force) as (py_tmp, pth_tmp):
+        py_tmp.write_text(gen.source, encoding="utf-8")
+        torch.save(state_dict_for_saving(gen.module), pth_tmp)
+        if check:
+            check_generated(py_tmp, pth_tmp, gen.module, net)
+    return targets[0], targets[1]
+
