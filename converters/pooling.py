@@ -79,12 +79,10 @@ class PaddedAvgPool2d(nn.Module):
     """AVE pooling over a zero-padded input, rescaled to Caffe's divisor (buffer ``scale``)."""
 
     def __init__(self, kernel: tuple[int, int], stride: tuple[int, int],
-                 pads: tuple[int, int, int, int], divisor: np.ndarray) -> None:
+                 pads: tuple[int, int, int, int], scale: torch.Tensor) -> None:
         super().__init__()
         self.kernel, self.stride, self.pads = kernel, stride, pads
-        with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too
-            scale = (kernel[0] * kernel[1]) / divisor
-        self.register_buffer("scale", torch.from_numpy(scale.astype(np.float32)))
+        self.register_buffer("scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.pads)
@@ -125,4 +123,7 @@ def pooling(layer: Layer, net: Net) -> nn.Module:
                          **layer.error_kwargs())
     if pp.pool == MAX:
         return PaddedMaxPool2d(geo.kernel, geo.stride, pads)
-    return PaddedAvgPool2d(geo.kernel, geo.stride, pads, ave_divisor(geo, hw))
+    with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too
+        scale = (geo.kernel[0] * geo.kernel[1]) / ave_divisor(geo, hw)
+    return PaddedAvgPool2d(geo.kernel, geo.stride, pads,
+                           torch.from_numpy(scale.astype(np.float32)))
