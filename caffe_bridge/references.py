@@ -1,0 +1,248 @@
+"""Independent whole-net references: other implementations of Caffe run on the same files.
+
+``opencv_forward`` runs OpenCV's own Caffe importer (``cv2.dnn.readNetFromCaffe``, OpenCV 4.x)
+with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
+
+* OpenCV converts the custom ``Axpy`` layer itself as ``a * bottom[2] + bottom[1]``, while the
+  SENet definition is ``a * bottom[1] + bottom[2]``. OpenCV is handed a copy of the definition
+  whose Axpy layers have their 2nd and 3rd bottoms swapped (edited through our schema).
+* Winograd convolutions drift by ~1e-4; they are switched off.
+* OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
+* OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
+  TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
+  Caffe instantiates in the TEST phase (level 0, no stages).
+
+Nothing here is used by ``convert``: these runners exist to check it (tests, ``verify``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import text_format
+
+from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.prototxt import parse_prototxt
+from caffe_bridge.upgrade import upgrade
+
+__all__ = ["opencv_definition", "opencv_forward"]
+
+_TEST = 1  # caffe.Phase
+
+Weights = Mapping[str, Sequence[np.ndarray]]
+
+# OpenCV names the failing layer in several spellings, depending on where it fails.
+_LAYER_PATTERNS = (
+    re.compile(r"layer \"([^\"]+)\""),
+    re.compile(r"layer '([^']+)'"),
+    re.compile(r"\[[A-Za-z0-9_]+\]:\(([^)]+)\)"),
+    re.compile(r"layer name: ?(\S+)"),
+)
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as err:
+        raise CaffeBridgeError(
+            "OpenCV (the cv2 module, e.g. opencv-python-headless 4.x) is needed for the OpenCV "
+            f"reference: {err}"
+        ) from None
+    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
+        raise CaffeBridgeError(
+            f"this OpenCV ({cv2.__version__}) has no cv2.dnn.readNetFromCaffe (OpenCV 5 removed "
+            "it); install OpenCV 4.x"
+        )
+    return cv2
+
+
+def _meets_test_state(rule: Any) -> bool:
+    """Caffe's StateMeetsRule for the deploy state: phase TEST, level 0, no stages."""
+    if rule.HasField("phase") and rule.phase != _TEST:
+        return False
+    if rule.HasField("min_level") and rule.min_level > 0:
+        return False
+    if rule.HasField("max_level") and rule.max_level < 0:
+        return False
+    return not rule.stage  # a required stage is never set; `not_stage` rules always pass
+
+
+def _in_test_net(layer: Any) -> bool:
+    """Caffe's FilterNet: any include rule met, or (without include rules) no exclude rule met."""
+    if layer.include:
+        return any(_meets_test_state(r) for r in layer.include)
+    return not any(_meets_test_state(r) for r in layer.exclude)
+
+
+def opencv_definition(
+    prototxt: str | os.PathLike[str], *, fix_axpy: bool = True, test_phase: bool = True
+) -> str | None:
+    """The definition's text as OpenCV must see it, or None when the file can be used as is.
+
+    With ``fix_axpy`` every Axpy layer's 2nd and 3rd bottoms are swapped; with ``test_phase``
+    layers Caffe would not instantiate in the TEST phase are removed. Edited through our schema
+    (comments are lost, nothing else changes).
+    """
+    parsed = parse_prototxt(prototxt)
+    net = parsed.net
+    changed = False
+    if test_phase:
+        for records in (net.layer, net.layers):
+            for i in reversed(range(len(records))):
+                if not _in_test_net(records[i]):
+                    del records[i]
+                    changed = True
+    if fix_axpy:
+        for layer in net.layer:
+            if layer.type != "Axpy":
+                continue
+            if len(layer.bottom) != 3:
+                raise CaffeBridgeError(
+                    f"Axpy takes 3 bottoms, this one has {len(layer.bottom)}",
+                    file=parsed.path, layer=layer.name, layer_type="Axpy",
+                )
+            layer.bottom[1], layer.bottom[2] = layer.bottom[2], layer.bottom[1]
+            changed = True
+    return text_format.MessageToString(net) if changed else None
+
+
+def _net_blobs(
+    prototxt: str | os.PathLike[str],
+) -> tuple[dict[str, tuple[Any, int]], set[str], list[str]]:
+    """Caffe blob name -> (its last writer's LayerParameter, top index); the blobs that are still
+    the net's inputs; and the net's output blobs (produced, never consumed after), in order."""
+    raw = upgrade(parse_prototxt(prototxt))
+    writers: dict[str, tuple[Any, int]] = {}
+    inputs: set[str] = set()
+    available: dict[str, None] = {}
+    for rec in raw:
+        p = rec.param
+        for b in p.bottom:
+            available.pop(b, None)
+        for k, t in enumerate(p.top):
+            writers[t] = (p, k)
+            if p.type == "Input":
+                inputs.add(t)
+            else:
+                inputs.discard(t)
+                available[t] = None
+    return writers, inputs, list(available)
+
+
+def _opencv_layer(net: Any, layer: Any, path: str) -> str:
+    """OpenCV's name for a Caffe layer: its own, or (OpenCV 4.x names convolutions after their
+    output blob) its first top when OpenCV has a layer of that name and the same type."""
+    if net.getLayerId(layer.name) >= 0:
+        return layer.name
+    if layer.top:
+        lid = net.getLayerId(layer.top[0])
+        if lid >= 0 and net.getLayer(lid).type == layer.type:
+            return layer.top[0]
+    raise CaffeBridgeError("OpenCV has no layer for it (merged or renamed on import)",
+                           file=path, layer=layer.name, layer_type=layer.type)
+
+
+def _rejected(err: Exception, path: str, what: str) -> CaffeBridgeError:
+    msg = str(err).strip()
+    layer = None
+    for pat in _LAYER_PATTERNS:
+        m = pat.search(msg)
+        if m:
+            layer = m.group(1)
+            break
+    # cv2.error text: "OpenCV(4.x) /path/file.cpp:123: error: (-2:Unspecified error) <what>".
+    short = msg.split(" error: ", 1)[-1].splitlines()[0] if msg else type(err).__name__
+    return CaffeBridgeError(f"OpenCV {what}: {short}", file=path, layer=layer)
+
+
+def opencv_forward(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | Weights,
+    inputs: Mapping[str, np.ndarray],
+    blobs: Sequence[str] | None = None,
+    *,
+    fix_axpy: bool = True,
+    test_phase: bool = True,
+    winograd: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run ``prototxt`` with OpenCV's Caffe importer; return the requested blobs, batch-stacked.
+
+    ``caffemodel`` is a weights file, or a mapping layer name -> Caffe blobs (written to a
+    temporary caffemodel). ``inputs`` maps input names to NCHW float32 arrays of any batch;
+    ``blobs`` are Caffe blob names (their value after the last in-place layer), by default the
+    net's outputs. ``fix_axpy=False``, ``test_phase=False`` and ``winograd=True`` leave OpenCV's
+    traps in place (to show that they are real).
+    """
+    cv2 = _cv2()
+    proto_path = os.fspath(prototxt)
+    writers, net_inputs, outputs = _net_blobs(proto_path)
+    wanted = list(blobs) if blobs is not None else outputs
+    unknown = [b for b in wanted if b not in writers]
+    if unknown:
+        raise CaffeBridgeError(f"no blob(s) named {unknown} in the net", file=proto_path)
+    if not wanted:
+        raise CaffeBridgeError("the net has no output blob", file=proto_path)
+    if not inputs:
+        raise CaffeBridgeError("no inputs given", file=proto_path)
+    arrays = {name: np.asarray(a, dtype=np.float32) for name, a in inputs.items()}
+    batches = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+    if len(batches) != 1 or -1 in batches:
+        got = {n: a.shape for n, a in arrays.items()}
+        raise CaffeBridgeError(f"inputs need one common batch axis, got shapes {got}",
+                               file=proto_path)
+    batch = batches.pop()
+    fed = [b for b in wanted if b in net_inputs]
+    missing = [b for b in fed if b not in arrays]
+    if missing:
+        raise CaffeBridgeError(f"no input array given for {missing}", file=proto_path)
+    computed = [b for b in wanted if b not in net_inputs]
+
+    results: dict[str, np.ndarray] = {b: arrays[b].copy() for b in fed}
+    if not computed:
+        return {b: results[b] for b in wanted}
+    with tempfile.TemporaryDirectory(prefix="caffe_bridge_cv2_") as tmp:
+        text = opencv_definition(proto_path, fix_axpy=fix_axpy, test_phase=test_phase)
+        if text is not None:
+            proto_path_cv = str(Path(tmp) / "for_opencv.prototxt")
+            Path(proto_path_cv).write_text(text, encoding="utf-8")
+        else:
+            proto_path_cv = proto_path
+        if isinstance(caffemodel, Mapping):
+            from caffe_bridge.caffemodel import write_caffemodel
+
+            model_path = str(Path(tmp) / "weights.caffemodel")
+            write_caffemodel(model_path, caffemodel)
+        else:
+            model_path = os.fspath(caffemodel)
+        try:
+            net = cv2.dnn.readNetFromCaffe(proto_path_cv, model_path)
+        except cv2.error as err:
+            raise _rejected(err, proto_path, "rejects the net") from None
+        if net.empty():
+            raise CaffeBridgeError("OpenCV read an empty net", file=proto_path)
+        if hasattr(net, "enableWinograd"):
+            net.enableWinograd(winograd)
+        pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
+        picks: list[tuple[int, int]] = []  # per computed blob: (request position, top index)
+        for b in computed:
+            layer, k = writers[b]
+            name = _opencv_layer(net, layer, proto_path)
+            picks.append((pins.setdefault(name, len(pins)), k))
+        per_sample: list[list[np.ndarray]] = []
+        for i in range(batch):
+            try:
+                for name, a in arrays.items():
+                    net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
+                outs = net.forwardAndRetrieve(list(pins))
+            except cv2.error as err:
+                raise _rejected(err, proto_path, "fails to run the net") from None
+            per_sample.append([np.array(outs[p][k], dtype=np.float32) for p, k in picks])
+    for j, b in enumerate(computed):
+        results[b] = np.concatenate([s[j] for s in per_sample], axis=0)
+    return {b: results[b] for b in wanted}
