@@ -12,7 +12,10 @@ is measured in the test (our float32 output against the same graph run in float6
 bound is ``max(1e-5, 3 * floor)``. Nets whose floor is below 3.3e-6 are held to 1e-5 exactly.
 The float64 run is itself checked against the float64 numpy reference, so the floor estimate
 is not built on a broken graph (it is not exact either: like Caffe, converters precompute
-derived parameters such as BatchNorm's mean / factor in float32).
+derived parameters such as BatchNorm's mean / factor in float32). ``random_weights`` gives each
+residual branch's last Scale a small gamma (as in trained ResNets), which keeps the floor of even
+the 150-layer nets below 1e-6; the net output of every released SENet is then held to 1e-5
+against OpenCV with no allowance (``test_senet_output_within_target``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 REL_TOL = 1e-5  # the target: relative max error
 FLOOR_FACTOR = 3.0  # bound = max(REL_TOL, FLOOR_FACTOR * float32 noise floor of the net)
 AXPY_TRAP_MIN = 1e-2  # OpenCV without the Axpy swap must be at least this far off
-GATE_MIN_STD = 0.02  # spread of every SE gate (sigmoid output) over its channels
+GATE_MIN_STD = 0.05  # spread of every SE gate (sigmoid output) over its channels
 GATE_SATURATED = 0.02  # a gate value within this of 0 or 1 counts as saturated
 LOGIT_STD = (0.05, 20.0)  # logits must be O(1): neither vanishing nor exploding
 WEIGHT_SEED = 0
@@ -177,6 +180,16 @@ def test_agrees_with_opencv(key: str, result: Callable[[str], Result]) -> None:
         assert err <= bound, f"{key} {blob}: {err:.3g} > {bound:.3g} (all: {report})"
         to64 = rel_err(r.opencv[blob], r.ours64[blob])
         assert to64 <= bound, f"{key} {blob}: OpenCV vs our float64 {to64:.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("key", WITH_SE)
+def test_senet_output_within_target(key: str, result: Callable[[str], Result]) -> None:
+    """The issue's figure, with no floor allowance: SENet output vs OpenCV <= 1e-5 relative."""
+    r = result(key)
+    if r.opencv is None:
+        pytest.skip("OpenCV (cv2) is not installed")
+    err = rel_err(r.ours[r.blobs[0]], r.opencv[r.blobs[0]])
+    assert err <= REL_TOL, f"{key} {r.blobs[0]}: {err:.3g} > {REL_TOL}"
 
 
 @pytest.mark.parametrize("key", ALL)
