@@ -163,6 +163,7 @@ def main() -> None:
 
     \b
     Examples:
+      caffe2torch demo
       caffe2torch inspect SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
       caffe2torch convert SE-ResNet-50.prototxt -o out/
       caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
@@ -266,9 +267,19 @@ def layers() -> None:
               help="Convert the definition alone (the .pth then holds the converters' "
                    "defaults).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--as", "as_", type=click.Choice(["senet"]), default=None,
+              help="Write the idiomatic SENet instead (caffe_bridge.models): <stem>.pth "
+                   "(state dict) + <stem>.preset.json (mean, std, channel order, crop, classes).")
+@click.option("--class-order", type=click.Choice(["caffe", "torchvision"]), default=None,
+              help="With --as senet: output class order; 'torchvision' = sorted synsets "
+                   "(the release uses the ILSVRC2012 devkit order). Default caffe.")
+@click.option("--input-format", type=click.Choice(["caffe", "bgr255", "rgb255", "torchvision"]),
+              default=None, help="With --as senet: the input layout the model takes. "
+                                 "Default caffe (BGR 0-255, mean subtracted).")
 @_quiet_option
 @_handle_errors
 def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
+            as_: str | None, class_order: str | None, input_format: str | None,
             quiet: bool) -> None:
     """Write a standalone PyTorch module (OUTDIR/<stem>.py) and its weights (<stem>.pth).
 
@@ -284,10 +295,19 @@ def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force:
       # then: cd out && mv SE-ResNet-50.py se_resnet50.py && python -c \\
       #   'import se_resnet50; m = se_resnet50.build("SE-ResNet-50.pth")'
     """
-    from caffe_bridge.codegen import write_module_files
-
     _input_file(net, "prototxt")
     caffemodel = _weights(net, weights, no_weights)
+    if as_ == "senet":
+        from caffe_bridge.models.senet_export import convert_senet
+
+        paths = convert_senet(net, caffemodel, outdir, class_order or "caffe",
+                              input_format or "caffe", force)
+        click.echo("wrote " + " and ".join(str(p) for p in paths))
+        return
+    if class_order is not None or input_format is not None:
+        raise CaffeBridgeError("--class-order and --input-format need --as senet")
+    from caffe_bridge.codegen import write_module_files
+
     bars = _Progress(quiet)
     try:
         py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars)
@@ -436,6 +456,15 @@ def verify(net: str, weights: str | None, reference: str, input_path: str | None
                f"{bad} of {len(report.rows)} blobs exceed rtol {report.rtol:g}")
     sys.exit(EXIT_MISMATCH)
 
+
+def _add_commands() -> None:
+    """Commands that live beside the modules they drive."""
+    from caffe_bridge.demo import demo_command
+
+    main.add_command(demo_command, "demo")
+
+
+_add_commands()
 
 if __name__ == "__main__":
     main()
