@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.options import preprocess_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_MISMATCH = 1
@@ -156,7 +157,24 @@ def _quiet_option(fn: F) -> F:
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+class _Commands(click.Group):
+    """The command group; commands living beside the modules they drive load on first use."""
+
+    lazy = {"demo": "caffe_bridge.demo:demo_command", "eval": "caffe_bridge.evaluate:eval_command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
 @click.version_option(package_name="caffe-bridge", prog_name="caffe2torch")
 def main() -> None:
     """Read Caffe models (.prototxt + .caffemodel) without Caffe; convert them to exact PyTorch.
@@ -168,6 +186,7 @@ def main() -> None:
       caffe2torch convert SE-ResNet-50.prototxt -o out/
       caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
       caffe2torch verify SE-ResNet-50.prototxt --reference opencv
+      caffe2torch eval SE-ResNet-50.prototxt --val-dir val/ --labels ILSVRC2017_val.txt
 
     Exit codes: 0 ok, 1 verify found a mismatch, 2 error.
     """
@@ -379,8 +398,15 @@ def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
 @click.option("--input", "input_path", metavar="X.npy|X.npz",
               help="Input array (.npz: input name -> array). Default: the reference .npz's "
                    "inputs, else seeded N(0, 1) of the declared shape.")
+@click.option("--images", "images", metavar="DIR",
+              type=click.Path(exists=True, file_okay=False),
+              help="Real images as input, preprocessed exactly as `eval` does (same code and "
+                   "flags: --mean, --resize, --crop, ...).")
+@preprocess_options
 @click.option("--device", default="cpu", show_default=True,
               type=click.Choice(["cpu", "cuda"]), help="Where to run the converted model.")
+@click.option("--allow-tf32", is_flag=True,
+              help="With --device cuda: let CUDA use TF32 (faster, not float32-exact).")
 @click.option("--rtol", default=1e-4, show_default=True, type=float,
               help="Largest relative error (max|ours-ref| / max|ref|) per blob.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of random inputs.")
@@ -389,9 +415,10 @@ def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
               help="Plot per-blob relative error (needs matplotlib).")
 @click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
 @_handle_errors
-def verify(net: str, weights: str | None, reference: str, input_path: str | None, device: str,
-           rtol: float, seed: int, json_path: str | None, plot_path: str | None,
-           force: bool) -> None:
+def verify(net: str, weights: str | None, reference: str, input_path: str | None,
+           images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
+           json_path: str | None, plot_path: str | None, force: bool,
+           **preprocess: Any) -> None:
     """Compare every blob with a reference and name the first one that diverges.
 
     Blobs are compared in network order at their value after the last in-place layer. Exit
@@ -402,6 +429,8 @@ def verify(net: str, weights: str | None, reference: str, input_path: str | None
     Examples:
       caffe2torch verify SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
       caffe2torch verify net.prototxt net.caffemodel --reference blobs.npz --json report.json
+      caffe2torch verify SE-ResNet-50.prototxt --images photos/ --mean 104,117,123 \\
+          --device cuda
     """
     import torch
 
@@ -429,8 +458,25 @@ def verify(net: str, weights: str | None, reference: str, input_path: str | None
     for out in (json_path, plot_path):
         if out is not None:
             check_target(out, force=force)
-    report = V.verify(net, caffemodel, reference=reference, inputs=input_path, device=device,
-                      rtol=rtol, seed=seed)
+    if device == "cuda":
+        from caffe_bridge.evaluate import set_tf32
+
+        set_tf32(allow_tf32)  # off by default: the GPU must compute float32 like the CPU
+    if images is not None:
+        if input_path is not None:
+            raise CaffeBridgeError("give either --input or --images, not both")
+        from caffe_bridge.data import preprocess_images
+        from caffe_bridge.ir import load_net
+
+        loaded = load_net(net, caffemodel)
+        if len(loaded.inputs) != 1:
+            raise CaffeBridgeError("--images needs a net with exactly one input", file=net)
+        batch = preprocess_images(images, **preprocess)
+        report = V.verify_arrays(net, caffemodel, {next(iter(loaded.inputs)): batch},
+                                 reference=reference, device=device, rtol=rtol, net=loaded)
+    else:
+        report = V.verify(net, caffemodel, reference=reference, inputs=input_path,
+                          device=device, rtol=rtol, seed=seed)
     rows = [[_show(r.blob), _shape(r.shape), f"{r.max_abs_err:.3g}", f"{r.rel_err:.3g}",
              f"{r.cosine:.6f}", "ok" if r.ok else "DIVERGES"] for r in report.rows]
     click.echo(f"reference: {_show(report.reference)}  (rtol {report.rtol:g})")
@@ -456,15 +502,6 @@ def verify(net: str, weights: str | None, reference: str, input_path: str | None
                f"{bad} of {len(report.rows)} blobs exceed rtol {report.rtol:g}")
     sys.exit(EXIT_MISMATCH)
 
-
-def _add_commands() -> None:
-    """Commands that live beside the modules they drive."""
-    from caffe_bridge.demo import demo_command
-
-    main.add_command(demo_command, "demo")
-
-
-_add_commands()
 
 if __name__ == "__main__":
     main()
