@@ -52,7 +52,7 @@ def test_verify_images_agrees_with_opencv(tmp_path: Path) -> None:
     import json
 
     report = json.loads(out.read_text())
-    assert max(row["rel_err"] for row in report["rows"]) <= 1e-5
+    assert report["ok"] and max(row["rel_err"] for row in report["blobs"]) <= 1e-5
 
 
 def test_verify_images_and_input_are_exclusive(tmp_path: Path) -> None:
