@@ -6,12 +6,13 @@ import keyword
 import operator
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
 from torch import fx, nn
 
-from caffe_bridge.errors import ShapeError
+from caffe_bridge.errors import CaffeBridgeWarning, ShapeError
 from caffe_bridge.ir import Layer, Net, load_net
 
 
@@ -121,4 +122,10 @@ def convert(
     blob, a tuple when there are several, or the blobs named in ``outputs``.
     """
     net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel)
+    if net.unused_weights:
+        warnings.warn(
+            f"{caffemodel}: weights of {len(net.unused_weights)} layer(s) that {net.source} "
+            f"lacks were not used: {', '.join(net.unused_weights)}",
+            CaffeBridgeWarning, stacklevel=2,
+        )
     return build_module(net, outputs)

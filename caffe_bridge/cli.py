@@ -190,6 +190,19 @@ def main() -> None:
 
     Exit codes: 0 ok, 1 verify found a mismatch, 2 error.
     """
+    import warnings
+
+    from caffe_bridge.errors import CaffeBridgeWarning
+
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, CaffeBridgeWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 # ------------------------------------------------------------------ inspect

@@ -60,3 +60,7 @@ class UnsupportedLayerError(CaffeBridgeError):
 
 class ShapeError(CaffeBridgeError):
     """A shape that cannot be inferred or does not match what Caffe expects."""
+
+
+class CaffeBridgeWarning(UserWarning):
+    """Something a user must hear about that does not stop the work (e.g. unused weights)."""
