@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -54,12 +56,28 @@ def atomic_outputs(
         for tmp in temps:
             if not tmp.is_file():
                 raise CaffeBridgeError("was not written", file=str(tmp))
-        for tmp, target in zip(temps, final, strict=True):
-            os.replace(tmp, target)
+        with _interrupts_deferred():  # all targets or none, even on Ctrl-C
+            for tmp, target in zip(temps, final, strict=True):
+                os.replace(tmp, target)
     finally:
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        with _interrupts_deferred():  # a second Ctrl-C must not leave a temporary file
+            for tmp in temps:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT (delivered, as KeyboardInterrupt, when the block ends) on the main thread."""
+    block = getattr(signal, "pthread_sigmask", None)
+    if block is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = block(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        block(signal.SIG_SETMASK, old)
 
 
 def write_text(path: str | os.PathLike[str], text: str, *, force: bool = False) -> None:

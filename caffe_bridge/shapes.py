@@ -45,9 +45,27 @@ def known_types() -> frozenset[str]:
     return frozenset(_RULES)
 
 
+MAX_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
+
+
 def infer(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
-    """Shapes of one layer's tops and parameter blobs (KeyError if the type has no rule)."""
-    return _RULES[param.type](param, in_shapes)
+    """Shapes of one layer's tops and parameter blobs (KeyError if the type has no rule).
+
+    Like Caffe, a blob may hold at most ``MAX_COUNT`` values: larger tops or parameter blobs
+    are a :class:`ShapeRuleError` here, before anything is allocated.
+    """
+    result = _RULES[param.type](param, in_shapes)
+    for what, group in (("top", result.tops), ("parameter blob", result.params)):
+        for i, shape in enumerate(group):
+            check_count(shape, f"{what} {i}")
+    return result
+
+
+def check_count(shape: Shape, what: str) -> None:
+    """``shape`` must hold at most ``MAX_COUNT`` values (Caffe's limit of one blob)."""
+    if _count(shape) > MAX_COUNT:
+        raise ShapeRuleError(f"{what} of shape {tuple(shape)} would hold {_count(shape):,} "
+                             f"values, more than a Caffe blob can ({MAX_COUNT:,})")
 
 
 def canonical_axis(axis: int, ndim: int) -> int:
@@ -82,6 +100,8 @@ def _input(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     for s in shapes:
         if any(d < 0 for d in s):
             raise ShapeRuleError(f"negative input dimension in {s}")
+        if any(d == 0 for d in s):
+            raise ShapeRuleError(f"zero input dimension in {s}: empty blobs are not supported")
     return LayerShapes(tuple(shapes))
 
 
@@ -117,11 +137,15 @@ def conv_geometry(cp: pb_message.Message, n_spatial: int) -> ConvGeometry:
             raise ShapeRuleError("kernel_size (or kernel_h/kernel_w) is required")
         kernel = _per_dim(cp.kernel_size, n_spatial, 1, "kernel_size")
     if cp.HasField("stride_h") or cp.HasField("stride_w"):
+        if n_spatial != 2:
+            raise ShapeRuleError("stride_h and stride_w are for 2-D convolution only")
         stride = (cp.stride_h if cp.HasField("stride_h") else 1,
                   cp.stride_w if cp.HasField("stride_w") else 1)
     else:
         stride = _per_dim(cp.stride, n_spatial, 1, "stride")
     if cp.HasField("pad_h") or cp.HasField("pad_w"):
+        if n_spatial != 2:
+            raise ShapeRuleError("pad_h and pad_w are for 2-D convolution only")
         pad = (cp.pad_h if cp.HasField("pad_h") else 0, cp.pad_w if cp.HasField("pad_w") else 0)
     else:
         pad = _per_dim(cp.pad, n_spatial, 0, "pad")
@@ -130,7 +154,16 @@ def conv_geometry(cp: pb_message.Message, n_spatial: int) -> ConvGeometry:
         raise ShapeRuleError(f"kernel {kernel}, stride {stride}, dilation {dilation} must be > 0")
     if any(x < 0 for x in pad):
         raise ShapeRuleError(f"negative pad {pad}")
+    _int_sized(kernel=kernel, stride=stride, pad=pad, dilation=dilation)
     return ConvGeometry(tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
+
+
+def _int_sized(**geometry: Sequence[int]) -> None:
+    """Caffe keeps kernel, stride, pad and dilation in ``int``: larger values overflow there."""
+    for name, values in geometry.items():
+        if any(v > MAX_COUNT for v in values):
+            raise ShapeRuleError(f"{name} {tuple(values)} exceeds {MAX_COUNT} (Caffe holds it "
+                                 f"in an int)")
 
 
 def _conv_common(p: pb_message.Message, ins: Sequence[Shape]) -> tuple[
@@ -259,6 +292,7 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
         raise ShapeRuleError("global pooling requires pad 0 and stride 1")
     if min(kernel) <= 0 or min(stride) <= 0:
         raise ShapeRuleError(f"kernel {kernel} and stride {stride} must be > 0")
+    _int_sized(kernel=kernel, stride=stride, pad=pad)
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ShapeRuleError(f"pad {pad} must be smaller than kernel {kernel}")
     ceil = pool_ceil_mode(pp)
@@ -294,8 +328,15 @@ def _same(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     if p.type == "Softmax":
         canonical_axis(p.softmax_param.axis, len(ins[0]))
-    if p.type == "LRN" and p.lrn_param.local_size % 2 == 0:
-        raise ShapeRuleError("LRN local_size must be odd")
+    if p.type == "LRN":
+        size = p.lrn_param.local_size
+        if size % 2 == 0:
+            raise ShapeRuleError("LRN local_size must be odd")
+        _int_sized(local_size=(size,))
+        x = ins[0]
+        if p.lrn_param.norm_region == 0 and len(x) > 1:  # ACROSS_CHANNELS pads the channels
+            check_count((*x[:1], x[1] + size - 1, *x[2:]), f"LRN local_size {size}: its "
+                        f"channel-padded buffer")
     return LayerShapes((ins[0],))
 
 

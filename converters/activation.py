@@ -211,7 +211,10 @@ def convert_exp(layer: Layer, net: Net) -> nn.Module:
     base, scale, shift = _f32(p.base), _f32(p.scale), _f32(p.shift)
     inner = _f32(_log_base(layer, base) * scale)
     # Caffe: outer = base^shift (e^shift for base -1), 1 without shift
-    outer = 1.0 if shift == 0.0 else _f32(math.exp(shift) if base == -1.0 else base**shift)
+    try:
+        outer = 1.0 if shift == 0.0 else _f32(math.exp(shift) if base == -1.0 else base**shift)
+    except OverflowError:  # Caffe's float pow/exp: +inf
+        outer = math.inf
     return ScaledExp(inner, outer)
 
 

@@ -8,6 +8,8 @@ other than 1 folds the leading axes into the batch; several bottoms share the we
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -26,6 +28,39 @@ def _tensor(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
 
 
+def _source(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 torch view of a Caffe blob in ``shape``, only to copy from (no extra copy)."""
+    a = np.asarray(arr, dtype=np.float32).reshape(shape)
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():  # a read-only view of the mapped file: never written
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def uninitialised(cls: type[nn.Module], *args: object, **kwargs: object) -> nn.Module:
+    """``cls(*args, **kwargs)`` without its default (random) initialisation: empty CPU tensors.
+
+    For parameters every one of which is overwritten right away; the module is built on the
+    meta device (so the constructor call is still the plain one) and then given memory.
+    """
+    with torch.device("meta"):
+        module = cls(*args, **kwargs)
+    for m in module.modules():  # (not to_empty: its meta path imports sympy, ~0.2 s)
+        for name, p in m._parameters.items():
+            if p is not None:
+                m._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                   p.requires_grad)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+    return module
+
+
+def _plain(cls: type[nn.Module], *args: object, **kwargs: object) -> nn.Module:
+    return cls(*args, **kwargs)
+
+
 def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
     """Copy ``layer.blobs`` into ``params`` in order; keep the defaults without weights."""
     if not layer.blobs:
@@ -38,7 +73,7 @@ def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
             if arr.size != dst.numel():
                 raise ShapeError(f"weight blob {name!r} has {arr.size} values, expected "
                                  f"{dst.numel()}", **layer.error_kwargs())
-            dst.copy_(_tensor(arr, tuple(dst.shape)))
+            dst.copy_(_source(arr, tuple(dst.shape)))
 
 
 class FoldedAxis(nn.Module):
@@ -91,8 +126,9 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
         raise ShapeError(str(err), **layer.error_kwargs()) from None
     channels, group = x[axis], cp.group
     table = _DECONV if deconv else _CONV
-    conv = table[n_sp](channels, cp.num_output, geo.kernel, stride=geo.stride, padding=geo.pad,
-                       dilation=geo.dilation, groups=group, bias=cp.bias_term)
+    make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
+    conv = make(table[n_sp], channels, cp.num_output, geo.kernel, stride=geo.stride,
+                padding=geo.pad, dilation=geo.dilation, groups=group, bias=cp.bias_term)
     params = {"weight": conv.weight}
     if cp.bias_term:
         params["bias"] = conv.bias
@@ -128,7 +164,8 @@ def inner_product(layer: Layer, net: Net) -> nn.Module:
         raise ShapeError(str(err), **layer.error_kwargs()) from None
     k = int(np.prod(x[axis:], dtype=np.int64))
     n = ip.num_output
-    linear = nn.Linear(k, n, bias=ip.bias_term)
+    make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
+    linear = make(nn.Linear, k, n, bias=ip.bias_term)
     if layer.blobs:
         w = np.asarray(layer.blobs[0], dtype=np.float32)
         w = w.reshape(k, n).T if ip.transpose else w.reshape(n, k)

@@ -8,6 +8,8 @@ which case it normalises with the batch's own statistics even at test time (as P
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -71,6 +73,13 @@ def _bn_module(layer: Layer, net: Net, affine: Layer | None = None) -> nn.Module
         mean, var = stats if stats is not None else (np.zeros(c, np.float32),
                                                      np.ones(c, np.float32))
         return ChannelNorm(_f32(mean), _f32(var), eps, len(x))
+    if not global_stats and math.prod(x) == c:  # refused by torch's batch_norm
+        raise UnsupportedLayerError(f"BatchNorm with batch statistics over one value per "
+                                    f"channel (bottom {x}) is not supported",
+                                    **layer.error_kwargs())
+    if eps < 0 or (eps == 0 and not global_stats):  # refused by torch's batch_norm
+        raise UnsupportedLayerError(f"BatchNorm eps {eps:g} is not supported (it must be > 0, "
+                                    f"or 0 with use_global_stats)", **layer.error_kwargs())
     bn = _BN[len(x)](c, eps=eps, affine=affine is not None, track_running_stats=global_stats)
     with torch.no_grad():
         if global_stats and stats is not None:

@@ -63,30 +63,44 @@ def ave_divisor(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> np.ndarray:
 
 
 class PaddedMaxPool2d(nn.Module):
-    """MAX pooling over an explicitly padded input (pad values never win over image values)."""
+    """MAX pooling over an explicitly padded input (pad values never win over image values).
+
+    ``extra`` (right, bottom): trailing windows that see padding only (a stride far larger
+    than the image), appended as the pad value instead of padding the input that far.
+    """
 
     def __init__(self, kernel: tuple[int, int], stride: tuple[int, int],
-                 pads: tuple[int, int, int, int]) -> None:
+                 pads: tuple[int, int, int, int], extra: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
-        self.kernel, self.stride, self.pads = kernel, stride, pads
+        self.kernel, self.stride, self.pads, self.extra = kernel, stride, pads, extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.pads, value=-FLT_MAX)
-        return F.max_pool2d(x, self.kernel, self.stride)
+        y = F.max_pool2d(x, self.kernel, self.stride)
+        if self.extra != (0, 0):
+            y = F.pad(y, (0, self.extra[0], 0, self.extra[1]), value=-FLT_MAX)
+        return y
 
 
 class PaddedAvgPool2d(nn.Module):
-    """AVE pooling over a zero-padded input, rescaled to Caffe's divisor (buffer ``scale``)."""
+    """AVE pooling over a zero-padded input, rescaled to Caffe's divisor (buffer ``scale``).
+
+    ``extra`` as for :class:`PaddedMaxPool2d` (those windows average zeros).
+    """
 
     def __init__(self, kernel: tuple[int, int], stride: tuple[int, int],
-                 pads: tuple[int, int, int, int], scale: torch.Tensor) -> None:
+                 pads: tuple[int, int, int, int], scale: torch.Tensor,
+                 extra: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
-        self.kernel, self.stride, self.pads = kernel, stride, pads
+        self.kernel, self.stride, self.pads, self.extra = kernel, stride, pads, extra
         self.register_buffer("scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.pads)
-        return F.avg_pool2d(x, self.kernel, self.stride) * self.scale
+        y = F.avg_pool2d(x, self.kernel, self.stride)
+        if self.extra != (0, 0):
+            y = F.pad(y, (0, self.extra[0], 0, self.extra[1]))
+        return y * self.scale
 
 
 @register("Pooling")
@@ -116,14 +130,23 @@ def pooling(layer: Layer, net: Net) -> nn.Module:
         return nn.AvgPool2d(geo.kernel, geo.stride, geo.pad, ceil_mode=ceil,
                             count_include_pad=True)
     pads = explicit_pads(geo, hw)
+    # Windows starting at or past the bottom/right padding see padding only (a stride larger
+    # than the image): pool up to the last window that reaches the image, append the rest.
+    reach = tuple(min(o, (n + p - 1) // s + 1) for n, p, s, o in
+                  zip(hw, geo.pad, geo.stride, geo.out, strict=True))
+    extra = (geo.out[1] - reach[1], geo.out[0] - reach[0])
+    if extra != (0, 0):
+        pads = (pads[0], pads[1] - extra[0] * geo.stride[1], pads[2],
+                pads[3] - extra[1] * geo.stride[0])
     padded = (hw[0] + pads[2] + pads[3], hw[1] + pads[0] + pads[1])
-    got = tuple((n - k) // s + 1 for n, k, s in zip(padded, geo.kernel, geo.stride, strict=True))
+    got = tuple((n - k) // s + 1 + e for n, k, s, e in
+                zip(padded, geo.kernel, geo.stride, extra[::-1], strict=True))
     if got != geo.out:  # by construction never; a wrong size must not pass silently
         raise ShapeError(f"explicit padding {pads} gives {got}, Caffe {geo.out}",
                          **layer.error_kwargs())
     if pp.pool == MAX:
-        return PaddedMaxPool2d(geo.kernel, geo.stride, pads)
+        return PaddedMaxPool2d(geo.kernel, geo.stride, pads, extra)
     with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too
         scale = (geo.kernel[0] * geo.kernel[1]) / ave_divisor(geo, hw)
     return PaddedAvgPool2d(geo.kernel, geo.stride, pads,
-                           torch.from_numpy(scale.astype(np.float32)))
+                           torch.from_numpy(scale.astype(np.float32)), extra)

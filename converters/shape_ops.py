@@ -183,7 +183,7 @@ class ArgMax(nn.Module):
         if self.axis is not None:
             vals, idx = self._top(x, self.axis)
             return vals if self.out_max_val else idx
-        vals, idx = self._top(x.flatten(1), 1)
+        vals, idx = self._top(x.reshape(x.shape[0], -1), 1)  # 1-D bottoms too, as Caffe
         out = torch.stack((idx, vals), dim=1) if self.out_max_val else idx.unsqueeze(1)
         return out.reshape(*out.shape, *([1] * (max(self.ndim, 3) - 3)))
 

@@ -12,6 +12,14 @@ blobs. The children import the caffemodel/schema modules without the package ``_
 pulls in torch), so their RSS is the reader's, plus the interpreter and numpy.
 
     python scripts/bench_read.py [--models SE-ResNet-50 SENet-154] [--repeat 3]
+    python scripts/bench_read.py --large [--tmpdir DIR]
+
+``--large`` runs the beyond-2-GB check instead (add ``--models`` to run both): a sparse file of
+4 GiB + 4 MiB whose first layer holds one 4 GiB blob, with seeded random values written at
+positions spread over it (most past byte 2**31, several past 2**32), followed by layers with
+random blobs that start past 2**32. Every written value is compared with what the reader
+returns, and a few of the holes must read as zeros; the time to open and parse the file and to
+check the values is reported.
 """
 
 from __future__ import annotations
@@ -153,12 +161,125 @@ class Launcher:
         self.proc.wait()
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload_len: int) -> bytes:
+    """Tag and length of a length-delimited field (the payload follows)."""
+    return _varint(number << 3 | 2) + _varint(payload_len)
+
+
+def _blob_parts(shape: tuple[int, ...], nbytes: int) -> tuple[bytes, bytes]:
+    """(bytes before the packed data, bytes after it) of a BlobProto field (number 7)."""
+    dims = b"".join(_varint(d) for d in shape)
+    shape_field = _field(7, len(dims) + len(_field(1, len(dims)))) + _field(1, len(dims)) + dims
+    data_head = _field(5, nbytes)
+    return _field(7, len(data_head) + nbytes + len(shape_field)) + data_head, shape_field
+
+
+def write_large(path: Path, seed: int = 0) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
+    """Write the sparse > 4 GiB caffemodel; return what was written where.
+
+    Returns (element index in the big blob -> values written from there, tail layer -> blob).
+    """
+    rng = np.random.default_rng(seed)
+    n = (1 << 30) + (1 << 20)  # floats: 4 GiB + 4 MiB
+    head, tail_shape = _blob_parts((n,), 4 * n)
+    name = b"big"
+    body_len = len(_field(1, len(name))) + len(name) + len(head) + 4 * n + len(tail_shape)
+    layer_head = _field(100, body_len) + _field(1, len(name)) + name + head
+    chunk = 4096
+    starts = sorted({0, n - chunk, *(int(i) for i in rng.integers(0, n - chunk, 12)),
+                     *(((1 << 29) + k * (1 << 27)) for k in range(5))})  # bytes 2**31 ...
+    written: dict[int, np.ndarray] = {}
+    tails: dict[str, np.ndarray] = {}
+    with open(path, "wb") as f:
+        f.write(layer_head)
+        data_at = f.tell()
+        for start in starts:
+            values = rng.standard_normal(chunk).astype("<f4")
+            f.seek(data_at + 4 * start)
+            f.write(values.tobytes())
+            written[start] = values
+        f.seek(data_at + 4 * n)
+        f.write(tail_shape)
+        for k, shape in enumerate([(64, 3, 7, 7), (1000, 2048), (17,)]):
+            blob = rng.standard_normal(shape).astype("<f4")
+            lname = f"tail{k}".encode()
+            bhead, bshape = _blob_parts(shape, blob.nbytes)
+            size = len(_field(1, len(lname))) + len(lname) + len(bhead) + blob.nbytes \
+                + len(bshape)
+            f.write(_field(100, size) + _field(1, len(lname)) + lname + bhead)
+            f.write(blob.tobytes())
+            f.write(bshape)
+            tails[lname.decode()] = blob
+    return written, tails
+
+
+def run_large(folder: Path) -> int:
+    """Write, read back and check the > 4 GiB file; print the figures."""
+    from caffe_bridge.caffemodel import read_caffemodel
+
+    path = folder / "large.caffemodel"
+    t0 = time.perf_counter()
+    written, tails = write_large(path)
+    st = path.stat()
+    print(f"large: wrote {st.st_size:,} bytes ({st.st_blocks * 512 / 1e6:.1f} MB on disk: "
+          f"{'sparse' if st.st_blocks * 512 < st.st_size // 2 else 'NOT sparse'}) in "
+          f"{time.perf_counter() - t0:.2f} s", flush=True)
+    t0 = time.perf_counter()
+    weights = read_caffemodel(path)
+    parse_s = time.perf_counter() - t0
+    big = weights["big"][0]
+    t0 = time.perf_counter()
+    checked = beyond = 0
+    for start, values in written.items():
+        got = big[start: start + len(values)]
+        if not np.array_equal(got, values):
+            raise SystemExit(f"large: values at element {start} differ")
+        checked += len(values)
+        beyond += sum(1 for i in range(len(values)) if 4 * (start + i) >= 1 << 31)
+    holes = [len(big) // 3 + 1, len(big) - (1 << 21)]
+    if any(big[i] != 0.0 for i in holes if all(not s <= i < s + 4096 for s in written)):
+        raise SystemExit("large: a hole does not read as zero")
+    for name, blob in tails.items():
+        got = weights[name][0]
+        if got.shape != blob.shape or not np.array_equal(got, blob):
+            raise SystemExit(f"large: tail layer {name} differs")
+        checked += blob.size
+    check_s = time.perf_counter() - t0
+    offset = 4 * max(written) + 16
+    print(f"large: parsed in {parse_s * 1e3:.1f} ms; blob 'big' {big.shape} ({big.nbytes:,} "
+          f"bytes); {checked:,} values checked ({beyond:,} past byte 2**31 of the blob, the "
+          f"last at file offset ~{offset:,}; {len(tails)} tail layers past 2**32) in "
+          f"{check_s * 1e3:.1f} ms: all equal")
+    del weights, big
+    path.unlink()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
+                        help="models to compare (default: both, unless --large)")
+    parser.add_argument("--large", action="store_true",
+                        help="run the beyond-2-GB check (a sparse 4 GiB file)")
     parser.add_argument("--repeat", type=int, default=3, help="timing runs per reader (best of)")
     parser.add_argument("--tmpdir", default=None, help="where to write the temporary files")
     args = parser.parse_args(argv)
+    if args.large:
+        sys.path.insert(0, str(REPO))
+        with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+            run_large(Path(tmp))
+        if args.models is None:
+            return 0
+    args.models = args.models or list(MODELS)
     launcher = Launcher()  # before torch and the weights make this process large
     sys.path.insert(0, str(REPO))
     from caffe_bridge import schema

@@ -1,25 +1,41 @@
-"""Seeded mutation fuzzer for the file readers: only the documented errors may escape.
+"""Seeded fuzzer for the readers and the converter: only the documented errors may escape.
 
-    python scripts/fuzz.py --target caffemodel --n 10000 [--seed 0] [--out fuzz-failures]
+    python scripts/fuzz.py --target caffemodel load_net convert --n 10000 [--seed 0]
+                           [--out fuzz-failures] [--timeout 5] [--max-memory-gb 4]
 
-Each target supplies a seed corpus (bytes), a function that consumes one input file, the
-exception types that count as a clean rejection and, optionally, an oracle that checks what an
-accepted input produced. The loop mutates a seed (truncations, bit flips, lying varint lengths,
-inserted/deleted/duplicated spans, splices, pure garbage), writes it to a file, runs the target
-and counts accepted inputs, rejected inputs and failures (any other exception, or an oracle
-mismatch). Failures are saved under ``--out`` with their traceback; the exit status is 1 when
-there are any. Add a target with ``@target("name", ...)`` on a function returning its seeds.
+Each target supplies a seed corpus (bytes), a way to make one input from it (by default the
+byte mutations below: truncations, bit flips, lying varint lengths, inserted/deleted/duplicated
+spans, splices, pure garbage), a function that consumes the input file, the exception types
+that count as a clean rejection and, optionally, an oracle that checks what an accepted input
+produced. The loop writes each input to a file, runs the target and counts accepted inputs,
+rejected inputs and failures: any other exception, an oracle mismatch, an input running longer
+than ``--timeout`` seconds (a hang), or one raising the peak RSS by more than
+``--max-rss-growth-mb`` (a huge allocation; the address space is capped too, so that a runaway
+allocation fails instead of exhausting the machine). Failures are saved under ``--out`` with
+their traceback; the exit status is 1 when there are any.
+
+Targets: ``caffemodel`` (the wire reader, with protobuf as oracle), ``load_net`` (prototxt text:
+mutations of the released, zoo and fixture definitions: truncations, bit flips, deleted,
+duplicated and swapped lines, out-of-range numbers such as ``dim: 99999999999``, deep nesting,
+garbage, non-UTF-8) and ``convert`` (small random nets with random layer parameters: each must
+convert and run on a tiny input, with the output shapes the IR inferred, or raise a
+``CaffeBridgeError``). Add a target with ``@target("name", ...)`` on its seed function.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import resource
+import signal
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +45,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from caffe_bridge.errors import CaffemodelError  # noqa: E402
+from caffe_bridge.errors import CaffeBridgeError, CaffemodelError  # noqa: E402
+
+Mutator = Callable[[random.Random, list[bytes]], bytes]
+SKIPPED = "skipped"  # what a run returns for a valid input it does not go on with (too large)
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class Target:
     expected: tuple[type[BaseException], ...]
     oracle: Callable[[bytes, Any], None] | None = None  # raises AssertionError on a mismatch
     suffix: str = ".bin"
+    make: Mutator | None = None  # one input from the seeds; default: byte mutations
 
 
 TARGETS: dict[str, Target] = {}
@@ -53,11 +73,12 @@ def target(
     expected: tuple[type[BaseException], ...],
     oracle: Callable[[bytes, Any], None] | None = None,
     suffix: str = ".bin",
+    make: Mutator | None = None,
 ) -> Callable[[Callable[[], list[bytes]]], Callable[[], list[bytes]]]:
     """Register a target; decorates the function that builds its seed corpus."""
 
     def wrap(seeds: Callable[[], list[bytes]]) -> Callable[[], list[bytes]]:
-        TARGETS[name] = Target(name, seeds, run, expected, oracle, suffix)
+        TARGETS[name] = Target(name, seeds, run, expected, oracle, suffix, make)
         return seeds
 
     return wrap
@@ -272,37 +293,522 @@ def caffemodel_seeds() -> list[bytes]:
     return seeds
 
 
+# -- target: load_net (prototxt text) ----------------------------------------------------------
+
+SHARED = REPO.parent / "shared"
+FIXTURES = REPO / "tests" / "fixtures"
+
+# Numbers worth writing where a definition has one: Caffe's and protobuf's limits around them.
+NUMBERS = ["0", "-1", "1", "2", "3", "7", "255", "65535", "2147483647", "2147483648",
+           "4294967295", "4294967296", "99999999999", "9223372036854775807",
+           "18446744073709551616", "-2147483648", "-9223372036854775809", "1e30", "-1e-30",
+           "nan", "inf", "-inf", "0x7fffffff", "1.5", "-0"]
+WORDS = [b"layer", b"layers", b"input", b"input_dim", b"input_shape", b"dim", b"shape",
+         b"bottom", b"top", b"name", b"type", b"include", b"phase: TRAIN", b"phase: TEST",
+         b"convolution_param", b"pooling_param", b"inner_product_param", b"num_output",
+         b"kernel_size", b"stride", b"pad", b"group", b"axis", b"{", b"}", b"<", b">", b":",
+         b'"', b"'", b"#", b"\\", b"\n", b"\x00", b"true", b"MAX", b"-1"]
+NOT_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80",
+            b"\xe2\x82"]
+
+
+def prototxt_seeds() -> list[bytes]:
+    """The released SENet, zoo and fixture definitions (header comments stripped or not)."""
+    paths = sorted([*FIXTURES.glob("*.prototxt"), *(SHARED / "senet").glob("*.prototxt"),
+                    *(SHARED / "zoo").glob("*.prototxt")])
+    seeds = [p.read_bytes() for p in paths]
+    if not seeds:  # no shared folder: the generated SE-ResNet-50 layout
+        from caffe_bridge.models.senet import se_resnet50
+        from caffe_bridge.models.senet_caffe import caffe_prototxt_text
+
+        seeds = [caffe_prototxt_text(se_resnet50()).encode()]
+    # Short seeds mutate faster and reach the same code: the first few layers of each one.
+    short = []
+    for data in seeds:
+        lines = data.split(b"\n")
+        cut = [i for i, line in enumerate(lines) if line.startswith((b"layer", b"layers"))]
+        if len(cut) > 6:
+            short.append(b"\n".join(lines[: cut[6]]))
+    return seeds + short * 3
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.split(b"\n")
+
+
+def _numbers(data: bytes) -> list[tuple[int, int]]:
+    """Spans of the numbers in ``data``."""
+    spans, i, n = [], 0, len(data)
+    while i < n:
+        if data[i : i + 1].isdigit() or (data[i : i + 1] == b"-" and data[i + 1 : i + 2].isdigit()):
+            j = i + 1
+            while j < n and (data[j : j + 1].isalnum() or data[j : j + 1] in b".-+"):
+                j += 1
+            spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    return spans
+
+
+def mutate_text(rng: random.Random, seeds: list[bytes]) -> bytes:
+    """One mutation round of a prototxt: line, token and byte level."""
+    roll = rng.random()
+    if roll < 0.02:
+        return bytes(rng.choice(b" \n\t{}:#\"'abcdefghijklmnopqrstuvwxyz0123456789_-")
+                     for _ in range(rng.randint(0, 2000)))
+    if roll < 0.03:
+        return rng.randbytes(rng.randint(0, 512))
+    if roll < 0.1:  # a generic byte mutation
+        return mutate(rng, seeds)
+    data = rng.choice(seeds)
+    for _ in range(rng.choice([1, 1, 1, 2, 2, 3, 6])):
+        lines = _lines(data)
+        op = rng.randrange(14)
+        at = rng.randrange(len(lines))
+        if op == 0:  # truncate
+            data = data[: rng.randrange(len(data) + 1)]
+        elif op == 1:  # flip a bit
+            if data:
+                b = bytearray(data)
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+                data = bytes(b)
+        elif op == 2:  # delete lines
+            del lines[at : at + rng.choice([1, 1, 2, 5, 20])]
+            data = b"\n".join(lines)
+        elif op == 3:  # duplicate lines
+            span = lines[at : at + rng.choice([1, 1, 3, 10, 40])]
+            lines[at:at] = span
+            data = b"\n".join(lines)
+        elif op == 4:  # swap two lines
+            other = rng.randrange(len(lines))
+            lines[at], lines[other] = lines[other], lines[at]
+            data = b"\n".join(lines)
+        elif op in (5, 6, 7):  # an out-of-range or odd number where a number was
+            spans = _numbers(data)
+            if spans:
+                i, j = rng.choice(spans)
+                data = data[:i] + rng.choice(NUMBERS).encode() + data[j:]
+        elif op == 8:  # a huge input dimension
+            dim = rng.choice([b"99999999999", b"2147483648", b"65536", b"4294967296",
+                              b"100000", b"-5", b"0"])
+            lines.insert(at, b"  dim: " + dim)
+            data = b"\n".join(lines)
+        elif op == 9:  # deep nesting, closed or not
+            n = rng.choice([50, 500, 5000, 10000, 100000])
+            opener = rng.choice([b"layer { ", b"layers { ", b"layer { layer { ",
+                                 b"input_shape { ", b"layers { layer { ", b"{ ", b"< "])
+            closer = b"}" if not opener.startswith(b"<") else b">"
+            nest = opener * n + (closer * (n * opener.count(b"{" if closer == b"}" else b"<"))
+                                 if rng.random() < 0.7 else b"")
+            lines.insert(at, nest)
+            data = b"\n".join(lines)
+        elif op == 10:  # words and punctuation of the format, anywhere
+            i = rng.randrange(len(data) + 1)
+            data = data[:i] + rng.choice(WORDS) + data[i:]
+        elif op == 11:  # bytes that are not UTF-8
+            i = rng.randrange(len(data) + 1)
+            data = data[:i] + rng.choice(NOT_UTF8) + data[i:]
+        elif op == 12:  # splice lines of another seed
+            other = _lines(rng.choice(seeds))
+            j = rng.randrange(len(other))
+            lines[at:at] = other[j : j + rng.choice([1, 5, 30])]
+            data = b"\n".join(lines)
+        else:  # rename: a quoted name becomes another seed's, or odd text
+            quoted = [k for k, line in enumerate(lines) if line.count(b'"') >= 2]
+            if quoted:
+                k = rng.choice(quoted)
+                a, b_ = lines[k].index(b'"'), lines[k].rindex(b'"')
+                name = rng.choice([b"", b"data", b"conv1", b"x" * 300, b"\\xff", b"a\\nb",
+                                   b"\xc3\xa9", b"Convolution", b"Input", b"\\\"", b"data@1"])
+                lines[k] = lines[k][: a + 1] + name + lines[k][b_:]
+                data = b"\n".join(lines)
+    return data
+
+
+_MAX_COUNT = 2**31 - 1
+
+
+def _load_net(path: Path) -> Any:
+    from caffe_bridge.ir import load_net
+
+    return load_net(path)
+
+
+def _net_oracle(data: bytes, net: Any) -> None:
+    """An accepted net is consistent: known values, sane shapes, outputs among its blobs."""
+    import math
+
+    for layer in net.layers:
+        for v in (*layer.bottoms, *layer.tops):
+            assert v in net.blobs, f"layer {layer.name!r}: value {v!r} has no blob"
+        for shape in layer.param_shapes:
+            assert all(isinstance(d, int) and d >= 0 for d in shape), (layer.name, shape)
+            assert math.prod(shape) <= _MAX_COUNT, f"{layer.name!r}: parameter blob {shape}"
+    for blob in net.blobs.values():
+        assert all(isinstance(d, int) and d >= 0 for d in blob.shape), (blob.name, blob.shape)
+        assert math.prod(blob.shape) <= _MAX_COUNT, f"blob {blob.name!r} of {blob.shape}"
+    assert all(o in net.blobs for o in net.outputs)
+
+
+@target("load_net", _load_net, (CaffeBridgeError,), _net_oracle, ".prototxt", mutate_text)
+def load_net_seeds() -> list[bytes]:
+    return prototxt_seeds()
+
+
+# -- target: convert (small random nets) -------------------------------------------------------
+
+RUN_LIMIT = 2**22  # values (all blobs and parameters) a net may hold for the run to go ahead
+ODD = [-(2**31), -7, -2, -1, 0, 1, 2, 3, 5, 9, 64, 1000, 2**31 - 1, 2**31, 2**32 - 1,
+       99999999999]
+
+
+def _v(rng: random.Random, legit: list[int]) -> int:
+    """Mostly a legitimate value, sometimes an odd one (negative, zero, huge)."""
+    return rng.choice(ODD) if rng.random() < 0.15 else rng.choice(legit)
+
+
+def _f(rng: random.Random) -> str:
+    return rng.choice(["0", "1", "-1", "0.5", "2", "1e-5", "1e30", "-1e30", "nan", "inf",
+                       "0.0001", "3"])
+
+
+def _conv_params(rng: random.Random) -> list[str]:
+    out = [f"num_output: {_v(rng, [1, 2, 3, 4, 6, 8])}"]
+    geometry = rng.random()
+    if geometry < 0.8:
+        for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
+            out.append(f"kernel_size: {_v(rng, [1, 2, 3, 5])}")
+    else:
+        out += [f"kernel_h: {_v(rng, [1, 2, 3])}", f"kernel_w: {_v(rng, [1, 2, 3])}"]
+    for name, legit in (("stride", [1, 1, 2, 3]), ("pad", [0, 0, 1, 2]), ("dilation", [1, 2])):
+        for _ in range(rng.choice([0, 0, 1, 1, 2])):
+            out.append(f"{name}: {_v(rng, legit)}")
+    for name, legit in (("stride_h", [1, 2]), ("stride_w", [1, 2]), ("pad_h", [0, 1]),
+                        ("pad_w", [0, 1])):
+        if rng.random() < 0.08:
+            out.append(f"{name}: {_v(rng, legit)}")
+    if rng.random() < 0.3:
+        out.append(f"group: {_v(rng, [1, 2, 3])}")
+    if rng.random() < 0.2:
+        out.append(f"bias_term: {rng.choice(['true', 'false'])}")
+    if rng.random() < 0.15:
+        out.append(f"axis: {_v(rng, [1, -3, 0, 2])}")
+    return out
+
+
+def _layer_params(rng: random.Random, kind: str, n_tops: int) -> str:
+    """The ``*_param`` block of one random layer (may be empty)."""
+    p: list[str] = []
+    block = ""
+    if kind in ("Convolution", "Deconvolution"):
+        block, p = "convolution_param", _conv_params(rng)
+    elif kind == "Pooling":
+        block = "pooling_param"
+        p.append(f"pool: {rng.choice(['MAX', 'AVE', 'MAX', 'AVE', 'STOCHASTIC'])}")
+        if rng.random() < 0.2:
+            p.append("global_pooling: true")
+        if rng.random() < 0.85:
+            p.append(f"kernel_size: {_v(rng, [1, 2, 3])}")
+        if rng.random() < 0.1:
+            p += [f"kernel_h: {_v(rng, [1, 2])}", f"kernel_w: {_v(rng, [1, 3])}"]
+        if rng.random() < 0.5:
+            p.append(f"stride: {_v(rng, [1, 2, 3])}")
+        if rng.random() < 0.4:
+            p.append(f"pad: {_v(rng, [0, 1])}")
+        if rng.random() < 0.2:
+            p.append(rng.choice(["round_mode: FLOOR", "round_mode: CEIL", "ceil_mode: false",
+                                 "ceil_mode: true"]))
+    elif kind == "InnerProduct":
+        block = "inner_product_param"
+        p.append(f"num_output: {_v(rng, [1, 3, 10])}")
+        if rng.random() < 0.3:
+            p.append(f"axis: {_v(rng, [1, -1, 2, 0])}")
+        if rng.random() < 0.2:
+            p.append(f"transpose: {rng.choice(['true', 'false'])}")
+        if rng.random() < 0.2:
+            p.append(f"bias_term: {rng.choice(['true', 'false'])}")
+    elif kind == "ReLU" and rng.random() < 0.4:
+        block, p = "relu_param", [f"negative_slope: {_f(rng)}"]
+    elif kind == "PReLU" and rng.random() < 0.4:
+        block, p = "prelu_param", [f"channel_shared: {rng.choice(['true', 'false'])}"]
+    elif kind == "ELU" and rng.random() < 0.5:
+        block, p = "elu_param", [f"alpha: {_f(rng)}"]
+    elif kind in ("Power", "Exp", "Log") and rng.random() < 0.7:
+        block = {"Power": "power_param", "Exp": "exp_param", "Log": "log_param"}[kind]
+        names = ["power", "scale", "shift"] if kind == "Power" else ["base", "scale", "shift"]
+        p = [f"{n}: {_f(rng)}" for n in names if rng.random() < 0.6]
+    elif kind == "Threshold" and rng.random() < 0.5:
+        block, p = "threshold_param", [f"threshold: {_f(rng)}"]
+    elif kind == "Dropout" and rng.random() < 0.5:
+        block, p = "dropout_param", [f"dropout_ratio: {_f(rng)}"]
+    elif kind == "Softmax" and rng.random() < 0.5:
+        block, p = "softmax_param", [f"axis: {_v(rng, [1, -1, 0, 2, 3])}"]
+    elif kind == "LRN":
+        block = "lrn_param"
+        p = [f"local_size: {_v(rng, [1, 3, 5, 2])}", f"alpha: {_f(rng)}", f"beta: {_f(rng)}"]
+        if rng.random() < 0.5:
+            p.append(f"norm_region: {rng.choice(['ACROSS_CHANNELS', 'WITHIN_CHANNEL'])}")
+        if rng.random() < 0.3:
+            p.append(f"k: {_f(rng)}")
+    elif kind == "BatchNorm" and rng.random() < 0.5:
+        block = "batch_norm_param"
+        p = [f"use_global_stats: {rng.choice(['true', 'false'])}"]
+        if rng.random() < 0.5:
+            p.append(f"eps: {_f(rng)}")
+    elif kind in ("Scale", "Bias") and rng.random() < 0.7:
+        block = "scale_param" if kind == "Scale" else "bias_param"
+        if rng.random() < 0.6:
+            p.append(f"axis: {_v(rng, [1, 0, -1, 2])}")
+        if rng.random() < 0.5:
+            p.append(f"num_axes: {_v(rng, [1, 0, -1, 2])}")
+        if kind == "Scale" and rng.random() < 0.5:
+            p.append(f"bias_term: {rng.choice(['true', 'false'])}")
+    elif kind == "Eltwise" and rng.random() < 0.7:
+        block = "eltwise_param"
+        p = [f"operation: {rng.choice(['SUM', 'PROD', 'MAX'])}"]
+        for _ in range(rng.choice([0, 2, 2, 3])):
+            p.append(f"coeff: {_f(rng)}")
+    elif kind == "Concat" and rng.random() < 0.6:
+        block = "concat_param"
+        p = [f"{rng.choice(['axis', 'axis', 'concat_dim'])}: {_v(rng, [1, 0, 2, -1])}"]
+    elif kind == "Slice":
+        block = "slice_param"
+        if rng.random() < 0.6:
+            p.append(f"axis: {_v(rng, [1, 0, 2, -1])}")
+        if rng.random() < 0.5:
+            points = sorted(rng.choice([1, 2, 3, 0, 5]) for _ in range(n_tops - 1))
+            p += [f"slice_point: {x}" for x in points]
+    elif kind == "Flatten" and rng.random() < 0.6:
+        block = "flatten_param"
+        p = [f"axis: {_v(rng, [1, 0, 2, -1])}", f"end_axis: {_v(rng, [-1, 2, 3, 1])}"]
+    elif kind == "Reshape":
+        block = "reshape_param"
+        dims = [_v(rng, [0, 0, -1, 1, 2, 3, 4]) for _ in range(rng.randint(0, 5))]
+        p = ["shape { " + " ".join(f"dim: {d}" for d in dims) + " }"]
+        if rng.random() < 0.3:
+            p.append(f"axis: {_v(rng, [0, 1, -1, 2])}")
+        if rng.random() < 0.3:
+            p.append(f"num_axes: {_v(rng, [-1, 1, 2, 0])}")
+    elif kind == "Crop" and rng.random() < 0.8:
+        block = "crop_param"
+        p = [f"axis: {_v(rng, [2, 1, 0, -1])}"]
+        p += [f"offset: {_v(rng, [0, 1, 2])}" for _ in range(rng.choice([0, 1, 2]))]
+    elif kind == "ArgMax":
+        block = "argmax_param"
+        if rng.random() < 0.7:
+            p.append(f"top_k: {_v(rng, [1, 2, 3])}")
+        if rng.random() < 0.5:
+            p.append(f"axis: {_v(rng, [1, 0, -1, 2])}")
+        if rng.random() < 0.4:
+            p.append(f"out_max_val: {rng.choice(['true', 'false'])}")
+    if not block:
+        return ""
+    return f" {block} {{ {' '.join(p)} }}"
+
+
+KINDS = {  # type -> (bottoms, tops) ranges
+    "Convolution": (1, 1), "Deconvolution": (1, 1), "Pooling": (1, 1), "InnerProduct": (1, 1),
+    "ReLU": (1, 1), "PReLU": (1, 1), "ELU": (1, 1), "Sigmoid": (1, 1), "TanH": (1, 1),
+    "AbsVal": (1, 1), "BNLL": (1, 1), "Power": (1, 1), "Exp": (1, 1), "Log": (1, 1),
+    "Threshold": (1, 1), "Dropout": (1, 1), "Softmax": (1, 1), "LRN": (1, 1),
+    "BatchNorm": (1, 1), "Scale": (1, 2), "Bias": (1, 2), "Eltwise": (2, 1), "Concat": (1, 1),
+    "Slice": (1, 3), "Split": (1, 3), "Flatten": (1, 1), "Reshape": (1, 1), "Crop": (2, 1),
+    "ArgMax": (1, 1), "Axpy": (3, 1), "Swish": (1, 1), "Clip": (1, 1),
+}
+
+
+def random_net(rng: random.Random, _seeds: list[bytes] | None = None) -> bytes:
+    """A small definition: one Input of a random (mostly tiny) shape, then 1 to 4 layers."""
+    rank = rng.choice([4, 4, 4, 4, 4, 2, 3, 5, 1])
+    shape = [rng.choice([1, 1, 2])] + [rng.randint(1, 6)] + [rng.randint(1, 10)
+                                                            for _ in range(rank - 2)]
+    shape = shape[:rank]
+    if rng.random() < 0.1:
+        shape[rng.randrange(rank)] = rng.choice(ODD)
+    lines = ['name: "fuzz"',
+             'layer { name: "data" type: "Input" top: "data" input_param { shape { '
+             + " ".join(f"dim: {d}" for d in shape) + " } } }"]
+    values = ["data"]
+    for i in range(rng.randint(1, 4)):
+        kind = rng.choice(list(KINDS))
+        n_bottoms, max_tops = KINDS[kind]
+        if kind in ("Eltwise", "Concat") or (kind in ("Scale", "Bias") and rng.random() < 0.3):
+            n_bottoms = rng.choice([2, 2, 3]) if kind != "Scale" else 2
+        if kind == "Concat" and rng.random() < 0.3:
+            n_bottoms = 1
+        recent = values[-3:]
+        bottoms = [rng.choice(recent) for _ in range(n_bottoms)]
+        n_tops = rng.randint(1, max_tops) if max_tops > 1 else 1
+        if n_tops == 1 and n_bottoms == 1 and rng.random() < 0.25:
+            tops = bottoms[:]  # in place
+        else:
+            tops = [f"t{i}_{k}" for k in range(n_tops)]
+        text = f'layer {{ name: "l{i}" type: "{kind}"'
+        text += "".join(f' bottom: "{b}"' for b in bottoms)
+        text += "".join(f' top: "{t}"' for t in tops)
+        text += _layer_params(rng, kind, n_tops) + " }"
+        lines.append(text)
+        values.extend(t for t in tops if t not in values)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _size(net: Any) -> int:
+    """Values the net's blobs, parameters and the converters' big buffers hold."""
+    import math
+
+    total = sum(math.prod(b.shape) for b in net.blobs.values())
+    total += sum(math.prod(s) for layer in net.layers for s in layer.param_shapes)
+    for layer in net.layers:  # LRN across channels pads the channel axis by local_size - 1
+        if layer.type == "LRN" and layer.param.lrn_param.norm_region == 0:
+            x = net.blobs[layer.bottoms[0]].shape
+            c = x[1] if len(x) > 1 else 1
+            total += math.prod(x) // max(c, 1) * (layer.param.lrn_param.local_size - 1)
+    return total
+
+
+def _convert_run(path: Path) -> Any:
+    """load_net, seeded weights (every other input), convert, run on the declared shapes.
+
+    One input in four goes through the code generator instead (``caffe2torch convert``'s
+    module, with its per-layer rebuild check), and its GraphModule runs.
+    """
+    import torch
+
+    from caffe_bridge.build import build_module
+    from caffe_bridge.codegen import generate
+    from caffe_bridge.ir import load_net, with_weights
+    from caffe_bridge.testing import random_inputs, random_weights
+
+    net = load_net(path)
+    if _size(net) > RUN_LIMIT:
+        return SKIPPED  # valid, but too large to run here: counted apart
+    digest = zlib.crc32(path.read_bytes())
+    if digest % 2:
+        net = with_weights(net, random_weights(net))
+    gm = generate(net).module if digest % 8 < 2 else build_module(net)
+    feeds = random_inputs(net)
+    with torch.no_grad():
+        out = gm(*[torch.from_numpy(feeds[n]) for n in net.inputs])
+    return net, out if isinstance(out, tuple) else (out,)
+
+
+def _convert_oracle(data: bytes, result: Any) -> None:
+    """The converted net computes blobs of the shapes the IR inferred."""
+    net, outs = result
+    _net_oracle(data, net)
+    want = [net.blobs[v].shape for v in net.outputs]
+    got = [tuple(o.shape) for o in outs]
+    assert got == want, f"output shapes {got}, the IR inferred {want}"
+
+
+@target("convert", _convert_run, (CaffeBridgeError,), _convert_oracle, ".prototxt", random_net)
+def convert_seeds() -> list[bytes]:
+    return []
+
+
 # -- the loop -----------------------------------------------------------------------------------
 
 
-def fuzz(tgt: Target, n: int, seed: int, out: Path | None, use_oracle: bool) -> dict[str, Any]:
+class FuzzTimeout(BaseException):  # noqa: N818 - BaseException: no `except Exception` eats it
+    """An input ran past the time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`FuzzTimeout` in this (main) thread after ``seconds``."""
+
+    def expire(_sig: int, _frame: Any) -> None:
+        raise FuzzTimeout(f"still running after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cap_address_space(extra_gb: float) -> None:
+    """Let this process map at most ``extra_gb`` GiB more than now (runaway allocations fail)."""
+    with open("/proc/self/status") as f:
+        vm_kb = int(next(line for line in f if line.startswith("VmSize")).split()[1])
+    limit = vm_kb * 1024 + int(extra_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+
+def _signature(exc: BaseException) -> str:
+    """Exception type and innermost package frame: failures with one cause share it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "caffe_bridge" in f.filename or "converters" in f.filename]
+    where = ours[-1] if ours else (frames[-1] if frames else None)
+    loc = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+    return f"{type(exc).__name__}{loc}"
+
+
+def fuzz(
+    tgt: Target,
+    n: int,
+    seed: int,
+    out: Path | None,
+    use_oracle: bool,
+    timeout: float = 5.0,
+    max_rss_growth_mb: float = 1024.0,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run ``n`` inputs of ``tgt``; counts, the slowest input and failure signatures."""
     expected = tgt.expected
     seeds = tgt.seeds()
+    make = tgt.make or mutate
     rng = random.Random(seed)
     stats: dict[str, Any] = {"inputs": 0, "accepted": 0, "rejected": 0, "failures": 0,
-                             "slowest_s": 0.0}
+                             "skipped_large": 0, "slowest_s": 0.0, "rejections": Counter(),
+                             "signatures": Counter()}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"input{tgt.suffix}"
         for i in range(n):
-            data = mutate(rng, seeds)
+            data = make(rng, seeds)
             path.unlink(missing_ok=True)  # a fresh file: truncating one can be slow (discard)
             path.write_bytes(data)
+            rss0 = _rss_mb()
             t0 = time.perf_counter()
-            problem = None
+            problem = signature = None
             try:
-                result = tgt.run(path)
-                if use_oracle and tgt.oracle is not None:
-                    tgt.oracle(data, result)
+                with time_limit(timeout):
+                    result = tgt.run(path)
+                    if result is SKIPPED:
+                        stats["skipped_large"] += 1
+                    elif use_oracle and tgt.oracle is not None:
+                        tgt.oracle(data, result)
                 stats["accepted"] += 1
-            except expected:
+            except expected as err:
                 stats["rejected"] += 1
-            except Exception:  # noqa: BLE001 - anything else is a finding
-                problem = traceback.format_exc()
-            stats["slowest_s"] = max(stats["slowest_s"], time.perf_counter() - t0)
+                stats["rejections"][type(err).__name__] += 1
+            except (Exception, FuzzTimeout) as err:  # noqa: BLE001 - anything else is a finding
+                problem, signature = traceback.format_exc(), _signature(err)
+                if isinstance(err, FuzzTimeout):
+                    signature = f"hang ({signature})"
+            finally:
+                result = None
+            took = time.perf_counter() - t0
+            stats["slowest_s"] = max(stats["slowest_s"], took)
+            grew = _rss_mb() - rss0
+            if problem is None and grew > max_rss_growth_mb:
+                problem = f"peak RSS grew by {grew:.0f} MB on this input\n"
+                signature = "huge allocation"
             stats["inputs"] += 1
             if problem is not None:
                 stats["failures"] += 1
-                print(f"failure #{stats['failures']} on input {i}:\n{problem}", file=sys.stderr)
+                stats["signatures"][signature] += 1
+                if not quiet:
+                    print(f"failure #{stats['failures']} on input {i} ({signature}):\n{problem}",
+                          file=sys.stderr)
                 if out is not None:
                     out.mkdir(parents=True, exist_ok=True)
                     (out / f"{tgt.name}-{seed}-{i}{tgt.suffix}").write_bytes(data)
@@ -312,19 +818,41 @@ def fuzz(tgt: Target, n: int, seed: int, out: Path | None, use_oracle: bool) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True, choices=sorted(TARGETS))
-    parser.add_argument("--n", type=int, default=10000, help="number of inputs")
+    parser.add_argument("--target", required=True, nargs="+", choices=sorted(TARGETS))
+    parser.add_argument("--n", type=int, default=10000, help="number of inputs per target")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for failing inputs")
     parser.add_argument("--no-oracle", action="store_true", help="crash-only, no oracle check")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds one input may run before it counts as a hang")
+    parser.add_argument("--max-rss-growth-mb", type=float, default=1024.0,
+                        help="peak-RSS growth of one input that counts as a huge allocation")
+    parser.add_argument("--max-memory-gb", type=float, default=4.0,
+                        help="address space this process may add (0: no cap)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no tracebacks on stderr")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    stats = fuzz(TARGETS[args.target], args.n, args.seed, args.out, not args.no_oracle)
-    print(f"target={args.target} seed={args.seed} inputs={stats['inputs']} "
-          f"accepted={stats['accepted']} rejected={stats['rejected']} "
-          f"failures={stats['failures']} slowest={stats['slowest_s'] * 1e3:.1f}ms "
-          f"total={time.perf_counter() - t0:.1f}s")
-    return 1 if stats["failures"] else 0
+    import torch
+
+    torch.set_num_threads(1)  # tiny inputs: threads only add noise
+    if args.max_memory_gb > 0:
+        cap_address_space(args.max_memory_gb)
+    failures = 0
+    for name in args.target:
+        t0 = time.perf_counter()
+        stats = fuzz(TARGETS[name], args.n, args.seed, args.out, not args.no_oracle,
+                     args.timeout, args.max_rss_growth_mb, args.quiet)
+        failures += stats["failures"]
+        rejections = ", ".join(f"{k} {v}" for k, v in stats["rejections"].most_common())
+        large = f" (too large to run: {stats['skipped_large']})" if stats["skipped_large"] else ""
+        print(f"target={name} seed={args.seed} inputs={stats['inputs']} "
+              f"accepted={stats['accepted']}{large} rejected={stats['rejected']} "
+              f"failures={stats['failures']} slowest={stats['slowest_s'] * 1e3:.1f}ms "
+              f"total={time.perf_counter() - t0:.1f}s", flush=True)
+        if rejections:
+            print(f"  rejections: {rejections}")
+        for sig, count in stats["signatures"].most_common():
+            print(f"  failure x{count}: {sig}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ imported and must reproduce :func:`caffe_bridge.convert` bit for bit on a seeded
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
 import os
 import secrets
 import sys
+import threading
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ from caffe_bridge.codegen.render import (
     display_text,
     recording,
     render_module,
+    same_values,
 )
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net
@@ -64,8 +67,15 @@ __all__ = [
 _CHUNK = 1 << 22
 
 
-def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) -> str:
-    """Hex sha256 of a file, read in chunks (``progress("hash", done, total)`` in bytes)."""
+def sha256_file(
+    path: str | os.PathLike[str],
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> str:
+    """Hex sha256 of a file, read in chunks (``progress("hash", done, total)`` in bytes).
+
+    When ``stop`` is set the reading ends early and the (then meaningless) digest is returned.
+    """
     digest = hashlib.sha256()
     total = os.path.getsize(path)
     done = 0
@@ -75,7 +85,39 @@ def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) 
             done += len(chunk)
             if progress is not None:
                 progress("hash", done, total)
+            if stop is not None and stop.is_set():
+                break
     return digest.hexdigest()
+
+
+class _BackgroundHashes:
+    """sha256 of some files, computed in a daemon thread (hashlib releases the GIL) while the
+    caller converts; :meth:`result` waits and re-raises its error, :meth:`cancel` stops it."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]],
+                 progress: Progress | None) -> None:
+        self._paths, self._progress = list(paths), progress
+        self._stop = threading.Event()
+        self._digests: list[str] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for p in self._paths:
+                self._digests.append(sha256_file(p, self._progress, self._stop))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller by result()
+            self._error = err
+
+    def result(self) -> list[str]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digests
+
+    def cancel(self) -> None:
+        self._stop.set()
 
 
 @dataclass(frozen=True)
@@ -106,9 +148,28 @@ def generate(
     return Generated(source, gm)
 
 
+def _owns_storage(t: torch.Tensor) -> bool:
+    """Whether ``t`` is contiguous and exactly fills its storage (no view of a larger one)."""
+    return (t.is_contiguous() and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+
+
 def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A plain dict of compact CPU tensors (no views of larger storages) for ``torch.save``."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+    """A plain dict of compact CPU tensors (no views of larger storages) for ``torch.save``.
+
+    Tensors that already fill a storage of their own are saved as they are (not copied again);
+    views, and entries sharing a storage with an earlier one, are copied.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in module.state_dict().items():
+        t = v.detach().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        if not _owns_storage(t) or (t.numel() and ptr in seen):
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
 
 
 def load_generated(path: str | os.PathLike[str]) -> types.ModuleType:
@@ -126,11 +187,6 @@ def load_generated(path: str | os.PathLike[str]) -> types.ModuleType:
         sys.modules.pop(name, None)
         raise
     return module
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.isnan(), b.isnan())
-            and torch.equal(a.nan_to_num(), b.nan_to_num()))
 
 
 @torch.no_grad()
@@ -163,7 +219,7 @@ def check_generated(
         sys.modules.pop(module.__name__, None)
     want = want if isinstance(want, tuple) else (want,)
     got = got if isinstance(got, tuple) else (got,)
-    if len(want) != len(got) or not all(_same(a, b) for a, b in zip(want, got, strict=True)):
+    if len(want) != len(got) or not all(same_values(a, b) for a, b in zip(want, got, strict=True)):
         raise CodegenError("the generated model does not reproduce the converted one bit for "
                            "bit", file=os.fspath(py_path))
 
@@ -193,16 +249,30 @@ def write_module_files(
         if t.exists() and not force:
             raise CaffeBridgeError("already exists (pass --force to overwrite)",
                                         file=str(t))
-    net = load_net(prototxt, caffemodel)
-    sources = [("prototxt", Path(prototxt).name, sha256_file(prototxt, progress))]
-    if caffemodel is not None:
-        sources.append(("caffemodel", Path(caffemodel).name, sha256_file(caffemodel, progress)))
-    gen = generate(net, sources=sources, check=check, progress=progress)
+    files = [("prototxt", prototxt)] + ([("caffemodel", caffemodel)] if caffemodel else [])
+    hashes = _BackgroundHashes([p for _, p in files], progress)  # overlaps the conversion
+    try:
+        net = load_net(prototxt, caffemodel)
+        with recording() as records:
+            gm = build_module(net)
+        digests = hashes.result()
+        sources = [(role, Path(p).name, d) for (role, p), d in zip(files, digests, strict=True)]
+        source = render_module(net, gm, records, sources=sources, check=check,
+                               progress=progress)
+    finally:
+        hashes.cancel()
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_outputs(targets, force=force) as (py_tmp, pth_tmp):
-        py_tmp.write_text(gen.source, encoding="utf-8")
-        torch.save(state_dict_for_saving(gen.module), pth_tmp)
-        if check:
-            check_generated(py_tmp, pth_tmp, gen.module, net)
+    try:
+        with atomic_outputs(targets, force=force) as (py_tmp, pth_tmp):
+            py_tmp.write_text(source, encoding="utf-8")
+            torch.save(state_dict_for_saving(gm), pth_tmp)
+            if check:
+                check_generated(py_tmp, pth_tmp, gm, net)
+    except BaseException:
+        if created:  # leave no trace, not even the (empty) folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return targets[0], targets[1]
 

@@ -18,8 +18,10 @@ Design (see ``caffe_bridge.codegen`` for the overview):
 * **Safety.** Caffe names reach the source only through ``repr()`` in string-literal positions,
   identifiers only through :func:`caffe_bridge.build.safe_identifier`, and the docstring shows
   whitelisted characters only. The result is compiled and its identifiers re-checked.
-* **Checks.** Each layer's module is rebuilt in-process from its rendered expression, loaded
-  with the original state dict and run on seeded inputs: it must match bit for bit.
+* **Checks.** Each layer's module is rebuilt in-process from its rendered expression (on the
+  meta device, then given the original's tensors: no weight initialisation), loaded with the
+  original state dict and run on small seeded inputs (its own shapes when it rejects them): it
+  must match bit for bit. The written file is then checked on the whole net at full size.
 """
 
 from __future__ import annotations
@@ -632,26 +634,92 @@ def _class_name(net: Net, taken: set[str]) -> str:
     return safe_identifier(base, taken)
 
 
-def _check_layer(attr: str, name: str, original: nn.Module, expr: str,
-                 namespace: dict[str, object], shapes: list[tuple[int, ...]], net: Net) -> None:
-    """Rebuild ``attr`` from ``expr``; it must load the state dict and compute identically."""
-    try:
-        rebuilt = eval(expr, dict(namespace))  # noqa: S307 - our own generated expression
-        rebuilt.load_state_dict(original.state_dict())
-    except Exception as err:  # noqa: BLE001 - report which layer cannot be rebuilt
-        raise CodegenError(f"the generated code cannot rebuild submodule {attr!r} "
-                           f"({type(original).__name__}): {err}", file=net.source,
-                           layer=name) from None
-    rebuilt.train(original.training)
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes, dtypes and values, NaNs in the same places (``torch.equal`` first: cheap)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def _has_meta(module: nn.Module) -> bool:
+    """Whether any tensor of ``module`` (registered or a plain attribute) is on the meta device."""
+    for m in module.modules():
+        for value in vars(m).values():
+            items = value.values() if isinstance(value, dict) else \
+                value if isinstance(value, (list, tuple)) else (value,)
+            if any(isinstance(t, torch.Tensor) and t.is_meta for t in items):
+                return True
+    return False
+
+
+def _rebuild(expr: str, namespace: dict[str, object], original: nn.Module) -> nn.Module:
+    """``expr`` evaluated and loaded with ``original``'s state dict.
+
+    It is first built on the meta device (no weight initialisation, which costs more than the
+    check) and given ``original``'s tensors; if anything is left on the meta device or that
+    fails, it is built and loaded the ordinary way.
+    """
+    state = original.state_dict()
+    if not any(m.training for m in original.modules()):  # a forward may update shared state
+        try:
+            with torch.device("meta"):
+                rebuilt = eval(expr, dict(namespace))  # noqa: S307 - our own expression
+            rebuilt.load_state_dict(state, assign=True)
+            if not _has_meta(rebuilt):
+                return rebuilt
+        except Exception:  # noqa: BLE001, S110 - the ordinary way below reports the problem
+            pass
+    rebuilt = eval(expr, dict(namespace))  # noqa: S307 - our own generated expression
+    rebuilt.load_state_dict(state)
+    return rebuilt
+
+
+CHECK_SIDE = 8  # the per-layer check first runs on inputs with spatial sides cut to this
+
+
+def _same_outputs(original: nn.Module, rebuilt: nn.Module,
+                  shapes: Sequence[tuple[int, ...]]) -> bool:
+    """Both modules compute the same on seeded inputs of ``shapes`` (raises what they raise)."""
     gen = torch.Generator().manual_seed(0)
     xs = [torch.rand(s, generator=gen) + 0.5 for s in shapes]
     with torch.no_grad():
         want, got = original(*xs), rebuilt(*xs)
     want = want if isinstance(want, tuple) else (want,)
     got = got if isinstance(got, tuple) else (got,)
-    same = len(want) == len(got) and all(
-        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.isnan(), b.isnan())
-        and torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(want, got, strict=True))
+    return len(want) == len(got) and all(same_values(a, b)
+                                         for a, b in zip(want, got, strict=True))
+
+
+def _small(shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """``shapes`` with batch 1 and every axis after the channel axis at most ``CHECK_SIDE``."""
+    return [(min(s[0], 1), s[1], *(min(d, CHECK_SIDE) for d in s[2:])) if len(s) > 2
+            else (min(s[0], 1), *s[1:]) if s else s for s in shapes]
+
+
+def _check_layer(attr: str, name: str, original: nn.Module, expr: str,
+                 namespace: dict[str, object], shapes: list[tuple[int, ...]], net: Net) -> None:
+    """Rebuild ``attr`` from ``expr``; it must load the state dict and compute identically.
+
+    The comparison runs on small inputs first (batch 1, spatial sides cut to ``CHECK_SIDE``);
+    only when the module rejects them or they disagree does it run at the layer's own shapes,
+    which then decide. The generated file is checked on the whole net afterwards anyway.
+    """
+    try:
+        rebuilt = _rebuild(expr, namespace, original)
+    except Exception as err:  # noqa: BLE001 - report which layer cannot be rebuilt
+        raise CodegenError(f"the generated code cannot rebuild submodule {attr!r} "
+                           f"({type(original).__name__}): {err}", file=net.source,
+                           layer=name) from None
+    rebuilt.train(original.training)
+    small = _small(shapes)
+    same = False
+    if small != list(shapes):
+        with contextlib.suppress(Exception):  # too small for this layer: use its own shapes
+            same = _same_outputs(original, rebuilt, small)
+    if not same:
+        same = _same_outputs(original, rebuilt, shapes)
     if not same or repr(rebuilt) != repr(original):
         raise CodegenError(f"submodule {attr!r} ({type(original).__name__}) rebuilt from its "
                            f"captured constructor arguments differs from the converted one; "
