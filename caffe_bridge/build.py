@@ -122,10 +122,16 @@ def convert(
     blob, a tuple when there are several, or the blobs named in ``outputs``.
     """
     net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel)
-    if net.unused_weights:
-        warnings.warn(
-            f"{caffemodel}: weights of {len(net.unused_weights)} layer(s) that {net.source} "
-            f"lacks were not used: {', '.join(net.unused_weights)}",
-            CaffeBridgeWarning, stacklevel=2,
-        )
+    warn_unused_weights(net, caffemodel)
     return build_module(net, outputs)
+
+
+def warn_unused_weights(net: Net, caffemodel: str | os.PathLike[str] | None) -> None:
+    """Weights for layers the definition lacks are reported, never silently dropped."""
+    if net.unused_weights:
+        where = f"{caffemodel}: " if caffemodel is not None else ""
+        warnings.warn(
+            f"{where}weights of {len(net.unused_weights)} layer(s) that {net.source} "
+            f"lacks were not used: {', '.join(net.unused_weights)}",
+            CaffeBridgeWarning, stacklevel=3,
+        )

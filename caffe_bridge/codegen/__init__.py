@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import fx
 
-from caffe_bridge.build import build_module
+from caffe_bridge.build import build_module, warn_unused_weights
 from caffe_bridge.codegen.render import (
     CodegenError,
     Progress,
@@ -253,6 +253,7 @@ def write_module_files(
     hashes = _BackgroundHashes([p for _, p in files], progress)  # overlaps the conversion
     try:
         net = load_net(prototxt, caffemodel)
+        warn_unused_weights(net, caffemodel)
         with recording() as records:
             gm = build_module(net)
         digests = hashes.result()
