@@ -29,11 +29,9 @@ from google.protobuf import text_format
 
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.prototxt import parse_prototxt
-from caffe_bridge.upgrade import upgrade
+from caffe_bridge.upgrade import keep_in_test, upgrade
 
 __all__ = ["opencv_definition", "opencv_forward"]
-
-_TEST = 1  # caffe.Phase
 
 Weights = Mapping[str, Sequence[np.ndarray]]
 
@@ -62,24 +60,6 @@ def _cv2() -> Any:
     return cv2
 
 
-def _meets_test_state(rule: Any) -> bool:
-    """Caffe's StateMeetsRule for the deploy state: phase TEST, level 0, no stages."""
-    if rule.HasField("phase") and rule.phase != _TEST:
-        return False
-    if rule.HasField("min_level") and rule.min_level > 0:
-        return False
-    if rule.HasField("max_level") and rule.max_level < 0:
-        return False
-    return not rule.stage  # a required stage is never set; `not_stage` rules always pass
-
-
-def _in_test_net(layer: Any) -> bool:
-    """Caffe's FilterNet: any include rule met, or (without include rules) no exclude rule met."""
-    if layer.include:
-        return any(_meets_test_state(r) for r in layer.include)
-    return not any(_meets_test_state(r) for r in layer.exclude)
-
-
 def opencv_definition(
     prototxt: str | os.PathLike[str], *, fix_axpy: bool = True, test_phase: bool = True
 ) -> str | None:
@@ -95,7 +75,7 @@ def opencv_definition(
     if test_phase:
         for records in (net.layer, net.layers):
             for i in reversed(range(len(records))):
-                if not _in_test_net(records[i]):
+                if not keep_in_test(records[i]):
                     del records[i]
                     changed = True
     if fix_axpy:

@@ -68,7 +68,7 @@ def _rule_met(rule: pb_message.Message) -> bool:
 
 
 def keep_in_test(param: pb_message.Message) -> bool:
-    """Whether Caffe instantiates this layer in the TEST phase."""
+    """Whether Caffe instantiates this layer (V1 or V2 message) in the TEST phase (FilterNet)."""
     if param.include:
         return any(_rule_met(r) for r in param.include)
     return not any(_rule_met(r) for r in param.exclude)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,15 +158,20 @@ def check_inputs(net: Net, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nda
     return out
 
 
-def load_inputs(path: str | os.PathLike[str], net: Net) -> dict[str, np.ndarray]:
-    """Inputs from a ``.npy`` (nets with one input) or ``.npz`` (input name -> array) file."""
-    spath = os.fspath(path)
+def _np_load(spath: str, what: str) -> Any:
+    """``np.load`` without pickles; unreadable -> CaffeBridgeError, missing/forbidden as is."""
     try:
-        data = np.load(spath, allow_pickle=False)
+        return np.load(spath, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
-        raise CaffeBridgeError(f"not a .npy/.npz array file: {err}", file=spath) from None
+        raise CaffeBridgeError(f"not {what}: {err}", file=spath) from None
+
+
+def load_inputs(path: str | os.PathLike[str], net: Net) -> dict[str, np.ndarray]:
+    """Inputs from a ``.npy`` (nets with one input) or ``.npz`` (input name -> array) file."""
+    spath = os.fspath(path)
+    data = _np_load(spath, "a .npy/.npz array file")
     if isinstance(data, np.ndarray):
         if len(net.inputs) != 1:
             raise CaffeBridgeError(f"the net has {len(net.inputs)} inputs: give them by name "
@@ -178,12 +184,7 @@ def load_inputs(path: str | os.PathLike[str], net: Net) -> dict[str, np.ndarray]
 def load_npz_reference(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Blob name -> array from an ``.npz`` file."""
     spath = os.fspath(path)
-    try:
-        data = np.load(spath, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        raise CaffeBridgeError(f"not an .npz file: {err}", file=spath) from None
+    data = _np_load(spath, "an .npz file")
     if not hasattr(data, "files"):
         raise CaffeBridgeError("a reference must be an .npz of blob name -> array", file=spath)
     with data:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from caffe_bridge.caffemodel import _len_field, _varint_bytes  # the writer's wire encoders
+
 REPO = Path(__file__).resolve().parents[1]
 SENET = REPO.parent / "shared" / "senet"
 MODELS = {"SE-ResNet-50": "SE-ResNet-50.prototxt", "SENet-154": "SENet-154.prototxt"}
@@ -161,26 +163,13 @@ class Launcher:
         self.proc.wait()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload_len: int) -> bytes:
-    """Tag and length of a length-delimited field (the payload follows)."""
-    return _varint(number << 3 | 2) + _varint(payload_len)
-
-
 def _blob_parts(shape: tuple[int, ...], nbytes: int) -> tuple[bytes, bytes]:
     """(bytes before the packed data, bytes after it) of a BlobProto field (number 7)."""
-    dims = b"".join(_varint(d) for d in shape)
-    shape_field = _field(7, len(dims) + len(_field(1, len(dims)))) + _field(1, len(dims)) + dims
-    data_head = _field(5, nbytes)
-    return _field(7, len(data_head) + nbytes + len(shape_field)) + data_head, shape_field
+    dims = b"".join(_varint_bytes(d) for d in shape)
+    shape_msg = _len_field(1, len(dims)) + dims
+    shape_field = _len_field(7, len(shape_msg)) + shape_msg
+    data_head = _len_field(5, nbytes)
+    return _len_field(7, len(data_head) + nbytes + len(shape_field)) + data_head, shape_field
 
 
 def write_large(path: Path, seed: int = 0) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
@@ -192,8 +181,8 @@ def write_large(path: Path, seed: int = 0) -> tuple[dict[int, np.ndarray], dict[
     n = (1 << 30) + (1 << 20)  # floats: 4 GiB + 4 MiB
     head, tail_shape = _blob_parts((n,), 4 * n)
     name = b"big"
-    body_len = len(_field(1, len(name))) + len(name) + len(head) + 4 * n + len(tail_shape)
-    layer_head = _field(100, body_len) + _field(1, len(name)) + name + head
+    body_len = len(_len_field(1, len(name))) + len(name) + len(head) + 4 * n + len(tail_shape)
+    layer_head = _len_field(100, body_len) + _len_field(1, len(name)) + name + head
     chunk = 4096
     starts = sorted({0, n - chunk, *(int(i) for i in rng.integers(0, n - chunk, 12)),
                      *(((1 << 29) + k * (1 << 27)) for k in range(5))})  # bytes 2**31 ...
@@ -213,9 +202,9 @@ def write_large(path: Path, seed: int = 0) -> tuple[dict[int, np.ndarray], dict[
             blob = rng.standard_normal(shape).astype("<f4")
             lname = f"tail{k}".encode()
             bhead, bshape = _blob_parts(shape, blob.nbytes)
-            size = len(_field(1, len(lname))) + len(lname) + len(bhead) + blob.nbytes \
+            size = len(_len_field(1, len(lname))) + len(lname) + len(bhead) + blob.nbytes \
                 + len(bshape)
-            f.write(_field(100, size) + _field(1, len(lname)) + lname + bhead)
+            f.write(_len_field(100, size) + _len_field(1, len(lname)) + lname + bhead)
             f.write(blob.tobytes())
             f.write(bshape)
             tails[lname.decode()] = blob

@@ -21,6 +21,23 @@ def net_from_text(text: str) -> Net:
     return build_net(upgrade(parsed), name=parsed.net.name, source="<test>")
 
 
+def net_text(layer: str, *shapes: tuple[int, ...]) -> str:
+    """An Input layer (tops data, b1, b2, ...) with ``shapes``, then ``layer`` on line 3."""
+    names = ["data", *(f"b{i}" for i in range(1, len(shapes)))]
+    tops = "".join(f' top: "{n}"' for n in names)
+    dims = " ".join("shape {" + "".join(f" dim: {d}" for d in s) + " }" for s in shapes)
+    return f'name: "t"\nlayer {{ name: "in" type: "Input"{tops} input_param {{ {dims} }} }}\n' \
+           f"{layer}\n"
+
+
+def layer_text(type_: str, body: str = "", n_bottoms: int = 1, tops: tuple[str, ...] = ("out",)
+               ) -> str:
+    """Layer "l" of ``type_`` on the first ``n_bottoms`` Input tops of :func:`net_text`."""
+    bottoms = "".join(f' bottom: "{n}"' for n in ["data", *(f"b{i}" for i in range(1, n_bottoms))])
+    top = "".join(f' top: "{t}"' for t in tops)
+    return f'layer {{ name: "l" type: "{type_}"{bottoms}{top} {body} }}'
+
+
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     """max|ours - ref| / max|ref| (0 when both are all zero)."""
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
@@ -58,3 +75,19 @@ def check_layer(
         errors[value] = rel_err(got, want)
         assert errors[value] <= rtol, f"{value}: relative error {errors[value]:.3g} > {rtol}"
     return errors
+
+
+def check_batch(layer: str, *shapes: tuple[int, ...], batch: int = 3) -> None:
+    """Convert for the prototxt's batch, run on ``batch`` samples, compare with Caffe there."""
+    small = net_from_text(net_text(layer, *shapes))
+    big = net_from_text(net_text(layer, *((batch, *s[1:]) for s in shapes)))
+    weights = random_weights(small, 0)
+    model = build_module(with_weights(small, weights))
+    feeds = random_inputs(big, 5)
+    ref = reference.run_net(with_weights(big, weights), feeds)
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(feeds[n]) for n in big.inputs))
+    outs = out if isinstance(out, tuple) else (out,)
+    for value, got in zip(big.outputs, outs, strict=True):
+        assert got.shape == big.blobs[value].shape, (value, got.shape)
+        assert rel_err(got.numpy(), ref[value]) < 1e-5

@@ -150,17 +150,39 @@ class SEModule(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Shared forward of the SE bottlenecks (conv1/bn1, conv2/bn2, conv3/bn3, se_module)."""
+    """Shared layers and forward of the SE bottlenecks (conv1/bn1, conv2/bn2, conv3/bn3, se_module).
 
-    conv1: nn.Conv2d
-    bn1: nn.BatchNorm2d
-    conv2: nn.Conv2d
-    bn2: nn.BatchNorm2d
-    conv3: nn.Conv2d
-    bn3: nn.BatchNorm2d
-    relu: nn.ReLU
-    se_module: SEModule
-    downsample: nn.Module | None
+    ``1x1 (inplanes -> mid1) -> 3x3 (mid1 -> mid2, groups) -> 1x1 (mid2 -> out)``, SE on ``out``;
+    the stride sits on the 3x3, or on the first 1x1 with ``stride_on_1x1``.
+    """
+
+    def __init__(
+        self,
+        inplanes: int,
+        mid1: int,
+        mid2: int,
+        out: int,
+        groups: int,
+        reduction: int,
+        stride: int,
+        downsample: nn.Module | None,
+        *,
+        stride_on_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        stride1, stride3 = (stride, 1) if stride_on_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, mid1, kernel_size=1, stride=stride1, bias=False)
+        self.bn1 = _bn(mid1)
+        self.conv2 = nn.Conv2d(
+            mid1, mid2, kernel_size=3, stride=stride3, padding=1, groups=groups, bias=False
+        )
+        self.bn2 = _bn(mid2)
+        self.conv3 = nn.Conv2d(mid2, out, kernel_size=1, bias=False)
+        self.bn3 = _bn(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.se_module = SEModule(out, reduction)
+        self.downsample = downsample
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -187,26 +209,9 @@ class SEBottleneck(Bottleneck):
         stride: int = 1,
         downsample: nn.Module | None = None,
     ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes * 2, kernel_size=1, bias=False)
-        self.bn1 = _bn(planes * 2)
         # Caffe: the stride sits on the grouped 3x3 (conv*_1_3x3, group 64, stride 2).
-        self.conv2 = nn.Conv2d(
-            planes * 2,
-            planes * 4,
-            kernel_size=3,
-            stride=stride,
-            padding=1,
-            groups=groups,
-            bias=False,
-        )
-        self.bn2 = _bn(planes * 4)
-        self.conv3 = nn.Conv2d(planes * 4, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = _bn(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.se_module = SEModule(planes * self.expansion, reduction)
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(inplanes, planes * 2, planes * 4, planes * self.expansion, groups,
+                         reduction, stride, downsample)
 
 
 class SEResNetBottleneck(Bottleneck):
@@ -223,19 +228,10 @@ class SEResNetBottleneck(Bottleneck):
         stride: int = 1,
         downsample: nn.Module | None = None,
     ) -> None:
-        super().__init__()
         # Caffe: SE-ResNet puts the stride on the first 1x1 (conv*_1_1x1_reduce, stride 2), unlike
         # torchvision/timm ResNets, which stride the 3x3.
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False)
-        self.bn1 = _bn(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, groups=groups, bias=False)
-        self.bn2 = _bn(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = _bn(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.se_module = SEModule(planes * self.expansion, reduction)
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(inplanes, planes, planes, planes * self.expansion, groups, reduction,
+                         stride, downsample, stride_on_1x1=True)
 
 
 class SEResNeXtBottleneck(Bottleneck):
@@ -253,21 +249,10 @@ class SEResNeXtBottleneck(Bottleneck):
         downsample: nn.Module | None = None,
         base_width: int = 4,
     ) -> None:
-        super().__init__()
         width = math.floor(planes * base_width / 64) * groups
-        self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
-        self.bn1 = _bn(width)
         # Caffe: SE-ResNeXt puts the stride on the grouped 3x3 (conv*_1_3x3, group 32, stride 2).
-        self.conv2 = nn.Conv2d(
-            width, width, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False
-        )
-        self.bn2 = _bn(width)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = _bn(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.se_module = SEModule(planes * self.expansion, reduction)
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(inplanes, width, width, planes * self.expansion, groups, reduction,
+                         stride, downsample)
 
 
 BottleneckType = type[SEBottleneck] | type[SEResNetBottleneck] | type[SEResNeXtBottleneck]

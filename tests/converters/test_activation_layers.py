@@ -12,41 +12,13 @@ from caffe_bridge.build import build_module
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import with_weights
 from caffe_bridge.testing import random_inputs, random_weights
-from layer_check import check_layer, net_from_text, rel_err
+from layer_check import check_batch, check_layer, net_from_text, net_text, rel_err
+from layer_check import layer_text as one
 
 COVERS = {"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL",
           "Threshold", "Dropout", "Softmax"}
 
 X4 = (2, 3, 4, 5)
-
-
-def net_text(layer: str, *shapes: tuple[int, ...]) -> str:
-    """An Input layer (tops data, b1, b2, ...) with ``shapes``, then ``layer`` on line 2."""
-    names = ["data", *(f"b{i}" for i in range(1, len(shapes)))]
-    tops = "".join(f' top: "{n}"' for n in names)
-    dims = " ".join("shape {" + "".join(f" dim: {d}" for d in s) + " }" for s in shapes)
-    return f'name: "t"\nlayer {{ name: "in" type: "Input"{tops} input_param {{ {dims} }} }}\n' \
-           f"{layer}\n"
-
-
-def one(type_: str, body: str = "") -> str:
-    return f'layer {{ name: "l" type: "{type_}" bottom: "data" top: "out" {body} }}'
-
-
-def check_batch(layer: str, *shapes: tuple[int, ...], batch: int = 3) -> None:
-    """Convert for the prototxt's batch, run on ``batch`` samples, compare with Caffe there."""
-    small = net_from_text(net_text(layer, *shapes))
-    big = net_from_text(net_text(layer, *((batch, *s[1:]) for s in shapes)))
-    weights = random_weights(small, 0)
-    model = build_module(with_weights(small, weights))
-    feeds = random_inputs(big, 5)
-    ref = reference.run_net(with_weights(big, weights), feeds)
-    with torch.no_grad():
-        out = model(*(torch.from_numpy(feeds[n]) for n in big.inputs))
-    outs = out if isinstance(out, tuple) else (out,)
-    for value, got in zip(big.outputs, outs, strict=True):
-        assert got.shape == big.blobs[value].shape
-        assert rel_err(got.numpy(), ref[value]) < 1e-5
 
 
 CASES = {

@@ -7,49 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import build_module
-from caffe_bridge.testing import random_inputs
-from layer_check import check_layer, net_from_text, rel_err
+from layer_check import check_batch, check_layer, net_from_text, net_text
+from layer_check import layer_text as layer
 
 COVERS = {"Slice", "Flatten", "Reshape", "Crop", "ArgMax"}
 
 X4 = (2, 3, 4, 5)
 
 
-def net_text(layer: str, *shapes: tuple[int, ...]) -> str:
-    """An Input layer (tops data, b1, b2, ...) with ``shapes``, then ``layer`` on line 3."""
-    names = ["data", *(f"b{i}" for i in range(1, len(shapes)))]
-    tops = "".join(f' top: "{n}"' for n in names)
-    dims = " ".join("shape {" + "".join(f" dim: {d}" for d in s) + " }" for s in shapes)
-    return f'name: "t"\nlayer {{ name: "in" type: "Input"{tops} input_param {{ {dims} }} }}\n' \
-           f"{layer}\n"
-
-
-def layer(type_: str, body: str = "", n_bottoms: int = 1, tops: tuple[str, ...] = ("out",)) -> str:
-    bottoms = "".join(f' bottom: "{n}"' for n in ["data", *(f"b{i}" for i in range(1, n_bottoms))])
-    top = "".join(f' top: "{t}"' for t in tops)
-    return f'layer {{ name: "l" type: "{type_}"{bottoms}{top} {body} }}'
-
-
 def reshape(dims: tuple[int, ...], extra: str = "") -> str:
     shape = "".join(f" dim: {d}" for d in dims)
     return layer("Reshape", f"reshape_param {{ shape {{{shape} }} {extra} }}")
-
-
-def check_batch(text_for: str, *shapes: tuple[int, ...], batch: int = 3) -> None:
-    """Convert for the prototxt's batch, run on ``batch`` samples, compare with Caffe there."""
-    small = net_from_text(net_text(text_for, *shapes))
-    big = net_from_text(net_text(text_for, *((batch, *s[1:]) for s in shapes)))
-    model = build_module(small)  # these layers have no parameters
-    feeds = random_inputs(big, 5)
-    ref = reference.run_net(big, feeds)
-    with torch.no_grad():
-        out = model(*(torch.from_numpy(feeds[n]) for n in big.inputs))
-    outs = out if isinstance(out, tuple) else (out,)
-    for value, got in zip(big.outputs, outs, strict=True):
-        assert got.shape == big.blobs[value].shape, (value, got.shape)
-        assert rel_err(got.numpy(), ref[value]) < 1e-5
 
 
 T3 = ("t0", "t1", "t2")
