@@ -110,7 +110,7 @@ class _Progress:
     """``progress(stage, done, total)`` callbacks drawn as tqdm bars on stderr."""
 
     LABELS = {"hash": ("sha256", "B"), "render": ("render", " layers"),
-              "export": ("export", " files")}
+              "export": ("export", " files"), "verify": ("verify", " steps")}
 
     def __init__(self, quiet: bool) -> None:
         self.disabled = quiet or not sys.stderr.isatty()
@@ -447,10 +447,11 @@ def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
 @click.option("--plot", "plot_path", metavar="OUT.png",
               help="Plot per-blob relative error (needs matplotlib).")
 @click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
+@_quiet_option
 @_handle_errors
 def verify(net: str, weights: str | None, reference: str, input_path: str | None,
            images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
-           json_path: str | None, plot_path: str | None, force: bool,
+           json_path: str | None, plot_path: str | None, force: bool, quiet: bool,
            **preprocess: Any) -> None:
     """Compare every blob with a reference and name the first one that diverges.
 
@@ -495,21 +496,26 @@ def verify(net: str, weights: str | None, reference: str, input_path: str | None
         from caffe_bridge.evaluate import set_tf32
 
         set_tf32(allow_tf32)  # off by default: the GPU must compute float32 like the CPU
-    if images is not None:
-        if input_path is not None:
-            raise CaffeBridgeError("give either --input or --images, not both")
-        from caffe_bridge.data import preprocess_images
-        from caffe_bridge.ir import load_net
+    if images is not None and input_path is not None:
+        raise CaffeBridgeError("give either --input or --images, not both")
+    bars = _Progress(quiet)
+    try:
+        if images is not None:
+            from caffe_bridge.data import preprocess_images
+            from caffe_bridge.ir import load_net
 
-        loaded = load_net(net, caffemodel)
-        if len(loaded.inputs) != 1:
-            raise CaffeBridgeError("--images needs a net with exactly one input", file=net)
-        batch = preprocess_images(images, **preprocess)
-        report = V.verify_arrays(net, caffemodel, {next(iter(loaded.inputs)): batch},
-                                 reference=reference, device=device, rtol=rtol, net=loaded)
-    else:
-        report = V.verify(net, caffemodel, reference=reference, inputs=input_path,
-                          device=device, rtol=rtol, seed=seed)
+            loaded = load_net(net, caffemodel)
+            if len(loaded.inputs) != 1:
+                raise CaffeBridgeError("--images needs a net with exactly one input", file=net)
+            batch = preprocess_images(images, **preprocess)
+            report = V.verify_arrays(net, caffemodel, {next(iter(loaded.inputs)): batch},
+                                     reference=reference, device=device, rtol=rtol, net=loaded,
+                                     progress=bars)
+        else:
+            report = V.verify(net, caffemodel, reference=reference, inputs=input_path,
+                              device=device, rtol=rtol, seed=seed, progress=bars)
+    finally:
+        bars.close()
     rows = [[_show(r.blob), _shape(r.shape), f"{r.max_abs_err:.3g}", f"{r.rel_err:.3g}",
              f"{r.cosine:.6f}", "ok" if r.ok else "DIVERGES"] for r in report.rows]
     click.echo(f"reference: {_show(report.reference)}  (rtol {report.rtol:g})")

@@ -218,11 +218,14 @@ def verify_arrays(
     device: str = "cpu",
     rtol: float = DEFAULT_RTOL,
     net: Net | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> VerifyReport:
     """Verify on given input arrays (input name -> N x C x H x W); the hook for image folders.
 
     ``reference`` is "opencv", "caffe", or a label for ``reference_blobs`` (blob -> array).
+    ``progress(stage, done, total)`` hears of the three steps: reference, ours, comparison.
     """
+    step = progress or (lambda stage, done, total: None)
     net = net if net is not None else load_net(prototxt, caffemodel)
     feeds = check_inputs(net, inputs)
     if reference_blobs is None:
@@ -238,11 +241,15 @@ def verify_arrays(
         else:
             raise CaffeBridgeError(f"unknown reference {reference!r}; use one of "
                                    f"{', '.join(REFERENCES)} or an .npz file")
+    step("verify", 1, 3)
     order, unknown = network_order(net, list(reference_blobs))
     if not order:
         raise CaffeBridgeError("the reference has none of the net's blobs", file=net.source)
     ours = run_blobs(net, feeds, order, device)
-    return compare_blobs(net, ours, reference_blobs, rtol, reference, unknown)
+    step("verify", 2, 3)
+    report = compare_blobs(net, ours, reference_blobs, rtol, reference, unknown)
+    step("verify", 3, 3)
+    return report
 
 
 def verify(
@@ -254,6 +261,7 @@ def verify(
     device: str = "cpu",
     rtol: float = DEFAULT_RTOL,
     seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> VerifyReport:
     """Verify against "opencv", "caffe" or an ``.npz`` path (blob name -> array).
 
@@ -276,7 +284,7 @@ def verify(
     else:
         feeds = random_inputs(net, seed)
     return verify_arrays(prototxt, caffemodel, feeds, reference=label, reference_blobs=blobs,
-                         device=device, rtol=rtol, net=net)
+                         device=device, rtol=rtol, net=net, progress=progress)
 
 
 def plot_report(report: VerifyReport, path: str | os.PathLike[str]) -> None:
