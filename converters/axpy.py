@@ -20,12 +20,17 @@ from caffe_bridge.ir import Layer, Net
 class Axpy(nn.Module):
     """``a * x + y`` with ``a`` (N x C or N x C x 1 x 1) broadcast over x's spatial axes."""
 
+    def __init__(self, spatial_dims: int = 2) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+
     def forward(self, a: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gate = a.reshape(*a.shape[:2], *([1] * (x.dim() - 2)))
+        # The rank comes from the IR, not from x.dim(), so torch.fx can re-trace the module.
+        gate = a.reshape(a.shape[0], a.shape[1], *((1,) * self.spatial_dims))
         return torch.addcmul(y, gate, x)
 
 
 @register("Axpy")
 def convert_axpy(layer: Layer, net: Net) -> nn.Module:
     """Axpy (SENet): bottoms (a, X, Y) -> a * X + Y, a per sample and channel."""
-    return Axpy()
+    return Axpy(len(net.blobs[layer.bottoms[1]].shape) - 2)
