@@ -26,7 +26,7 @@ class Axpy(nn.Module):
 
     def forward(self, a: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The rank comes from the IR, not from x.dim(), so torch.fx can re-trace the module.
-        gate = a.reshape(a.shape[0], a.shape[1], *((1,) * self.spatial_dims))
+        gate = a.reshape(a.shape[:2] + (1,) * self.spatial_dims)
         return torch.addcmul(y, gate, x)
 
 
