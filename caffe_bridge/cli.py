@@ -227,11 +227,11 @@ def main() -> None:
 # ------------------------------------------------------------------ inspect
 
 
-@main.command(context_settings=CONTEXT)
+@main.command("inspect", context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
 @_handle_errors
-def inspect(net: str, weights: str | None) -> None:
+def inspect_command(net: str, weights: str | None) -> None:
     """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
 
     Parameters count every blob Caffe stores (BatchNorm statistics included). FLOPs are
@@ -243,7 +243,7 @@ def inspect(net: str, weights: str | None) -> None:
     Example:
       caffe2torch inspect SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
     """
-    from caffe_bridge.inspect import inspect_files
+    from caffe_bridge.summary import inspect_files
 
     _input_file(net, "prototxt")
     if weights is not None:
@@ -283,9 +283,9 @@ def inspect(net: str, weights: str | None) -> None:
 # ------------------------------------------------------------------ layers
 
 
-@main.command(context_settings=CONTEXT)
+@main.command("layers", context_settings=CONTEXT)
 @_handle_errors
-def layers() -> None:
+def layers_command() -> None:
     """List the supported Caffe layer types and the converter handling each.
 
     \b
@@ -309,7 +309,7 @@ def layers() -> None:
 # ------------------------------------------------------------------ convert
 
 
-@main.command(context_settings=CONTEXT)
+@main.command("convert", context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
 @click.option("-o", "--outdir", default=".", show_default=True, metavar="OUTDIR",
@@ -329,7 +329,7 @@ def layers() -> None:
                                  "Default caffe (BGR 0-255, mean subtracted).")
 @_quiet_option
 @_handle_errors
-def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
+def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
             as_: str | None, class_order: str | None, input_format: str | None,
             quiet: bool) -> None:
     """Write a standalone PyTorch module (OUTDIR/<stem>.py) and its weights (<stem>.pth).
@@ -371,7 +371,7 @@ def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force:
 # ------------------------------------------------------------------ export
 
 
-@main.command(context_settings=CONTEXT)
+@main.command("export", context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
 @click.option("--onnx", "onnx_path", metavar="OUT.onnx", help="Write ONNX here.")
@@ -387,7 +387,7 @@ def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force:
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @_quiet_option
 @_handle_errors
-def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
+def export_command(net: str, weights: str | None, onnx_path: str | None, opset: int,
            dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
            tolerance: float, force: bool, quiet: bool) -> None:
     """Export the converted model to ONNX, TorchScript and/or torch.export (.pt2).
@@ -422,7 +422,7 @@ def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
 # ------------------------------------------------------------------ verify
 
 
-@main.command(context_settings=CONTEXT)
+@main.command("verify", context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
 @click.option("--reference", default="opencv", show_default=True,
@@ -449,7 +449,7 @@ def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
 @click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
 @_quiet_option
 @_handle_errors
-def verify(net: str, weights: str | None, reference: str, input_path: str | None,
+def verify_command(net: str, weights: str | None, reference: str, input_path: str | None,
            images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
            json_path: str | None, plot_path: str | None, force: bool, quiet: bool,
            **preprocess: Any) -> None:

@@ -2,12 +2,13 @@
 
 Steps: the released SE-ResNet-50 definition is written from the idiomatic model
 (``models.se_resnet50`` through ``to_caffe``'s layout), seeded random weights are drawn for it
-(:func:`caffe_bridge.testing.random_weights`: BatchNorm statistics calibrated on seeded inputs
-so activations stay O(1), stored with a moving-average factor != 1 as real caffemodels do), and
-the two Caffe files are read back twice: by the generic converter (``caffe_bridge.convert``,
+(:func:`caffe_bridge.random_weights.random_weights`: BatchNorm statistics calibrated on seeded
+inputs so activations stay O(1), stored with a moving-average factor != 1 as real caffemodels
+do), and the two Caffe files are read back twice: by the generic converter
+(``caffe_bridge.convert``,
 one module per layer) and by ``models.from_caffe`` (the idiomatic model). Both are compared on
 the logits with an independent reference, OpenCV's own Caffe importer (with its Axpy and
-Winograd traps corrected, :func:`caffe_bridge.references.opencv_forward`), when OpenCV is
+Winograd traps corrected, :func:`caffe_bridge.opencv_reference.opencv_forward`), when OpenCV is
 installed; without it only the two conversions are compared, which the report says.
 
 Exit codes: 0 every agreement within the tolerance (1e-5 relative), 1 one is not, 2 error.
@@ -139,7 +140,7 @@ def run_demo(
         from_caffe,
         recognise,
     )
-    from caffe_bridge.testing import BN_FACTOR, random_inputs, random_weights
+    from caffe_bridge.random_weights import BN_FACTOR, random_inputs, random_weights
 
     say = progress or (lambda _msg: None)
     timings: list[tuple[str, float]] = []
@@ -182,7 +183,7 @@ def run_demo(
             with step("run idiomatic", "running the idiomatic model ..."):
                 logits["idiomatic"] = idiomatic(torch.from_numpy(x)).numpy()
         if missing is None:
-            from caffe_bridge.references import opencv_forward
+            from caffe_bridge.opencv_reference import opencv_forward
 
             with step("OpenCV", "running OpenCV's Caffe importer (the reference) ..."):
                 got = opencv_forward(proto, caffemodel, {"data": x}, ["classifier"])

@@ -391,7 +391,7 @@ def _run(opts: dict[str, Any]) -> None:
             say("note: --class-order torchvision assumes the net outputs the ILSVRC2012 devkit "
                 "order, as the released SENets do", err=True)
         if opts["weights"] is None and any(layer.param_shapes for layer in net.layers):
-            from caffe_bridge.testing import net_with_random_weights
+            from caffe_bridge.random_weights import net_with_random_weights
 
             say("warning: no WEIGHTS given: seeded random weights (the accuracy is meaningless)",
                 err=True)

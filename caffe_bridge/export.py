@@ -24,7 +24,7 @@ from caffe_bridge.atomic import atomic_outputs
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net
-from caffe_bridge.testing import random_inputs
+from caffe_bridge.random_weights import random_inputs
 
 Progress = Callable[[str, int, int], None]
 DEFAULT_OPSET = 17

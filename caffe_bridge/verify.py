@@ -26,7 +26,7 @@ from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.export import rel_err
 from caffe_bridge.ir import Net, load_net
-from caffe_bridge.testing import random_inputs
+from caffe_bridge.random_weights import random_inputs
 
 Progress = Callable[[str, int, int], None]
 REFERENCES = ("opencv", "caffe")
@@ -233,7 +233,7 @@ def verify_arrays(
             raise CaffeBridgeError(f"the {reference} reference needs a caffemodel")
         wanted, _ = network_order(net, [net.blobs[v].caffe_name for v in net.blobs])
         if reference == "opencv":
-            from caffe_bridge.references import opencv_forward
+            from caffe_bridge.opencv_reference import opencv_forward
 
             reference_blobs = opencv_forward(prototxt, caffemodel, feeds, wanted)
         elif reference == "caffe":

@@ -15,7 +15,7 @@ from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 
 NET = """
 name: "tiny"

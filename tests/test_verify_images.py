@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 from layer_check import net_from_text
 
 NET = """

@@ -1,5 +1,5 @@
 """Whole released nets, converted, against independent references: OpenCV's Caffe importer (its
-traps corrected, ``caffe_bridge.references``) and the pure-numpy reference (float64).
+traps corrected, ``caffe_bridge.opencv_reference``) and the pure-numpy reference (float64).
 
 Every net gets seeded random weights (``random_weights``: BatchNorm calibrated, moving-average
 factor != 1) and one seeded input of the prototxt's shape (batch 1). Compared: the net output
@@ -33,8 +33,8 @@ import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import Net, load_net, with_weights
-from caffe_bridge.references import opencv_forward
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.opencv_reference import opencv_forward
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 
