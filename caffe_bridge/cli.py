@@ -6,22 +6,24 @@ line ``error: <message>`` on stderr). The only module of the package that prints
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
+from caffe_bridge.cli_common import (
+    CONTEXT,
+    EXIT_MISMATCH,
+    Progress,
+    find_weights,
+    handle_errors,
+    input_file,
+    quiet_option,
+)
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.options import preprocess_options
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_MISMATCH = 1
-EXIT_ERROR = 2
-
 
 # ------------------------------------------------------------------ plumbing
 
@@ -43,101 +45,6 @@ def _quiet_gc_import() -> None:
     finally:
         gc.enable()
     gc.freeze()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {_one_line(message)}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
-def _os_message(err: OSError) -> str:
-    reason = err.strerror or str(err)
-    name = err.filename if err.filename is not None else None
-    return f"{name}: {reason}" if name is not None else reason
-
-
-def _handle_errors(fn: F) -> F:
-    """Turn the package's errors, file problems and Ctrl-C into one line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CaffeBridgeError as err:
-            _fail(str(err))
-        except OSError as err:
-            _fail(_os_message(err))
-        except MemoryError:
-            _fail("out of memory")
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _input_file(path: str, what: str) -> str:
-    """Check that ``path`` is a readable file (clean errors instead of click's usage text)."""
-    p = Path(path)
-    if not p.exists():
-        raise CaffeBridgeError(f"no such {what}", file=path)
-    if p.is_dir():
-        raise CaffeBridgeError(f"is a directory, not a {what}", file=path)
-    with open(p, "rb"):
-        pass  # PermissionError surfaces here as a clean OSError
-    return path
-
-
-def _weights(prototxt: str, weights: str | None, no_weights: bool) -> str | None:
-    """The caffemodel to use: WEIGHTS, else NET.caffemodel beside the prototxt."""
-    if weights is not None and no_weights:
-        raise CaffeBridgeError("pass either WEIGHTS or --no-weights, not both")
-    if no_weights:
-        return None
-    if weights is not None:
-        return _input_file(weights, "caffemodel")
-    beside = Path(prototxt).with_suffix(".caffemodel")
-    if beside.is_file():
-        return str(beside)
-    raise CaffeBridgeError(f"no weights: pass WEIGHTS or --no-weights (looked for {beside})")
-
-
-class _Progress:
-    """``progress(stage, done, total)`` callbacks drawn as tqdm bars on stderr."""
-
-    LABELS = {"hash": ("sha256", "B"), "render": ("render", " layers"),
-              "export": ("export", " files"), "verify": ("verify", " steps")}
-
-    def __init__(self, quiet: bool) -> None:
-        self.disabled = quiet or not sys.stderr.isatty()
-        self.bars: dict[str, Any] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.disabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None or bar.total != total or done < bar.n:
-            if bar is not None:
-                bar.close()
-            label, unit = self.LABELS.get(stage, (stage, ""))
-            bar = tqdm(total=total, desc=label, unit=unit, unit_scale=unit == "B",
-                       file=sys.stderr, leave=False)
-            self.bars[stage] = bar
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-            del self.bars[stage]
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-        self.bars.clear()
 
 
 def _show(name: str) -> str:
@@ -167,19 +74,11 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def _quiet_option(fn: F) -> F:
-    return click.option("-q", "--quiet", is_flag=True,
-                        help="No progress bars (they are also off when stderr is not a "
-                             "terminal).")(fn)
-
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
 class _Commands(click.Group):
     """The command group; commands living beside the modules they drive load on first use."""
 
-    lazy = {"demo": "caffe_bridge.demo:demo_command", "eval": "caffe_bridge.evaluate:eval_command"}
+    lazy = {"demo": "caffe_bridge.demo:demo_command",
+            "eval": "caffe_bridge.evaluate_cli:eval_command"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -230,7 +129,7 @@ def main() -> None:
 @main.command("inspect", context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
-@_handle_errors
+@handle_errors
 def inspect_command(net: str, weights: str | None) -> None:
     """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
 
@@ -245,9 +144,9 @@ def inspect_command(net: str, weights: str | None) -> None:
     """
     from caffe_bridge.summary import inspect_files
 
-    _input_file(net, "prototxt")
+    input_file(net, "prototxt")
     if weights is not None:
-        _input_file(weights, "caffemodel")
+        input_file(weights, "caffemodel")
     summary = inspect_files(net, weights)
     rows = []
     for i, r in enumerate(summary.rows):
@@ -284,7 +183,7 @@ def inspect_command(net: str, weights: str | None) -> None:
 
 
 @main.command("layers", context_settings=CONTEXT)
-@_handle_errors
+@handle_errors
 def layers_command() -> None:
     """List the supported Caffe layer types and the converter handling each.
 
@@ -327,8 +226,8 @@ def layers_command() -> None:
 @click.option("--input-format", type=click.Choice(["caffe", "bgr255", "rgb255", "torchvision"]),
               default=None, help="With --as senet: the input layout the model takes. "
                                  "Default caffe (BGR 0-255, mean subtracted).")
-@_quiet_option
-@_handle_errors
+@quiet_option
+@handle_errors
 def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
             as_: str | None, class_order: str | None, input_format: str | None,
             quiet: bool) -> None:
@@ -346,8 +245,8 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
       # then: cd out && mv SE-ResNet-50.py se_resnet50.py && python -c \\
       #   'import se_resnet50; m = se_resnet50.build("SE-ResNet-50.pth")'
     """
-    _input_file(net, "prototxt")
-    caffemodel = _weights(net, weights, no_weights)
+    input_file(net, "prototxt")
+    caffemodel = find_weights(net, weights, no_weights)
     if as_ == "senet":
         from caffe_bridge.models.senet_export import convert_senet
 
@@ -360,7 +259,7 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
     _quiet_gc_import()
     from caffe_bridge.codegen import write_module_files
 
-    bars = _Progress(quiet)
+    bars = Progress(quiet)
     try:
         py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars)
     finally:
@@ -385,8 +284,8 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
 @click.option("--tolerance", default=1e-5, show_default=True, type=float,
               help="Largest relative error allowed against PyTorch.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@_quiet_option
-@_handle_errors
+@quiet_option
+@handle_errors
 def export_command(net: str, weights: str | None, onnx_path: str | None, opset: int,
            dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
            tolerance: float, force: bool, quiet: bool) -> None:
@@ -403,11 +302,11 @@ def export_command(net: str, weights: str | None, onnx_path: str | None, opset: 
     from caffe_bridge.export import export_net
     from caffe_bridge.ir import load_net
 
-    _input_file(net, "prototxt")
+    input_file(net, "prototxt")
     if not (onnx_path or ts_path or pt2_path):
         raise CaffeBridgeError("nothing to export: pass --onnx, --torchscript and/or --pt2")
-    caffemodel = _weights(net, weights, no_weights)
-    bars = _Progress(quiet)
+    caffemodel = find_weights(net, weights, no_weights)
+    bars = Progress(quiet)
     try:
         results = export_net(load_net(net, caffemodel), onnx=onnx_path, torchscript=ts_path,
                              pt2=pt2_path, opset=opset, dynamic_batch=dynamic_batch,
@@ -447,8 +346,8 @@ def export_command(net: str, weights: str | None, onnx_path: str | None, opset: 
 @click.option("--plot", "plot_path", metavar="OUT.png",
               help="Plot per-blob relative error (needs matplotlib).")
 @click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
-@_quiet_option
-@_handle_errors
+@quiet_option
+@handle_errors
 def verify_command(net: str, weights: str | None, reference: str, input_path: str | None,
            images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
            json_path: str | None, plot_path: str | None, force: bool, quiet: bool,
@@ -471,17 +370,17 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
     from caffe_bridge import verify as V
     from caffe_bridge.atomic import atomic_outputs, check_target
 
-    _input_file(net, "prototxt")
+    input_file(net, "prototxt")
     is_npz = reference not in V.REFERENCES
     if is_npz:
-        _input_file(reference, "reference .npz")
+        input_file(reference, "reference .npz")
     if input_path is not None:
-        _input_file(input_path, "input array")
+        input_file(input_path, "input array")
     if weights is None and is_npz:
         beside = Path(net).with_suffix(".caffemodel")
         caffemodel = str(beside) if beside.is_file() else None
     else:
-        caffemodel = _weights(net, weights, False)
+        caffemodel = find_weights(net, weights, False)
     if device == "cuda" and not torch.cuda.is_available():
         raise CaffeBridgeError("--device cuda: no CUDA device is available")
     if plot_path is not None:
@@ -493,12 +392,12 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
         if out is not None:
             check_target(out, force=force)
     if device == "cuda":
-        from caffe_bridge.evaluate import set_tf32
+        from caffe_bridge.distributed import set_tf32
 
         set_tf32(allow_tf32)  # off by default: the GPU must compute float32 like the CPU
     if images is not None and input_path is not None:
         raise CaffeBridgeError("give either --input or --images, not both")
-    bars = _Progress(quiet)
+    bars = Progress(quiet)
     try:
         if images is not None:
             from caffe_bridge.data import preprocess_images

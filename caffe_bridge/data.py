@@ -39,12 +39,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch.utils.data
 
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.opencv_import import import_cv2
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -73,15 +73,6 @@ _LABEL = re.compile(r"[+-]?[0-9]+")
 
 class DataError(CaffeBridgeError):
     """An image, label file or mean file that cannot be used."""
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise DataError("OpenCV is required for image preprocessing: install "
-                        "opencv-python-headless") from None
-    return cv2
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -173,7 +164,7 @@ class Preprocess:
     @staticmethod
     def decode(path: str | os.PathLike[str]) -> np.ndarray:
         """Decode as Caffe does: BGR uint8 ``HxWx3``."""
-        cv2 = _cv2()
+        cv2 = import_cv2("image preprocessing", error=DataError)
         spath = os.fspath(path)
         img = cv2.imread(spath, cv2.IMREAD_COLOR)
         if img is None:
@@ -187,7 +178,7 @@ class Preprocess:
             h, w = img.shape[:2]
             nh, nw = resized_size(h, w, self.resize)
             if (nh, nw) != (h, w):
-                cv2 = _cv2()
+                cv2 = import_cv2("image preprocessing", error=DataError)
                 img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
         out = _centre_crop(img, self.crop, what).astype(np.float32)
         if self.mean is not None:

@@ -28,6 +28,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.opencv_import import import_cv2
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.upgrade import keep_in_test, upgrade
 
@@ -42,22 +43,6 @@ _LAYER_PATTERNS = (
     re.compile(r"\[[A-Za-z0-9_]+\]:\(([^)]+)\)"),
     re.compile(r"layer name: ?(\S+)"),
 )
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        raise CaffeBridgeError(
-            "OpenCV (the cv2 module, e.g. opencv-python-headless 4.x) is needed for the OpenCV "
-            f"reference: {err}"
-        ) from None
-    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
-        raise CaffeBridgeError(
-            f"this OpenCV ({cv2.__version__}) has no cv2.dnn.readNetFromCaffe (OpenCV 5 removed "
-            "it); install OpenCV 4.x"
-        )
-    return cv2
 
 
 def opencv_definition(
@@ -159,7 +144,7 @@ def opencv_forward(
     net's outputs. ``fix_axpy=False``, ``test_phase=False`` and ``winograd=True`` leave OpenCV's
     traps in place (to show that they are real).
     """
-    cv2 = _cv2()
+    cv2 = import_cv2("the OpenCV reference", dnn=True)
     proto_path = os.fspath(prototxt)
     writers, net_inputs, outputs = _net_blobs(proto_path)
     wanted = list(blobs) if blobs is not None else outputs

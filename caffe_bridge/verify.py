@@ -24,8 +24,8 @@ import torch
 
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.export import rel_err
 from caffe_bridge.ir import Net, load_net
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.random_weights import random_inputs
 
 Progress = Callable[[str, int, int], None]

@@ -19,6 +19,7 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register, register_fusion
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor as _f32
 
 _BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -26,10 +27,6 @@ ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
 
 def _where(layer: Layer, err: shapes.ShapeRuleError) -> ShapeError:
     return ShapeError(str(err), **layer.error_kwargs())
-
-
-def _f32(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
 def batch_norm_stats(layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:

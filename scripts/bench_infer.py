@@ -32,6 +32,7 @@ import torch
 from caffe_bridge.build import convert, optimize_for_inference
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_definition
 from caffe_bridge.random_weights import random_inputs, random_weights
 
@@ -61,10 +62,6 @@ def best_of(fn: Callable[[], object], repeats: int, warmup: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best * 1e3
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
 
 
 def main() -> None:

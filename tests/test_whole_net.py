@@ -33,6 +33,7 @@ import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import Net, load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
 
@@ -83,12 +84,6 @@ def _params(keys: tuple[str, ...]) -> list[object]:
 
 ALL = _params(tuple(BY_KEY))
 WITH_SE = _params(SENETS)
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max|ours - ref| / max|ref|."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 @dataclass
