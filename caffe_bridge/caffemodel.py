@@ -128,6 +128,7 @@ class _Scanner:
         self.layer: str | None = None
         self.layer_type: str | None = None
         self.record = -1
+        self.top_level = True  # scanning the NetParameter itself: an overrun there = truncation
         self._u8: np.ndarray | None = None
 
     # -- errors -------------------------------------------------------------------------------
@@ -175,6 +176,12 @@ class _Scanner:
     def length(self, pos: int, end: int, what: str) -> tuple[int, int]:
         """Read a length prefix; return (payload start, payload end) within ``end``."""
         n, start = self.varint(pos, end)
+        if n > end - start and self.top_level:
+            raise self.error(
+                f"truncated file: expected at least {start + n:,} bytes (where its {what} "
+                f"ends), actual size {self.size:,} bytes",
+                pos,
+            )
         if n > end - start:
             raise self.error(
                 f"{what}: length {n} runs past the end of its enclosing message "
@@ -251,6 +258,7 @@ class _Scanner:
                     records.append((field, start, pos))
             else:
                 pos = self.skip(wire, pos, end, field)
+        self.top_level = False
         return name, records
 
     def layer_v2(self, start: int, end: int) -> CaffemodelLayer:

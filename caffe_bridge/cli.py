@@ -6,7 +6,6 @@ line ``error: <message>`` on stderr). The only module of the package that prints
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -347,42 +346,82 @@ def export_command(net: str, weights: str | None, onnx_path: str | None, opset: 
               help="Plot per-blob relative error (needs matplotlib).")
 @click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
 @quiet_option
+@click.option("--random-weights", is_flag=True,
+              help="No caffemodel: write seeded random weights (--seed) to a temporary "
+                   "caffemodel that both sides read.")
 @handle_errors
 def verify_command(net: str, weights: str | None, reference: str, input_path: str | None,
-           images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
-           json_path: str | None, plot_path: str | None, force: bool, quiet: bool,
-           **preprocess: Any) -> None:
+                   images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
+                   json_path: str | None, plot_path: str | None, force: bool, quiet: bool,
+                   random_weights: bool, **preprocess: Any) -> None:
     """Compare every blob with a reference and name the first one that diverges.
 
     Blobs are compared in network order at their value after the last in-place layer. Exit
     code 1 when any blob's relative error exceeds --rtol. WEIGHTS defaults to NET.caffemodel
-    beside the prototxt; with an .npz reference it is optional.
+    beside the prototxt; with an .npz reference it is optional; with only a prototxt, pass
+    --random-weights.
 
     \b
     Examples:
       caffe2torch verify SE-ResNet-50.prototxt SE-ResNet-50.caffemodel
+      caffe2torch verify squeezenet.prototxt --random-weights
       caffe2torch verify net.prototxt net.caffemodel --reference blobs.npz --json report.json
       caffe2torch verify SE-ResNet-50.prototxt --images photos/ --mean 104,117,123 \\
           --device cuda
     """
-    import torch
+    import tempfile
 
     from caffe_bridge import verify as V
-    from caffe_bridge.atomic import atomic_outputs, check_target
+
+    _verify_preflight(net, reference, input_path, images, device, allow_tf32, plot_path,
+                      json_path, force)
+    bars = Progress(quiet)
+    with tempfile.TemporaryDirectory(prefix="caffe2torch_verify_") as tmp:
+        if random_weights:
+            find_weights(net, weights, True, flag="--random-weights")  # WEIGHTS too: usage error
+            caffemodel = V.write_seeded_caffemodel(net, Path(tmp) / "seeded.caffemodel", seed)
+        elif weights is None and reference not in V.REFERENCES:
+            beside = Path(net).with_suffix(".caffemodel")
+            caffemodel = str(beside) if beside.is_file() else None
+        else:
+            caffemodel = find_weights(net, weights, flag="--random-weights")
+        try:
+            if images is not None:
+                report = V.verify_images(net, caffemodel, images, reference=reference,
+                                         device=device, rtol=rtol, progress=bars, **preprocess)
+            else:
+                report = V.verify(net, caffemodel, reference=reference, inputs=input_path,
+                                  device=device, rtol=rtol, seed=seed, progress=bars)
+        finally:
+            bars.close()
+    _print_verify_report(report)
+    V.write_report_files(report, json_path, plot_path, force=force)
+    if report.first_divergent is not None:
+        sys.exit(EXIT_MISMATCH)
+
+
+def _verify_preflight(net: str, reference: str, input_path: str | None, images: str | None,
+                      device: str, allow_tf32: bool, plot_path: str | None,
+                      json_path: str | None, force: bool) -> None:
+    """Every check of verify's arguments that can fail before any work."""
+    from caffe_bridge.atomic import check_target
+    from caffe_bridge.verify import REFERENCES
 
     input_file(net, "prototxt")
-    is_npz = reference not in V.REFERENCES
-    if is_npz:
+    if images is not None and input_path is not None:
+        raise click.UsageError("give either --input or --images, not both")
+    if reference not in REFERENCES:
         input_file(reference, "reference .npz")
     if input_path is not None:
         input_file(input_path, "input array")
-    if weights is None and is_npz:
-        beside = Path(net).with_suffix(".caffemodel")
-        caffemodel = str(beside) if beside.is_file() else None
-    else:
-        caffemodel = find_weights(net, weights, False)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CaffeBridgeError("--device cuda: no CUDA device is available")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CaffeBridgeError("--device cuda: no CUDA device is available")
+        from caffe_bridge.distributed import set_tf32
+
+        set_tf32(allow_tf32)  # off by default: the GPU must compute float32 like the CPU
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401
@@ -391,30 +430,9 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
     for out in (json_path, plot_path):
         if out is not None:
             check_target(out, force=force)
-    if device == "cuda":
-        from caffe_bridge.distributed import set_tf32
 
-        set_tf32(allow_tf32)  # off by default: the GPU must compute float32 like the CPU
-    if images is not None and input_path is not None:
-        raise CaffeBridgeError("give either --input or --images, not both")
-    bars = Progress(quiet)
-    try:
-        if images is not None:
-            from caffe_bridge.data import preprocess_images
-            from caffe_bridge.ir import load_net
 
-            loaded = load_net(net, caffemodel)
-            if len(loaded.inputs) != 1:
-                raise CaffeBridgeError("--images needs a net with exactly one input", file=net)
-            batch = preprocess_images(images, **preprocess)
-            report = V.verify_arrays(net, caffemodel, {next(iter(loaded.inputs)): batch},
-                                     reference=reference, device=device, rtol=rtol, net=loaded,
-                                     progress=bars)
-        else:
-            report = V.verify(net, caffemodel, reference=reference, inputs=input_path,
-                              device=device, rtol=rtol, seed=seed, progress=bars)
-    finally:
-        bars.close()
+def _print_verify_report(report: Any) -> None:
     rows = [[_show(r.blob), _shape(r.shape), f"{r.max_abs_err:.3g}", f"{r.rel_err:.3g}",
              f"{r.cosine:.6f}", "ok" if r.ok else "DIVERGES"] for r in report.rows]
     click.echo(f"reference: {_show(report.reference)}  (rtol {report.rtol:g})")
@@ -422,15 +440,6 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
                       {2, 3, 4}))
     if report.skipped:
         click.echo(f"skipped (not in the net): {', '.join(_show(s) for s in report.skipped)}")
-    outputs = [p for p in (json_path, plot_path) if p is not None]
-    if outputs:
-        with atomic_outputs(outputs, force=force) as temps:
-            tmp = dict(zip(outputs, temps, strict=True))
-            if json_path is not None:
-                tmp[json_path].write_text(json.dumps(report.to_json(), indent=2) + "\n",
-                                          encoding="utf-8")
-            if plot_path is not None:
-                V.plot_report(report, tmp[plot_path])
     first = report.first_divergent
     if first is None:
         click.echo(f"all {len(report.rows)} blobs within rtol {report.rtol:g}")
@@ -438,7 +447,6 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
     bad = sum(1 for r in report.rows if not r.ok)
     click.echo(f"first divergent blob: {_show(first.blob)} (layer {_show(first.layer)}); "
                f"{bad} of {len(report.rows)} blobs exceed rtol {report.rtol:g}")
-    sys.exit(EXIT_MISMATCH)
 
 
 if __name__ == "__main__":

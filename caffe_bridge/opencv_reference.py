@@ -7,6 +7,11 @@ with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
   SENet definition is ``a * bottom[1] + bottom[2]``. OpenCV is handed a copy of the definition
   whose Axpy layers have their 2nd and 3rd bottoms swapped (edited through our schema).
 * Winograd convolutions drift by ~1e-4; they are switched off.
+* With layer fusion on (OpenCV's default), a blob that OpenCV fuses away comes back stale: in
+  SqueezeNet, the in-place ReLU of ``fire2/expand1x1`` writes straight into the following
+  Concat's buffer, and ``forwardAndRetrieve("fire2/relu_expand1x1")`` returns an unrelated
+  buffer (cosine ~0 against the concat's own slice, which agrees with Caffe to 1e-7). Fusion is
+  switched off (``net.enableFusion(False)``) so that every retrieved blob is real.
 * OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
 * OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
   TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
@@ -135,6 +140,7 @@ def opencv_forward(
     fix_axpy: bool = True,
     test_phase: bool = True,
     winograd: bool = False,
+    fusion: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``prototxt`` with OpenCV's Caffe importer; return the requested blobs, batch-stacked.
 
@@ -193,6 +199,7 @@ def opencv_forward(
             raise CaffeBridgeError("OpenCV read an empty net", file=proto_path)
         if hasattr(net, "enableWinograd"):
             net.enableWinograd(winograd)
+        net.enableFusion(fusion)  # fused-away blobs (ReLU into a Concat) come back stale
         pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
         picks: list[tuple[int, int]] = []  # per computed blob: (request position, top index)
         for b in computed:
