@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import torch
 # Tiny ops on a loaded 2-core machine spend more time in the thread pool than computing.
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout, or wherever CAFFE_BRIDGE_SHARED points (a git worktree).
+SHARED = Path(os.environ.get("CAFFE_BRIDGE_SHARED")
+              or Path(__file__).resolve().parents[1].parent / "shared")
 
 
 @pytest.fixture(scope="session")
