@@ -36,7 +36,7 @@ from caffe_bridge.references import opencv_definition
 from caffe_bridge.testing import random_inputs, random_weights
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO.parent / "shared" / "senet" / "SE-ResNet-50.prototxt"
+PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
 
 
 def prototxt_path(folder: Path) -> Path:
