@@ -173,6 +173,51 @@ def _quiet_option(fn: F) -> F:
                              "terminal).")(fn)
 
 
+def _parse_input_shapes(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) <= 0:
+            raise click.BadParameter(f"{value!r}: expected NAME=N,C,H,W with positive sizes",
+                                     ctx=ctx, param=param)
+        shapes[name] = shape
+    return shapes
+
+
+_INPUT_SHAPE_HELP = ("Shape of an input (or of a data layer's top) the definition does not "
+                     "state, e.g. data=1,3,513,513; overrides a stated one. Repeatable.")
+
+
+def _input_shape_option(fn: F) -> F:
+    """Add --input-shape to a command that loads a net: every load_net inside uses it."""
+
+    @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=N,C,H,W",
+                  callback=_parse_input_shapes, help=_INPUT_SHAPE_HELP)
+    @functools.wraps(fn)
+    def wrapper(*args: Any, input_shape: dict[str, tuple[int, ...]], **kwargs: Any) -> Any:
+        from caffe_bridge.ir import default_input_shapes
+
+        with default_input_shapes(input_shape):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _add_input_shape_option(cmd: click.Command) -> click.Command:
+    """The same for a command defined elsewhere (``eval``), once."""
+    if cmd.callback is not None and not any(p.name == "input_shape" for p in cmd.params):
+        wrapped = _input_shape_option(cmd.callback)
+        cmd.params.extend(wrapped.__click_params__[-1:])  # type: ignore[attr-defined]
+        cmd.callback = wrapped
+    return cmd
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -189,7 +234,8 @@ class _Commands(click.Group):
             import importlib
 
             module, attr = self.lazy[name].split(":")
-            return getattr(importlib.import_module(module), attr)
+            cmd = getattr(importlib.import_module(module), attr)
+            return _add_input_shape_option(cmd) if name == "eval" else cmd
         return super().get_command(ctx, name)
 
 
@@ -230,8 +276,12 @@ def main() -> None:
 @main.command(context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON (layers, inputs, outputs, dropped layers, "
+                   "inputs made from data layers, weights report).")
+@_input_shape_option
 @_handle_errors
-def inspect(net: str, weights: str | None) -> None:
+def inspect(net: str, weights: str | None, as_json: bool) -> None:
     """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
 
     Parameters count every blob Caffe stores (BatchNorm statistics included). FLOPs are
@@ -249,6 +299,11 @@ def inspect(net: str, weights: str | None) -> None:
     if weights is not None:
         _input_file(weights, "caffemodel")
     summary = inspect_files(net, weights)
+    if as_json:
+        from caffe_bridge.inspect import summary_json
+
+        click.echo(json.dumps(summary_json(summary), indent=2))
+        return
     rows = []
     for i, r in enumerate(summary.rows):
         tops = ", ".join(f"{_show(t)} {_shape(s)}"
@@ -263,6 +318,12 @@ def inspect(net: str, weights: str | None) -> None:
     click.echo("inputs: " + ", ".join(f"{_show(n)} {_shape(s)}"
                                       for n, s in summary.inputs.items()))
     click.echo("outputs: " + ", ".join(_show(o) for o in summary.outputs))
+    for c in summary.created_inputs:
+        click.echo(f"input {_show(c.name)} made from data layer {_show(c.layer)} "
+                   f"({_show(c.layer_type)}), shape from {_show(c.source)}")
+    if summary.dropped:
+        click.echo("dropped (not in a deploy net): " + ", ".join(
+            f"{_show(d.name)} ({_show(d.type)})" for d in summary.dropped))
     report = summary.weights
     if report is None:
         return
@@ -328,6 +389,7 @@ def layers() -> None:
               default=None, help="With --as senet: the input layout the model takes. "
                                  "Default caffe (BGR 0-255, mean subtracted).")
 @_quiet_option
+@_input_shape_option
 @_handle_errors
 def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
             as_: str | None, class_order: str | None, input_format: str | None,
@@ -386,6 +448,7 @@ def convert(net: str, weights: str | None, outdir: str, no_weights: bool, force:
               help="Largest relative error allowed against PyTorch.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @_quiet_option
+@_input_shape_option
 @_handle_errors
 def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
            dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
@@ -448,6 +511,7 @@ def export(net: str, weights: str | None, onnx_path: str | None, opset: int,
               help="Plot per-blob relative error (needs matplotlib).")
 @click.option("--force", is_flag=True, help="Overwrite existing --json/--plot files.")
 @_quiet_option
+@_input_shape_option
 @_handle_errors
 def verify(net: str, weights: str | None, reference: str, input_path: str | None,
            images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,

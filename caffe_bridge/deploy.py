@@ -126,25 +126,25 @@ def _dummy_shape(p: pb_message.Message, k: int) -> tuple[tuple[int, ...], str] |
     return None
 
 
-def _batch(p: pb_message.Message) -> int:
+def _batch(p: pb_message.Message) -> tuple[int, str]:
     for name in ("data_param", "image_data_param", "window_data_param", "hdf5_data_param"):
         if p.HasField(name) and getattr(p, name).batch_size > 0:
-            return int(getattr(p, name).batch_size)
-    return 1
+            return int(getattr(p, name).batch_size), f"{name}.batch_size"
+    return 1, "batch 1 (no batch_size)"
 
 
-def _channels(p: pb_message.Message) -> int | None:
+def _channels(p: pb_message.Message) -> tuple[int, str] | None:
     tp = p.transform_param
     if p.type == "ImageData":
-        return 3 if p.image_data_param.is_color else 1
+        return (3, "is_color") if p.image_data_param.is_color else (1, "is_color: false")
     if p.type == "WindowData":
-        return 3  # WindowDataLayer decodes colour images (window_data_layer.cpp: channels 3)
+        return 3, "colour windows"  # window_data_layer.cpp: top[0] has 3 channels
     if tp.force_color:
-        return 3
+        return 3, "force_color"
     if tp.force_gray:
-        return 1
+        return 1, "force_gray"
     if len(tp.mean_value) > 1:
-        return len(tp.mean_value)
+        return len(tp.mean_value), f"{len(tp.mean_value)} mean_value entries"
     return None
 
 
@@ -180,12 +180,13 @@ def stated_shape(p: pb_message.Message, k: int) -> tuple[tuple[int, ...], str] |
         return None
     if p.type not in ("Data", "ImageData", "WindowData", "AnnotatedData"):
         return None
+    batch, batch_why = _batch(p)
     if k == 1 and p.type != "AnnotatedData":
-        return (_batch(p),), "batch_size (label)"
+        return (batch,), f"{batch_why} (label)"
     hw, channels = _spatial(p), _channels(p)
     if k != 0 or hw is None or channels is None:
         return None
-    return (_batch(p), channels, hw[0], hw[1]), f"{hw[2]}, batch_size, channels"
+    return (batch, channels[0], hw[0], hw[1]), f"{batch_why}, {channels[1]}, {hw[2]}"
 
 
 def _missing_shape(raw: RawLayer, top: str, path: str) -> PrototxtError:
@@ -207,7 +208,7 @@ def _input_layer(
     for top in tops:
         k = list(p.top).index(top)
         user = _user_shape(input_shapes, top)
-        found = (user, "input_shapes") if user is not None else stated_shape(p, k)
+        found = (user, "given shape") if user is not None else stated_shape(p, k)
         if found is None:
             raise _missing_shape(raw, top, path)
         shape, source = found
