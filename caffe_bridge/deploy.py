@@ -30,13 +30,18 @@ DATA_TYPES = frozenset({
     "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData",
     # SSD (weiliu89/caffe): AnnotatedData; video forks (C3D, video-caffe): VideoData
     "AnnotatedData", "VideoData",
-    # segmentation forks (DeepLab: ImageSegData; others: ImageLabelData, DenseImageData)
-    "ImageSegData", "ImageLabelData", "DenseImageData", "ImageDimPrefetchingData",
+    # segmentation/edge forks (DeepLab: ImageSegData; SegNet: DenseImageData; HED:
+    # ImageLabelmapData; others: ImageLabelData)
+    "ImageSegData", "ImageLabelData", "DenseImageData", "ImageLabelmapData",
 })
+
+# Types reading image files through image_data_param (is_color, new_height/new_width).
+_IMAGE_FILES = frozenset({"ImageData", "ImageSegData", "ImageLabelmapData"})
 
 # Layers whose top[1] is a label by the data layer's own contract.
 _LABELLED = frozenset({"Data", "ImageData", "MemoryData", "WindowData", "AnnotatedData",
-                       "VideoData", "ImageSegData", "ImageLabelData", "DenseImageData"})
+                       "VideoData", "ImageSegData", "ImageLabelData", "DenseImageData",
+                       "ImageLabelmapData"})
 
 DROP_TYPES = frozenset({
     # BVLC losses, accuracy, output and Silence
@@ -135,7 +140,7 @@ def _batch(p: pb_message.Message) -> tuple[int, str]:
 
 def _channels(p: pb_message.Message) -> tuple[int, str] | None:
     tp = p.transform_param
-    if p.type == "ImageData":
+    if p.type in _IMAGE_FILES:
         return (3, "is_color") if p.image_data_param.is_color else (1, "is_color: false")
     if p.type == "WindowData":
         return 3, "colour windows"  # window_data_layer.cpp: top[0] has 3 channels
@@ -162,7 +167,7 @@ def _spatial(p: pb_message.Message) -> tuple[int, int, str] | None:
     if tp.HasField("resize_param") and rp.height and rp.width:
         return rp.height, rp.width, "transform_param.resize_param"
     ip = p.image_data_param
-    if p.type == "ImageData" and ip.new_height and ip.new_width:
+    if p.type in _IMAGE_FILES and ip.new_height and ip.new_width:
         return ip.new_height, ip.new_width, "image_data_param.new_height/new_width"
     return None
 
@@ -178,10 +183,10 @@ def stated_shape(p: pb_message.Message, k: int) -> tuple[tuple[int, ...], str] |
         if k == 1 and mp.batch_size:
             return (mp.batch_size,), "memory_data_param.batch_size (label)"
         return None
-    if p.type not in ("Data", "ImageData", "WindowData", "AnnotatedData"):
+    if p.type not in _IMAGE_FILES | {"Data", "WindowData", "AnnotatedData"}:
         return None
     batch, batch_why = _batch(p)
-    if k == 1 and p.type != "AnnotatedData":
+    if k == 1 and p.type in ("Data", "ImageData", "WindowData"):
         return (batch,), f"{batch_why} (label)"
     hw, channels = _spatial(p), _channels(p)
     if k != 0 or hw is None or channels is None:
@@ -313,14 +318,19 @@ def _check_user_names(
                                 f"positive sizes", file=path)
 
 
+def _describe(d: DroppedLayer) -> str:
+    name = repr(d.name) if d.name else "(unnamed)"
+    where = f", line {d.line}" if d.line is not None else ""
+    why = ", reads only labels" if d.reason != "training layer" else ""
+    return f"{name} ({d.type}{where}{why})"
+
+
 def _note(form: DeployForm, raw: Sequence[RawLayer], dropped_idx: set[int], path: str) -> None:
     if not form.dropped and not form.created:
         return
     parts = []
     if form.dropped:
-        listed = ", ".join(f"{d.name} ({d.type}"
-                           f"{', reads only labels' if d.reason != 'training layer' else ''})"
-                           for d in form.dropped)
+        listed = ", ".join(_describe(d) for d in form.dropped)
         parts.append(f"dropped {len(form.dropped)} layer(s) a deploy net does not have: {listed}")
     if form.created:
         listed = ", ".join(f"{c.name} {c.shape} from {c.layer} ({c.layer_type}; {c.source})"

@@ -152,7 +152,7 @@ def _read_weights(caffemodel: str | os.PathLike[str] | None) -> dict[str, tuple[
     return weights
 
 
-def _check_record(raw: RawLayer, source: str, seen: set[str]) -> dict[str, object]:
+def _check_record(raw: RawLayer, source: str) -> dict[str, object]:
     """Name/type checks of one layer record; the location kwargs of its errors."""
     p = raw.param
     where: dict[str, object] = {"file": source, "line": raw.line, "layer": p.name,
@@ -162,12 +162,20 @@ def _check_record(raw: RawLayer, source: str, seen: set[str]) -> dict[str, objec
                             layer_type=p.type or None)
     if not p.type:
         raise PrototxtError("layer has no type", **where)  # type: ignore[arg-type]
-    if p.name in seen:
-        warnings.warn(f"{SourceLoc(source, raw.line)}: layer name {p.name!r} is used again; "
-                      f"Caffe accepts this and copies weights of that name into the first "
-                      f"layer so named only (net.cpp CopyTrainedLayersFrom)",
-                      CaffeBridgeWarning, stacklevel=4)
     return where
+
+
+def _warn_repeated_names(layers: Sequence[Layer], source: str) -> None:
+    """One warning naming every layer name used more than once, with its lines."""
+    lines: dict[str, list[str]] = {}
+    for layer in layers:
+        lines.setdefault(layer.name, []).append(str(layer.loc.line or "?"))
+    repeated = {n: ls for n, ls in lines.items() if len(ls) > 1}
+    if repeated:
+        listed = "; ".join(f"{n!r} at lines {', '.join(ls)}" for n, ls in repeated.items())
+        warnings.warn(f"{source}: layer names used more than once: {listed}. Caffe accepts "
+                      f"this; weights of a name go to the first layer so named only (net.cpp "
+                      f"CopyTrainedLayersFrom)", CaffeBridgeWarning, stacklevel=4)
 
 
 def _infer(raw: RawLayer, in_shapes: list[tuple[int, ...]], where: dict) -> shapes.LayerShapes:
@@ -269,7 +277,7 @@ def build_net(
     weights = weights or {}
     for raw in raw_layers:
         p = raw.param
-        where = _check_record(raw, source, seen_names)
+        where = _check_record(raw, source)
         first = p.name not in seen_names
         seen_names.add(p.name)
         bottoms: list[str] = []
@@ -288,6 +296,7 @@ def build_net(
         layers.append(Layer(p.name, p.type, tuple(bottoms), tuple(tops), p, layer_blobs,
                             tuple(result.params), SourceLoc(source, raw.line),
                             tuple(p.bottom), tuple(p.top)))
+    _warn_repeated_names(layers, source)
     blobs = values.blobs
     outputs = tuple(v for v in blobs if v not in consumed and blobs[v].producer
                     and not _is_input(layers, v)
