@@ -25,6 +25,10 @@ class ParsedPrototxt:
     field_lines: dict[str, int]  # first line of selected net-level fields (input, input_dim, ...)
     # V1 records whose ``type`` is an enum value our schema lacks (fork types): index -> name.
     v1_type_names: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    # V1 records' fields that V1LayerParameter lacks but LayerParameter has (fork *_param
+    # blocks in V1 files): index -> a LayerParameter holding them.
+    v1_extras: Mapping[int, pb_message.Message] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 _TRACKED_FIELDS = ("input", "input_dim", "input_shape", "name")
@@ -64,7 +68,7 @@ def parse_prototxt_text(text: str, path: str = "<string>") -> ParsedPrototxt:
     """
     net = schema.NetParameter()
     try:
-        result = textparse.parse_text(text, net)
+        result = textparse.parse_text(text, net, {"layers": schema.LayerParameter})
     except textparse.TextSyntaxError as err:
         raise PrototxtError(f"syntax error: {err}", file=path, line=err.line) from None
     except (ValueError, TypeError, RecursionError, UnicodeError) as err:
@@ -77,8 +81,10 @@ def parse_prototxt_text(text: str, path: str = "<string>") -> ParsedPrototxt:
         fields["input_shape"] = result.record_lines["input_shape"][0]
     v1_types = {index: value for (owner_field, index, fname), value in result.record_enums.items()
                 if owner_field == "layers" and fname == "type"}
+    extras = {index: extra for (owner_field, index), extra in result.record_extras.items()
+              if owner_field == "layers"}
     return ParsedPrototxt(path, net, tuple(layer_lines), tuple(layers_lines), fields,
-                          MappingProxyType(v1_types))
+                          MappingProxyType(v1_types), MappingProxyType(extras))
 
 
 def parse_prototxt(path: str | os.PathLike[str]) -> ParsedPrototxt:

@@ -78,6 +78,9 @@ class ParseResult:
     # Unknown enum identifiers of the top-level records' own fields, e.g. a V1 ``type: VIDEO_DATA``:
     # (top-level field, record index, field name) -> identifier.
     record_enums: dict[tuple[str, int, str], str] = field(default_factory=dict)
+    # Fields a top-level record's own type lacks but its fallback type has (a V1 ``layers``
+    # record carrying a fork's ``interp_param``): (top-level field, index) -> fallback message.
+    record_extras: dict[tuple[str, int], pb_message.Message] = field(default_factory=dict)
     repeated_singular: dict[str, int] = field(default_factory=dict)  # path -> first line
     field_lines: dict[str, int] = field(default_factory=dict)  # top-level field -> first line
 
@@ -90,8 +93,13 @@ def _unescape(tok: str) -> str:
 
 
 class _Reader:
-    def __init__(self, text: str) -> None:
+    def __init__(
+        self, text: str, fallbacks: dict[str, Callable[[], pb_message.Message]] | None = None
+    ) -> None:
         self.text = text
+        self.fallbacks = fallbacks or {}
+        self.record_msg: pb_message.Message | None = None
+        self.pending_record = False
         kinds: list[str] = []
         values: list[str] = []
         starts: list[int] = []
@@ -163,7 +171,9 @@ class _Reader:
             self.i += 1
             fd = fields.get(tok)
             fpath = f"{path}.{tok}" if path else tok
-            if fd is None:
+            if fd is None and msg is self.record_msg:
+                self._fallback_field(tok, fpath, name_i)
+            elif fd is None:
                 self._skip_value(fpath, name_i)
             elif top and is_repeated(fd) and fd.message_type is not None:
                 self._top_record(msg, fd, name_i)
@@ -179,10 +189,30 @@ class _Reader:
         index = len(getattr(msg, fd.name))
         lines.append(self.line(name_i))
         self.owner = (fd.name, index)
+        self.pending_record = True
         try:
             self._field(msg, fd, fd.name, name_i)
         finally:
             self.owner = None
+            self.record_msg = None
+            self.pending_record = False
+
+    def _fallback_field(self, tok: str, fpath: str, name_i: int) -> None:
+        """A field the record's type lacks: parse it into the fallback message if that has it."""
+        assert self.owner is not None
+        make = self.fallbacks.get(self.owner[0])
+        fd = make().DESCRIPTOR.fields_by_name.get(tok) if make else None
+        if make is None or fd is None:
+            self._skip_value(fpath, name_i)
+            return
+        extra = self.result.record_extras.get(self.owner)
+        if extra is None:
+            extra = self.result.record_extras[self.owner] = make()
+        saved, self.record_msg = self.record_msg, None
+        try:
+            self._field(extra, fd, fpath, name_i)
+        finally:
+            self.record_msg = saved
 
     def _field(self, msg: pb_message.Message, fd: _FD, fpath: str, name_i: int) -> None:
         has_colon = self.peek() == ":"
@@ -222,6 +252,8 @@ class _Reader:
         self.i += 1
         if is_repeated(fd):
             sub = getattr(msg, fd.name).add()
+            if self.pending_record:
+                self.record_msg, self.pending_record = sub, False
         else:
             if msg.HasField(fd.name):
                 self.result.repeated_singular.setdefault(fpath, self.line())
@@ -411,8 +443,17 @@ def _parse_int(tok: str) -> int:
     return sign * int(body, 10)
 
 
-def parse_text(text: str, msg: pb_message.Message) -> ParseResult:
-    """Fill ``msg`` from ``text``; raises TextSyntaxError on malformed text."""
-    reader = _Reader(text)
+def parse_text(
+    text: str,
+    msg: pb_message.Message,
+    fallbacks: dict[str, Callable[[], pb_message.Message]] | None = None,
+) -> ParseResult:
+    """Fill ``msg`` from ``text``; raises TextSyntaxError on malformed text.
+
+    ``fallbacks`` maps a top-level repeated field to a message factory: fields its records lack
+    but the factory's message has are parsed into one such message per record
+    (``ParseResult.record_extras``) instead of being skipped.
+    """
+    reader = _Reader(text, fallbacks)
     reader.parse_message(msg, "", None)
     return reader.result

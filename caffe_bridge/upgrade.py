@@ -146,11 +146,13 @@ def v1_type_name(enum_name: str) -> str:
 
 
 def _upgrade_v1(
-    v1: pb_message.Message, path: str, line: int | None, fork_type: str | None = None
+    v1: pb_message.Message, path: str, line: int | None, fork_type: str | None = None,
+    extra: pb_message.Message | None = None,
 ) -> pb_message.Message:
     """One V1LayerParameter (possibly wrapping V0) -> LayerParameter.
 
-    ``fork_type`` is the V1 enum identifier when our schema lacks it (a fork's own type).
+    ``fork_type`` is the V1 enum identifier when our schema lacks it (a fork's own type);
+    ``extra`` a LayerParameter with the record's fields V1LayerParameter lacks (fork params).
     """
     if v1.HasField("layer"):
         out = _upgrade_v0(v1.layer, path, line)
@@ -167,6 +169,8 @@ def _upgrade_v1(
             enum_name = enum.values_by_number[v1.type].name
         out.type = v1_type_name(enum_name)
         _copy_same_named_params(v1, out)
+        if extra is not None:
+            out.MergeFrom(extra)
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     out.include.extend(v1.include)
@@ -241,13 +245,13 @@ def upgrade(parsed: ParsedPrototxt) -> list[RawLayer]:
         raise PrototxtError("definition mixes V2 'layer' and V1 'layers' records", file=path,
                             line=parsed.layers_lines[0])
     if net.layers:
-        forks = parsed.v1_type_names
-        records = [(v1, ln, forks.get(i)) for i, (v1, ln)
+        forks, extras = parsed.v1_type_names, parsed.v1_extras
+        records = [(v1, ln, i) for i, (v1, ln)
                    in enumerate(zip(net.layers, parsed.layers_lines, strict=True))]
         merged = _merge_v0_padding([(v1, ln) for v1, ln, _ in records], path)
         if len(merged) == len(records):
-            raw = [RawLayer(_upgrade_v1(v1, path, ln, fork), ln)
-                   for (v1, ln), (_, _, fork) in zip(merged, records, strict=True)]
+            raw = [RawLayer(_upgrade_v1(v1, path, ln, forks.get(i), extras.get(i)), ln)
+                   for (v1, ln), (_, _, i) in zip(merged, records, strict=True)]
         else:  # V0 (padding layers folded): no fork enums there
             raw = [RawLayer(_upgrade_v1(v1, path, ln), ln) for v1, ln in merged]
     else:
