@@ -16,6 +16,7 @@ from google.protobuf import message as pb_message
 from caffe_bridge import shapes
 from caffe_bridge.deploy import CreatedInput, DroppedLayer, to_deploy
 from caffe_bridge.errors import (
+    CaffeBridgeError,
     CaffeBridgeWarning,
     CaffemodelError,
     PrototxtError,
@@ -187,7 +188,11 @@ def _infer(raw: RawLayer, in_shapes: list[tuple[int, ...]], where: dict) -> shap
             raise
         raise _unsupported(p, where) from None
     except shapes.ShapeRuleError as err:
-        raise ShapeError(f"{err} (bottom shapes {in_shapes})", **where) from None
+        raise ShapeError(f"{err} (bottom shapes {in_shapes})", **where) from err
+    except CaffeBridgeError as err:  # raised by a converter run for its shapes
+        if err.layer is not None:
+            raise
+        raise type(err)(err.message, **where) from err
     if len(result.tops) != len(p.top):
         raise ShapeError(f"{p.type} produces {len(result.tops)} top(s), the definition "
                          f"names {len(p.top)}", **where)
