@@ -19,9 +19,10 @@ from torch import nn
 
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry, shape_rule
+from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry
 
 Shape = tuple[int, ...]
+OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
 
 
 def _count(shape: Sequence[int]) -> int:
@@ -75,7 +76,7 @@ class OcrLstm(nn.Module):
         return torch.stack(outs)
 
 
-@register("Lstm")
+@register("Lstm", shape=lstm_fork_shape, fork=OCR_FORKS)
 def convert_lstm_fork(layer: Layer, net: Net) -> nn.Module:
     """Lstm (CTPN, caffe_ocr; lstm_param): x (T x N x ...) -> T x N x H, zero initial state."""
     if layer.blobs:
@@ -113,7 +114,7 @@ class ReverseAxis(nn.Module):
         return torch.flip(x, (self.axis,))
 
 
-@register("Reverse")
+@register("Reverse", shape=reverse_shape, fork=OCR_FORKS)
 def convert_reverse(layer: Layer, net: Net) -> nn.Module:
     """Reverse (CTPN, caffe_ocr): flips reverse_param.axis (default 0, the time axis)."""
     return ReverseAxis(_reverse_axis(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
@@ -144,7 +145,7 @@ class TransposeAxes(nn.Module):
         return x.permute(self.dims).contiguous()
 
 
-@register("Transpose")
+@register("Transpose", shape=transpose_shape, fork=OCR_FORKS)
 def convert_transpose(layer: Layer, net: Net) -> nn.Module:
     """Transpose (CTPN, caffe_ocr): permutes axes, top axis i = bottom axis dim[i]."""
     return TransposeAxes(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
@@ -182,7 +183,7 @@ class Im2colUnfold(nn.Module):
         return cols.reshape(x.shape[0], cols.shape[1], out_h, -1)
 
 
-@register("Im2col")
+@register("Im2col", shape=im2col_shape)
 def convert_im2col(layer: Layer, net: Net) -> nn.Module:
     """Im2col (BVLC; CTPN feeds it to its Lstm): N x (C*kh*kw) x H' x W' patches."""
     geo = conv_geometry(layer.param.convolution_param, 2)
@@ -225,17 +226,11 @@ class CTCGreedyDecode(nn.Module):
         return out[:steps].t().reshape(best.shape[1], steps, 1, 1)
 
 
-@register("CTCGreedyDecoder")
+@register("CTCGreedyDecoder", shape=ctc_greedy_decoder_shape,
+          fork="senlinuc/caffe_ocr")
 def convert_ctc_greedy_decoder(layer: Layer, net: Net) -> nn.Module:
     """CTCGreedyDecoder (caffe_ocr): best-path decoding to N x T labels padded with -1."""
     cp = layer.param.ctc_decoder_param
     classes = net.blobs[layer.bottoms[0]].shape[2]
     blank = classes - 1 if cp.blank_index < 0 else int(cp.blank_index)
     return CTCGreedyDecode(blank, bool(cp.ctc_merge_repeated))
-
-
-shape_rule("Lstm")(lstm_fork_shape)
-shape_rule("Reverse")(reverse_shape)
-shape_rule("Transpose")(transpose_shape)
-shape_rule("Im2col")(im2col_shape)
-shape_rule("CTCGreedyDecoder")(ctc_greedy_decoder_shape)

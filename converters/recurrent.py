@@ -24,7 +24,7 @@ from torch import nn
 
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError, shape_rule
+from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
 
@@ -165,7 +165,7 @@ def _layout(layer: Layer, n_recur: int) -> tuple[bool, bool]:
     return len(layer.bottoms) == 3 + (n_recur if expose else 0), expose
 
 
-@register("LSTM")
+@register("LSTM", shape=lstm_shape)
 def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """LSTM (BVLC): x (T x N x ...), cont (T x N) -> h; gate rows i, f, o, g; cont resets state."""
     static, expose = _layout(layer, 2)
@@ -173,7 +173,7 @@ def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     return CaffeLSTM(steps, _weights(layer), static, expose)
 
 
-@register("RNN")
+@register("RNN", shape=rnn_shape)
 def convert_rnn(layer: Layer, net: Net) -> nn.Module:
     """RNN (BVLC): tanh recurrence with a tanh output layer; cont resets the state."""
     static, expose = _layout(layer, 1)
@@ -215,14 +215,10 @@ class ContinuationIndicator(nn.Module):
         return torch.cat([x[0].new_zeros((1, b)), x[0].new_ones((self.steps - 1, b))])
 
 
-@register("ContinuationIndicator")
+@register("ContinuationIndicator", shape=continuation_indicator_shape,
+          fork="jolibrain/caffe")
 def convert_continuation_indicator(layer: Layer, net: Net) -> nn.Module:
     """ContinuationIndicator (jolibrain): T x B cont for LSTM/RNN, 0 at t = 0, else 1."""
     cp = layer.param.continuation_indicator_param
     steps, batch = net.blobs[layer.tops[0]].shape
     return ContinuationIndicator(steps, int(cp.axis) if layer.bottoms else None, batch)
-
-
-shape_rule("LSTM")(lstm_shape)
-shape_rule("RNN")(rnn_shape)
-shape_rule("ContinuationIndicator")(continuation_indicator_shape)

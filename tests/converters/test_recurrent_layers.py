@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import caffe_bridge.converters  # noqa: F401  (registers the shape rules before loading)
 import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import with_weights
