@@ -107,3 +107,19 @@ def test_ctpn_matches_reference() -> None:
     errors = run_all(net, 0)
     assert set(net.outputs) == {"rpn_cls_prob_reshape", "rpn_bbox_pred"}
     assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("which", ["crnn", "ctpn"])
+def test_nets_retrace_with_torch_fx(which: str) -> None:
+    """symbolic_trace of the whole converted net (time loops unrolled) gives the same outputs."""
+    text = crnn_text() if which == "crnn" else ctpn_text()
+    net = net_of(text, which)
+    net = with_weights(net, random_weights(net, 3))
+    model = build_module(net)
+    traced = torch.fx.symbolic_trace(model)
+    args = [torch.from_numpy(v) for v in random_inputs(net, 4).values()]
+    with torch.no_grad():
+        a, b = model(*args), traced(*args)
+    for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
+                    strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)

@@ -332,3 +332,33 @@ def test_ctc_greedy_decoder_random(body: str) -> None:
     (ours,), ref = _run(text, {}, {"data": x})
     np.testing.assert_array_equal(ours, ref["out"])
     assert ours.shape == (4, 12, 1, 1)
+
+
+@pytest.mark.parametrize("layer,shapes", [
+    (lstm_fork(["x"], 3), {"x": (4, 2, 3)}),
+    (lstm_fork(["x", "clip"], 3), {"x": (4, 1, 3), "clip": (4, 1)}),
+    (recurrent("RNN", ["x", "cont", "xs"], ["o"], 3), {"x": (3, 2, 2), "cont": (3, 2),
+                                                       "xs": (2, 4)}),
+    ('layer { name: "r" type: "Reverse" bottom: "x" top: "y" }', {"x": (3, 2)}),
+    ('layer { name: "t" type: "Transpose" bottom: "x" top: "y" transpose_param { dim: 1 dim: 0 } }',
+     {"x": (3, 2)}),
+    ('layer { name: "i" type: "Im2col" bottom: "x" top: "y" convolution_param { kernel_size: 3 '
+     "pad: 1 stride: 2 } }", {"x": (2, 3, 5, 6)}),
+    (ctc(), {"data": (6, 2, 4)}),
+    ('layer { name: "c" type: "ContinuationIndicator" bottom: "x" top: "y" '
+     "continuation_indicator_param { time_step: 3 axis: 1 } }", {"x": (3, 2)}),
+])
+def test_modules_retrace_with_torch_fx_and_other_batch(layer: str, shapes: dict) -> None:
+    """symbolic_trace of the converted net agrees with the module, also on a new batch size."""
+    net = net_from_text(seq_net(layer, shapes))
+    net = with_weights(net, random_weights(net, 0))
+    model = build_module(net)
+    traced = torch.fx.symbolic_trace(model)
+    rng = np.random.default_rng(0)
+    args = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes.values()]
+    with torch.no_grad():
+        torch.testing.assert_close(traced(*args), model(*args), rtol=0, atol=0)
+    if "Im2col" in layer:  # any N, and any spatial size too
+        x = torch.randn(4, 3, 7, 9)
+        want = reference.run_layer(net.layer("i"), [x.numpy()])[0]
+        assert rel_err(traced(x).numpy(), want) < 1e-6
