@@ -10,6 +10,9 @@ time loop unrolls into T steps when torch.fx traces the module; N may vary. With
 expose_hidden the modules start every forward from zero state, as a freshly set-up Caffe net
 does; a Caffe net that is run again instead carries the previous forward's final state into
 the next one wherever cont[0] != 0.
+
+OpenCV (4.14) refuses these caffemodels: its Caffe importer hands the blobs to its own LSTM layer,
+which expects (W_h, W_x, b, h_0, c_0) rather than BVLC's (W_xc, b_c, W_hc), and it has no cont.
 """
 
 from __future__ import annotations
