@@ -11,7 +11,9 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     conv,
     elementwise,
     norm,
+    ocr,
     pooling,
+    recurrent,
     shape_ops,
 )
 from caffe_bridge.converters.registry import (
