@@ -8,7 +8,9 @@ entry-point group (see ``registry.load_plugins``).
 from caffe_bridge.converters import (  # noqa: F401  (imported for their registrations)
     activation,
     axpy,
+    bvlc_extra,
     conv,
+    efficient,
     elementwise,
     norm,
     pooling,
