@@ -15,6 +15,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     norm,
     pooling,
     shape_ops,
+    volumetric,
 )
 from caffe_bridge.converters.registry import (
     REGISTRY,
