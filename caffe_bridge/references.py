@@ -150,6 +150,7 @@ def opencv_forward(
     fix_axpy: bool = True,
     test_phase: bool = True,
     winograd: bool = False,
+    fusion: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run ``prototxt`` with OpenCV's Caffe importer; return the requested blobs, batch-stacked.
 
@@ -157,7 +158,8 @@ def opencv_forward(
     temporary caffemodel). ``inputs`` maps input names to NCHW float32 arrays of any batch;
     ``blobs`` are Caffe blob names (their value after the last in-place layer), by default the
     net's outputs. ``fix_axpy=False``, ``test_phase=False`` and ``winograd=True`` leave OpenCV's
-    traps in place (to show that they are real).
+    traps in place (to show that they are real). ``fusion=False`` switches OpenCV's layer
+    fusion off, so that every intermediate blob it returns is one it really computed.
     """
     cv2 = _cv2()
     proto_path = os.fspath(prototxt)
@@ -208,6 +210,8 @@ def opencv_forward(
             raise CaffeBridgeError("OpenCV read an empty net", file=proto_path)
         if hasattr(net, "enableWinograd"):
             net.enableWinograd(winograd)
+        if not fusion:
+            net.enableFusion(False)
         pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
         picks: list[tuple[int, int]] = []  # per computed blob: (request position, top index)
         for b in computed:
