@@ -50,9 +50,6 @@ def reduction_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerSha
     return LayerShapes((ins[0][:axis],))
 
 
-shapes.shape_rule("Reduction")(reduction_shape)
-
-
 class ReductionCaffe(nn.Module):
     """SUM / ASUM / SUMSQ / MEAN over every axis from ``axis`` on, times ``coeff``."""
 
@@ -76,7 +73,7 @@ class ReductionCaffe(nn.Module):
         return f"op={self.op}, axis={self.axis}, coeff={self.coeff}"
 
 
-@register("Reduction")
+@register("Reduction", shape=reduction_shape)
 def convert_reduction(layer: Layer, net: Net) -> nn.Module:
     """Reduction SUM/ASUM/SUMSQ/MEAN of all axes from ``axis`` (default 0) on, times coeff."""
     rp = layer.param.reduction_param
@@ -98,9 +95,6 @@ def tile_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(((*x[:axis], x[axis] * tp.tiles, *x[axis + 1:]),))
 
 
-shapes.shape_rule("Tile")(tile_shape)
-
-
 class TileCaffe(nn.Module):
     """Repeat the block of axes from ``axis`` ``tiles`` times (torch ``repeat`` on that axis)."""
 
@@ -115,7 +109,7 @@ class TileCaffe(nn.Module):
         return f"reps={self.reps}"
 
 
-@register("Tile")
+@register("Tile", shape=tile_shape)
 def convert_tile(layer: Layer, net: Net) -> nn.Module:
     """Tile: the whole block from ``axis`` repeated ``tiles`` times (a b a b, not a a b b)."""
     tp = layer.param.tile_param
@@ -138,9 +132,6 @@ def embed_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(((*ins[0], ep.num_output),), tuple(params))
 
 
-shapes.shape_rule("Embed")(embed_shape)
-
-
 class EmbedCaffe(nn.Module):
     """Row ``int(x)`` (truncated toward zero) of ``weight`` per value, plus ``bias``; an index
     outside [0, input_dim) raises (Caffe only debug-checks it)."""
@@ -155,7 +146,7 @@ class EmbedCaffe(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-@register("Embed")
+@register("Embed", shape=embed_shape)
 def convert_embed(layer: Layer, net: Net) -> nn.Module:
     """Embed: weight (input_dim, num_output) rows looked up by int(x), plus bias."""
     ep = layer.param.embed_param
@@ -177,9 +168,6 @@ def parameter_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerSha
     return LayerShapes((shape,), (shape,))
 
 
-shapes.shape_rule("Parameter")(parameter_shape)
-
-
 class ParameterCaffe(nn.Module):
     """No input; returns its one learned blob."""
 
@@ -191,7 +179,7 @@ class ParameterCaffe(nn.Module):
         return self.value
 
 
-@register("Parameter")
+@register("Parameter", shape=parameter_shape)
 def convert_parameter(layer: Layer, net: Net) -> nn.Module:
     """Parameter: a top that is its own blob (zeros without weights)."""
     (shape,) = layer.param_shapes
@@ -211,9 +199,6 @@ def batch_reindex_shape(param: pb_message.Message, ins: Sequence[Shape]) -> Laye
     return LayerShapes(((idx[0], *x[1:]),))
 
 
-shapes.shape_rule("BatchReindex")(batch_reindex_shape)
-
-
 class BatchReindexCaffe(nn.Module):
     """Item i of the top is item ``int(permut[i])`` of the bottom."""
 
@@ -221,7 +206,7 @@ class BatchReindexCaffe(nn.Module):
         return x.index_select(0, permut.long())
 
 
-@register("BatchReindex")
+@register("BatchReindex", shape=batch_reindex_shape)
 def convert_batch_reindex(layer: Layer, net: Net) -> nn.Module:
     """BatchReindex: gather items of the batch by a 1-D index blob (repeats allowed)."""
     return BatchReindexCaffe()
@@ -272,9 +257,6 @@ def spp_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(((x[0], x[1] * sum(h * w for h, w in outs)),))
 
 
-shapes.shape_rule("SPP")(spp_shape)
-
-
 class SPPCaffe(nn.Module):
     """Each level's pooling, flattened from axis 1, concatenated along axis 1."""
 
@@ -286,7 +268,7 @@ class SPPCaffe(nn.Module):
         return torch.cat([level(x).flatten(1) for level in self.levels], 1)
 
 
-@register("SPP")
+@register("SPP", shape=spp_shape)
 def convert_spp(layer: Layer, net: Net) -> nn.Module:
     """SPP: pyramid of Caffe poolings (kernel ceil(H/2^i), pad, stride = kernel), concatenated."""
     x = net.blobs[layer.bottoms[0]].shape
@@ -294,23 +276,17 @@ def convert_spp(layer: Layer, net: Net) -> nn.Module:
         levels = _spp_levels(layer.param, x)
     except ShapeRuleError as err:
         raise PrototxtError(str(err)) from None
-    mods = [pooling.pooling(dataclasses.replace(layer, type="Pooling", param=lp), net)
+    mods = [pooling.convert_pooling(dataclasses.replace(layer, type="Pooling", param=lp), net)
             for lp in levels]
     return mods[0] if len(mods) == 1 else SPPCaffe(mods)
 
 
 # ---------------------------------------------------------------- Filter
 
-# Types the loader knows only to refuse, with the reason (no converter is registered).
+# Types refused, with the reason. No converter is registered for them (a registered type must
+# pass check_layer against the reference), so the loader reports them as unsupported.
 REFUSED = {
     "Filter": "Filter is not convertible: its tops hold as many items as the selector (last "
               "bottom) has non-zero values, decided from the data at every forward (BVLC "
               "filter_layer.cpp), so no static graph has its shape",
 }
-
-
-def filter_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    raise ShapeRuleError(REFUSED["Filter"])
-
-
-shapes.shape_rule("Filter")(filter_shape)

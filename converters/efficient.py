@@ -84,10 +84,8 @@ def convolution_depthwise_shape(param: pb_message.Message, ins: Sequence[Shape])
     return LayerShapes(((n, c, *out),), tuple(params))
 
 
-shapes.shape_rule("ConvolutionDepthwise")(convolution_depthwise_shape)
-
-
-@register("ConvolutionDepthwise")
+@register("ConvolutionDepthwise", shape=convolution_depthwise_shape,
+          fork="BVLC/caffe branch conv_dw_layer.cpp (farmingyard/ShuffleNet)")
 def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     """ConvolutionDepthwise: nn.Conv2d with groups = channels; num_output/group are ignored."""
     cp = layer.param.convolution_param
@@ -109,13 +107,11 @@ def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
 # ---------------------------------------------------------------- DepthwiseConvolution
 
 
-shapes.shape_rule("DepthwiseConvolution")(shapes._RULES["Convolution"])
-
-
-@register("DepthwiseConvolution")
+@register("DepthwiseConvolution", shape=shapes.convolution_shapes,
+          fork="yonghenglh6/DepthwiseConvolution")
 def convert_depthwise_convolution(layer: Layer, net: Net) -> nn.Module:
     """DepthwiseConvolution: Caffe's Convolution with the prototxt's group (1 when absent)."""
-    return conv.convolution(layer, net)
+    return conv.convert_convolution(layer, net)
 
 
 # ---------------------------------------------------------------- ShuffleChannel
@@ -129,9 +125,6 @@ def shuffle_channel_shape(param: pb_message.Message, ins: Sequence[Shape]) -> La
     if g <= 0 or c % g:
         raise ShapeRuleError(f"group {g} must be > 0 and divide the {c} channels")
     return LayerShapes((ins[0],))
-
-
-shapes.shape_rule("ShuffleChannel")(shuffle_channel_shape)
 
 
 class ChannelShuffleCaffe(nn.Module):
@@ -150,7 +143,7 @@ class ChannelShuffleCaffe(nn.Module):
         return f"group={self.group}"
 
 
-@register("ShuffleChannel")
+@register("ShuffleChannel", shape=shuffle_channel_shape, fork="farmingyard/ShuffleNet")
 def convert_shuffle_channel(layer: Layer, net: Net) -> nn.Module:
     """ShuffleChannel (farmingyard/ShuffleNet): view channels as (group, C/group), transpose."""
     c = net.blobs[layer.bottoms[0]].shape[1]
@@ -158,15 +151,6 @@ def convert_shuffle_channel(layer: Layer, net: Net) -> nn.Module:
 
 
 # ---------------------------------------------------------------- activations
-
-
-def _same_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    if len(ins) != 1:
-        raise ShapeRuleError(f"expects 1 bottom, got {len(ins)}")
-    return LayerShapes((ins[0],))
-
-
-shapes.shape_rule("ReLU6", "Mish")(_same_shape)
 
 
 class ReLU6Caffe(nn.Module):
@@ -185,7 +169,7 @@ class ReLU6Caffe(nn.Module):
         return f"negative_slope={self.negative_slope}"
 
 
-@register("ReLU6")
+@register("ReLU6", shape=shapes.same_shape, fork="eric612/MobileNet-YOLO")
 def convert_relu6(layer: Layer, net: Net) -> nn.Module:
     """ReLU6 (eric612/MobileNet-YOLO): ReLU (relu6_param negative_slope) capped at 6."""
     return ReLU6Caffe(_f32(layer.param.relu6_param.negative_slope))
@@ -206,7 +190,7 @@ class ClipCaffe(nn.Module):
         return f"min={self.lo}, max={self.hi}"
 
 
-@register("Clip")
+@register("Clip", shape=shapes.same_shape)
 def convert_clip(layer: Layer, net: Net) -> nn.Module:
     """Clip: ``max(min, min(x, max))`` (both bounds required, as in BVLC's schema)."""
     cp = layer.param.clip_param
@@ -231,13 +215,14 @@ class SwishCaffe(nn.Module):
         return f"beta={self.beta}"
 
 
-@register("Swish")
+@register("Swish", shape=shapes.same_shape)
 def convert_swish(layer: Layer, net: Net) -> nn.Module:
     """Swish: ``x * sigmoid(beta * x)`` (swish_param beta, default 1)."""
     return SwishCaffe(_f32(layer.param.swish_param.beta))
 
 
-@register("Mish")
+@register("Mish", shape=shapes.same_shape,
+          fork="foss-for-synopsys-dwc-arc-processors/synopsys-caffe")
 def convert_mish(layer: Layer, net: Net) -> nn.Module:
     """Mish: ``x * tanh(softplus(x))``, softplus linear above 20 (torch.nn.Mish's own rule)."""
     return nn.Mish()

@@ -76,10 +76,7 @@ def convolution3d_shape(param: pb_message.Message, ins: Sequence[Shape]) -> Laye
     return LayerShapes(((x[0], cp.num_output, *out),), tuple(params))
 
 
-shapes.shape_rule("Convolution3D")(convolution3d_shape)
-
-
-@register("Convolution3D")
+@register("Convolution3D", shape=convolution3d_shape, fork="facebook/C3D (C3D-v1.1)")
 def convert_convolution3d(layer: Layer, net: Net) -> nn.Module:
     """Convolution3D (facebook/C3D): nn.Conv3d with separate temporal kernel/stride/pad."""
     cp = layer.param.convolution3d_param
@@ -129,9 +126,6 @@ def pooling3d_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerSha
     return LayerShapes(((x[0], x[1], *out),))
 
 
-shapes.shape_rule("Pooling3D")(pooling3d_shape)
-
-
 class PaddedPool3dCaffe(nn.Module):
     """Pool an explicitly padded (N, C, L, H, W) input without implicit padding; AVE results
     are rescaled from kernel volume to Caffe's divisor (buffer ``scale``)."""
@@ -159,7 +153,7 @@ def _divisor(x: Shape, kernel: Shape, stride: Shape, pad: Shape, out: Shape) -> 
     return np.einsum("i,j,k->ijk", *sizes).astype(np.float64)
 
 
-@register("Pooling3D")
+@register("Pooling3D", shape=pooling3d_shape, fork="facebook/C3D (C3D-v1.1)")
 def convert_pooling3d(layer: Layer, net: Net) -> nn.Module:
     """Pooling3D (facebook/C3D): MAX/AVE over (L, H, W), C3D's ceil size without clip rule."""
     pp = layer.param.pooling3d_param

@@ -1,5 +1,5 @@
 """BVLC's remaining deploy-time layers and C3D's volumetric layers against the numpy reference:
-Reduction, Tile, Embed, Parameter, BatchReindex, SPP, Convolution3D, Pooling3D; Filter refused."""
+Reduction, Tile, Embed, Parameter, BatchReindex, SPP, Convolution3D, Pooling3D."""
 
 from __future__ import annotations
 
@@ -153,9 +153,3 @@ def test_pooling3d_max_with_pad_is_refused() -> None:
 def test_convolution3d_bias_blob_shape() -> None:
     net = net_from_text(net_text(CASES["conv3d"][0], X5))
     assert net.layer("l").param_shapes == ((4, 3, 3, 3, 3), (1, 1, 1, 1, 4))
-
-
-def test_filter_is_refused_with_its_reason() -> None:
-    text = net_text(one("Filter", n_bottoms=2), X4, (2, 1))
-    with pytest.raises(CaffeBridgeError, match="selector"):
-        net_from_text(text)
