@@ -12,6 +12,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     elementwise,
     norm,
     pooling,
+    rcnn,
     shape_ops,
 )
 from caffe_bridge.converters.registry import (

@@ -1,0 +1,89 @@
+"""R-CNN layers against the numpy reference: ROIPooling, PSROIPooling, the RPN proposal layer
+(py-faster-rcnn's Python layer and OpenCV's Proposal type)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import caffe_bridge.converters  # noqa: F401  (registers the shape rules)
+import reference
+from caffe_bridge.build import build_module
+from layer_check import check_layer, layer_text, net_from_text, net_text, rel_err
+
+COVERS = {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"}
+
+
+def rois_array(rows: list[list[float]]) -> np.ndarray:
+    return np.asarray(rows, np.float32)
+
+
+AWKWARD_ROIS = rois_array([
+    [0, 0, 0, 15, 15],        # whole map at scale 1/16... of a 16-pixel roi
+    [1, 8, 8, 8, 8],          # one pixel, rounds from a .5 coordinate at scale 1/16
+    [0, -40, -40, 500, 500],  # spills over every side
+    [1, 300, 300, 400, 400],  # wholly outside the map: every bin empty -> 0
+    [0, 40, 24, 39, 23],      # x2 < x1: forced 1 x 1
+    [1, 23.99, 8, 72.01, 100],
+    [0, 24, 40, 56, 56],      # .5 after scaling: C rounds halves away from zero
+])
+
+
+def roi_net(pooled: tuple[int, int], scale: float, x: tuple[int, ...], n_rois: int) -> str:
+    body = (f"roi_pooling_param {{ pooled_h: {pooled[0]} pooled_w: {pooled[1]} "
+            f"spatial_scale: {scale} }}")
+    return net_text(layer_text("ROIPooling", body, 2), x, (n_rois, 5))
+
+
+@pytest.mark.parametrize("pooled,scale,x", [
+    ((2, 2), 0.0625, (2, 3, 5, 7)),
+    ((7, 7), 0.0625, (2, 4, 6, 5)),     # more bins than rows: overlapping, repeated bins
+    ((3, 5), 0.125, (2, 2, 13, 11)),
+    ((1, 1), 1.0, (2, 3, 4, 4)),
+], ids=["2x2", "7x7-on-small-map", "3x5-scale8", "1x1-scale1"])
+def test_roi_pooling_matches_caffe(pooled: tuple[int, int], scale: float,
+                                   x: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(3)
+    feeds = {"data": rng.standard_normal(x).astype(np.float32), "b1": AWKWARD_ROIS}
+    check_layer(roi_net(pooled, scale, x, len(AWKWARD_ROIS)), inputs=feeds, weights={}, rtol=0)
+
+
+def test_roi_pooling_random_rois() -> None:
+    rng = np.random.default_rng(4)
+    n = 40
+    xy = rng.uniform(-20, 140, (n, 4)).astype(np.float32)
+    rois = np.concatenate([rng.integers(0, 2, (n, 1)).astype(np.float32), xy], axis=1)
+    feeds = {"data": rng.standard_normal((2, 3, 9, 8)).astype(np.float32), "b1": rois}
+    check_layer(roi_net((6, 6), 1 / 16, (2, 3, 9, 8), n), inputs=feeds, weights={}, rtol=0)
+
+
+def test_roi_pooling_empty_bin_is_zero_and_negative_max_survives() -> None:
+    """An empty bin gives 0 (not -inf); a bin of negatives gives their max (not 0)."""
+    x = -np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4)
+    rois = rois_array([[0, 0, 0, 1, 1], [0, 10, 10, 12, 12]])
+    net = net_from_text(roi_net((2, 2), 1.0, (1, 1, 4, 4), 2))
+    with torch.no_grad():
+        out = build_module(net)(torch.from_numpy(x), torch.from_numpy(rois)).numpy()
+    np.testing.assert_array_equal(out[0, 0], [[-1, -2], [-5, -6]])
+    np.testing.assert_array_equal(out[1, 0], np.zeros((2, 2)))
+
+
+def test_roi_rounding_is_c_round() -> None:
+    """40 / 16 = 2.5: C's round gives column 3, torch.round (halves to even) column 2."""
+    x = np.arange(5, dtype=np.float32)[None, None, None, :].repeat(2, 2)
+    rois = rois_array([[0, 40, 0, 40, 0]])
+    net = net_from_text(roi_net((1, 1), 1 / 16, (1, 1, 2, 5), 1))
+    with torch.no_grad():
+        out = build_module(net)(torch.from_numpy(x), torch.from_numpy(rois)).numpy()
+    assert out.item() == 3.0  # round(2.5) == 3 in C; banker's rounding would read column 2
+
+
+def test_roi_pooling_retraces_with_fx() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    model = build_module(net_from_text(roi_net((3, 3), 0.0625, x.shape, len(AWKWARD_ROIS))))
+    traced = torch.fx.symbolic_trace(model)
+    args = (torch.from_numpy(x), torch.from_numpy(AWKWARD_ROIS))
+    with torch.no_grad():
+        assert torch.equal(traced(*args), model(*args))
