@@ -149,3 +149,215 @@ def convert_roi_pooling(layer: Layer, net: Net) -> nn.Module:
     """ROIPooling (Fast R-CNN): rounded rois, floor/ceil bins, max; empty bins 0."""
     rp = layer.param.roi_pooling_param
     return CaffeROIPool(rp.pooled_h, rp.pooled_w, rp.spatial_scale)
+
+
+# --- PSROIPooling ---------------------------------------------------------------------------
+
+
+def _psroi_bins(rois: torch.Tensor, scale: float, g: int, hw: tuple[int, int]
+                ) -> tuple[torch.Tensor, ...]:
+    """R-FCN's bins: corners round(coord) * scale, end + 1, size max(end - start, 0.1)."""
+    x1, y1, x2, y2 = c_round(rois[:, 1:5]).unbind(1)
+    s = rois.new_tensor(scale)
+    i = torch.arange(g, device=rois.device, dtype=rois.dtype)
+    edges = []
+    for lo, hi, size in ((y1, y2, hw[0]), (x1, x2, hw[1])):
+        start, end = lo * s, (hi + 1) * s
+        bin_size = (end - start).clamp_min(rois.new_tensor(0.1)) / g
+        first = torch.floor(i * bin_size[:, None] + start[:, None]).long()
+        last = torch.ceil((i + 1) * bin_size[:, None] + start[:, None]).long()
+        edges += [first.clamp(0, size), last.clamp(0, size)]
+    return (rois[:, 0].long(), *edges)
+
+
+@torch.fx.wrap
+def psroi_avg_pool(x: torch.Tensor, rois: torch.Tensor, output_dim: int, group: int,
+                   scale: float) -> torch.Tensor:
+    """R-FCN PSROIPooling forward -> (R, output_dim, G, G), bin means from a float64 integral
+    image (Caffe sums in float32; the difference is rounding, ~1e-7 relative)."""
+    n, c, h, w = x.shape
+    rois = rois.reshape(-1, 5)
+    b, hs, he, ws, we = _psroi_bins(rois, scale, group, (h, w))
+    integral = torch.nn.functional.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0)).reshape(-1)
+    chan = (torch.arange(output_dim, device=x.device)[:, None, None] * group
+            + torch.arange(group, device=x.device)[:, None]) * group \
+        + torch.arange(group, device=x.device)  # (D, G, G)
+    plane = (b[:, None, None, None] * c + chan) * (h + 1)  # (R, D, G, G)
+
+    def at(hh: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+        idx = (plane + hh[:, None, :, None]) * (w + 1) + ww[:, None, None, :]
+        return integral.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+
+    total = at(he, we) - at(hs, we) - at(he, ws) + at(hs, ws)
+    area = ((he - hs)[:, :, None] * (we - ws)[:, None, :])[:, None]  # (R, 1, G, G)
+    out = torch.where(area > 0, total / area.clamp_min(1), torch.zeros_like(total))
+    return out.to(x.dtype)
+
+
+class CaffePSROIPool(nn.Module):
+    """R-FCN's PSROIPooling: bin (i, j) of output channel k averages input channel
+    (k * G + i) * G + j over the bin; empty bins give 0."""
+
+    def __init__(self, output_dim: int, group_size: int, spatial_scale: float) -> None:
+        super().__init__()
+        self.output_dim, self.group_size = output_dim, group_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return psroi_avg_pool(x, rois, self.output_dim, self.group_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return (f"output_dim={self.output_dim}, group_size={self.group_size}, "
+                f"spatial_scale={self.spatial_scale}")
+
+
+def _psroi_param(p: object) -> tuple[float, int, int]:
+    pp = p.psroi_pooling_param
+    missing = [f for f in ("spatial_scale", "output_dim", "group_size") if not pp.HasField(f)]
+    if missing:
+        raise ShapeRuleError(f"psroi_pooling_param needs {', '.join(missing)} (required fields)")
+    if pp.output_dim <= 0 or pp.group_size <= 0:
+        raise ShapeRuleError("psroi_pooling_param: output_dim and group_size must be > 0")
+    return pp.spatial_scale, pp.output_dim, pp.group_size
+
+
+@shape_rule("PSROIPooling")
+def psroi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+    if len(ins) != 2 or len(ins[0]) != 4:
+        raise ShapeRuleError("PSROIPooling needs a 4-D feature map and the rois")
+    _, dim, g = _psroi_param(p)
+    if ins[0][1] != dim * g * g:
+        raise ShapeRuleError(f"input channels {ins[0][1]} != output_dim {dim} * group_size "
+                             f"{g}^2 (R-FCN checks this)")
+    return LayerShapes(tops=((_rois_count(ins[1]), dim, g, g),))
+
+
+@register("PSROIPooling")
+def convert_psroi_pooling(layer: Layer, net: Net) -> nn.Module:
+    """PSROIPooling (R-FCN): position-sensitive average pooling of rounded rois."""
+    scale, dim, g = _psroi_param(layer.param)
+    return CaffePSROIPool(dim, g, scale)
+
+
+# --- RPN proposals --------------------------------------------------------------------------
+
+
+def generate_anchors(base_size: float = 16, ratios: Sequence[float] = (0.5, 1, 2),
+                     scales: Sequence[float] = (8, 16, 32)) -> np.ndarray:
+    """py-faster-rcnn's anchors (A x 4, ratio-major): sizes with the +1 convention,
+    ws = round-half-even(sqrt(base^2 / ratio)), hs = round-half-even(ws * ratio)."""
+    half = (float(base_size) - 1) / 2
+    rows = []
+    for ratio in ratios:
+        ws = np.round(np.sqrt(float(base_size) ** 2 / ratio))
+        hs = np.round(ws * ratio)
+        for s in scales:
+            dw, dh = (ws * s - 1) / 2, (hs * s - 1) / 2
+            rows.append([half - dw, half - dh, half + dw, half + dh])
+    return np.array(rows, np.float64)
+
+
+def _sort_desc(scores: torch.Tensor, highest_index_first: bool) -> torch.Tensor:
+    """Indices sorting each row by score, descending; ties by index in the given direction."""
+    if not highest_index_first:
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices
+    n = scores.shape[1]
+    return (n - 1) - torch.sort(scores.flip(1), dim=1, descending=True, stable=True).indices
+
+
+def _valid_first(order: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``order`` with the valid entries moved to the front, each group keeping its order."""
+    v = valid.gather(1, order).to(torch.uint8)
+    return order.gather(1, torch.sort(v, dim=1, descending=True, stable=True).indices)
+
+
+def _decode(anchors: torch.Tensor, deltas: torch.Tensor, im_info: torch.Tensor
+            ) -> torch.Tensor:
+    """bbox_transform_inv (+1 widths) and clip_boxes to (im_w - 1, im_h - 1), float32."""
+    widths = anchors[..., 2] - anchors[..., 0] + 1
+    heights = anchors[..., 3] - anchors[..., 1] + 1
+    cx, cy = anchors[..., 0] + 0.5 * widths, anchors[..., 1] + 0.5 * heights
+    pcx, pcy = deltas[..., 0] * widths + cx, deltas[..., 1] * heights + cy
+    pw, ph = torch.exp(deltas[..., 2]) * widths, torch.exp(deltas[..., 3]) * heights
+    boxes = torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], -1)
+    lim = torch.stack([im_info[:, 1], im_info[:, 0], im_info[:, 1], im_info[:, 0]], -1) - 1
+    return torch.maximum(torch.minimum(boxes, lim[:, None, :]), torch.zeros_like(boxes))
+
+
+def _greedy_nms(boxes: torch.Tensor, alive: torch.Tensor, thresh: float, steps: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """py_cpu_nms over rows already in processing order: ``steps`` rounds, each keeping the
+    first alive box and killing those with IoU > thresh (areas with +1). Returns the kept
+    positions (B, steps) and whether each is real (B, steps)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    pos = torch.arange(boxes.shape[1], device=boxes.device)
+    t = boxes.new_tensor(thresh)
+    kept, real = [], []
+    for _ in range(steps):
+        i = alive.to(torch.uint8).argmax(dim=1, keepdim=True)  # first alive (argmax: first max)
+        real.append(alive.gather(1, i))
+        kept.append(i)
+        ww = (torch.minimum(x2.gather(1, i), x2) - torch.maximum(x1.gather(1, i), x1) + 1)
+        hh = (torch.minimum(y2.gather(1, i), y2) - torch.maximum(y1.gather(1, i), y1) + 1)
+        inter = ww.clamp_min(0) * hh.clamp_min(0)
+        ovr = inter / (areas.gather(1, i) + areas - inter)
+        alive = alive & (ovr <= t) & (pos != i)
+    return torch.cat(kept, 1), torch.cat(real, 1)
+
+
+@torch.fx.wrap
+def rpn_proposals(scores: torch.Tensor, deltas: torch.Tensor, im_info: torch.Tensor,
+                  anchors: torch.Tensor, feat_stride: float, pre_nms: int, post_nms: int,
+                  nms_thresh: float, min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """py-faster-rcnn's ProposalLayer.forward for each image -> rois (R, 5), scores (R, 1)."""
+    bsz, _, h, w = scores.shape
+    a = anchors.shape[0]
+    dt = deltas.dtype
+    fg = scores[:, a:].permute(0, 2, 3, 1).reshape(bsz, -1)            # rows (h, w, a)
+    d = deltas.permute(0, 2, 3, 1).reshape(bsz, -1, 4)
+    sy, sx = torch.meshgrid(torch.arange(h, device=scores.device) * feat_stride,
+                            torch.arange(w, device=scores.device) * feat_stride, indexing="ij")
+    shifts = torch.stack([sx, sy, sx, sy], -1).reshape(-1, 1, 4).to(dt)
+    anc = (anchors.to(dt)[None] + shifts).reshape(1, -1, 4)
+    info = im_info.reshape(bsz, -1).to(dt)
+    boxes = _decode(anc, d, info)
+    ms = (min_size * info[:, 2])[:, None]
+    valid = (boxes[..., 2] - boxes[..., 0] + 1 >= ms) & (boxes[..., 3] - boxes[..., 1] + 1 >= ms)
+    # argsort()[::-1] of the filtered scores: ties highest index first; keep pre_nms.
+    n_pre = fg.shape[1] if pre_nms <= 0 else min(pre_nms, fg.shape[1])
+    order = _valid_first(_sort_desc(fg, True), valid)[:, :n_pre]
+    # NMS re-sorts the sorted list with argsort()[::-1]: ties now lowest original index first.
+    s1, v1 = fg.gather(1, order), valid.gather(1, order)
+    order = order.gather(1, _valid_first(_sort_desc(s1, True), v1))
+    sel_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    steps = n_pre if post_nms <= 0 else min(post_nms, n_pre)
+    kept, real = _greedy_nms(sel_boxes, valid.gather(1, order), nms_thresh, steps)
+    out_boxes = sel_boxes.gather(1, kept[..., None].expand(-1, -1, 4))
+    out_scores = fg.gather(1, order.gather(1, kept))
+    batch = torch.arange(bsz, device=scores.device, dtype=dt)[:, None, None].expand(-1, steps, 1)
+    rois = torch.cat([batch, out_boxes], -1)[real]
+    return rois, out_scores[real][:, None]
+
+
+class RPNProposal(nn.Module):
+    """py-faster-rcnn's RPN proposal layer: bottoms (cls_prob, bbox_pred, im_info); tops rois
+    (R x 5: batch index, x1, y1, x2, y2) and optionally scores (R x 1), R data-dependent."""
+
+    def __init__(self, anchors: np.ndarray, feat_stride: float, pre_nms: int, post_nms: int,
+                 nms_thresh: float, min_size: float, n_tops: int) -> None:
+        super().__init__()
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
+        self.feat_stride, self.pre_nms, self.post_nms = feat_stride, pre_nms, post_nms
+        self.nms_thresh, self.min_size, self.n_tops = nms_thresh, min_size, n_tops
+
+    def forward(self, scores: torch.Tensor, deltas: torch.Tensor, im_info: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        rois, sc = rpn_proposals(scores, deltas, im_info, self.anchors, self.feat_stride,
+                                 self.pre_nms, self.post_nms, self.nms_thresh, self.min_size)
+        return (rois, sc) if self.n_tops == 2 else rois
+
+    def extra_repr(self) -> str:
+        return (f"anchors={tuple(self.anchors.shape)}, feat_stride={self.feat_stride}, "
+                f"pre_nms={self.pre_nms}, post_nms={self.post_nms}, nms={self.nms_thresh}, "
+                f"min_size={self.min_size}")

@@ -87,3 +87,42 @@ def test_roi_pooling_retraces_with_fx() -> None:
     args = (torch.from_numpy(x), torch.from_numpy(AWKWARD_ROIS))
     with torch.no_grad():
         assert torch.equal(traced(*args), model(*args))
+
+
+def psroi_net(dim: int, g: int, scale: float, x: tuple[int, ...], n_rois: int) -> str:
+    body = f"psroi_pooling_param {{ spatial_scale: {scale} output_dim: {dim} group_size: {g} }}"
+    return net_text(layer_text("PSROIPooling", body, 2), x, (n_rois, 5))
+
+
+@pytest.mark.parametrize("dim,g,scale,hw", [
+    (2, 3, 0.0625, (5, 7)),
+    (3, 7, 0.0625, (6, 5)),   # 7 x 7 bins on a 6 x 5 map: empty and repeated bins
+    (1, 2, 0.125, (13, 11)),
+], ids=["3x3", "7x7-small-map", "2x2-scale8"])
+def test_psroi_pooling_matches_caffe(dim: int, g: int, scale: float,
+                                     hw: tuple[int, int]) -> None:
+    rng = np.random.default_rng(6)
+    x = (2, dim * g * g, *hw)
+    feeds = {"data": rng.standard_normal(x).astype(np.float32), "b1": AWKWARD_ROIS}
+    check_layer(psroi_net(dim, g, scale, x, len(AWKWARD_ROIS)), inputs=feeds, weights={},
+                rtol=1e-6)
+
+
+def test_psroi_channel_layout() -> None:
+    """Bin (i, j) of output channel k reads input channel (k * G + i) * G + j: a constant map
+    per input channel shows which one each bin read."""
+    g, dim = 2, 2
+    x = np.arange(dim * g * g, dtype=np.float32)[None, :, None, None] * np.ones((1, 1, 4, 4),
+                                                                            np.float32)
+    rois = rois_array([[0, 0, 0, 3, 3]])
+    net = net_from_text(psroi_net(dim, g, 1.0, x.shape, 1))
+    with torch.no_grad():
+        out = build_module(net)(torch.from_numpy(x), torch.from_numpy(rois)).numpy()
+    np.testing.assert_array_equal(out[0], [[[0, 1], [2, 3]], [[4, 5], [6, 7]]])
+
+
+def test_psroi_rejects_channel_mismatch() -> None:
+    from caffe_bridge.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="output_dim"):
+        net_from_text(psroi_net(2, 3, 0.0625, (1, 17, 4, 4), 1))
