@@ -30,7 +30,7 @@ from torch import nn
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, shape_rule
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -134,7 +134,6 @@ def _rois_count(shape: Shape) -> int:
     return shape[0]
 
 
-@shape_rule("ROIPooling")
 def roi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 2 or len(ins[0]) != 4:
         raise ShapeRuleError("ROIPooling needs a 4-D feature map and the rois")
@@ -144,7 +143,8 @@ def roi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((_rois_count(ins[1]), ins[0][1], rp.pooled_h, rp.pooled_w),))
 
 
-@register("ROIPooling")
+@register("ROIPooling", shape=roi_pooling_shape,
+          fork="rbgirshick/caffe-fast-rcnn")
 def convert_roi_pooling(layer: Layer, net: Net) -> nn.Module:
     """ROIPooling (Fast R-CNN): rounded rois, floor/ceil bins, max; empty bins 0."""
     rp = layer.param.roi_pooling_param
@@ -221,7 +221,6 @@ def _psroi_param(p: object) -> tuple[float, int, int]:
     return pp.spatial_scale, pp.output_dim, pp.group_size
 
 
-@shape_rule("PSROIPooling")
 def psroi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 2 or len(ins[0]) != 4:
         raise ShapeRuleError("PSROIPooling needs a 4-D feature map and the rois")
@@ -232,7 +231,8 @@ def psroi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((_rois_count(ins[1]), dim, g, g),))
 
 
-@register("PSROIPooling")
+@register("PSROIPooling", shape=psroi_pooling_shape,
+          fork="daijifeng001/caffe-rfcn")
 def convert_psroi_pooling(layer: Layer, net: Net) -> nn.Module:
     """PSROIPooling (R-FCN): position-sensitive average pooling of rounded rois."""
     scale, dim, g = _psroi_param(layer.param)
@@ -361,3 +361,81 @@ class RPNProposal(nn.Module):
         return (f"anchors={tuple(self.anchors.shape)}, feat_stride={self.feat_stride}, "
                 f"pre_nms={self.pre_nms}, post_nms={self.post_nms}, nms={self.nms_thresh}, "
                 f"min_size={self.min_size}")
+
+
+# py-faster-rcnn lib/fast_rcnn/config.py, the TEST configuration the deployed layer runs with.
+TEST_PRE_NMS, TEST_POST_NMS, TEST_NMS_THRESH, TEST_MIN_SIZE = 6000, 300, 0.7, 16
+
+
+def parse_param_str(text: str) -> dict[str, object]:
+    """The flat YAML mapping of a py-faster-rcnn ``param_str`` ("'feat_stride': 16", one key
+    a line or a {...} flow mapping; ``!!python/tuple`` tags allowed), without a YAML library."""
+    body = re.sub(r"!!python/tuple\s*", "", text).strip()
+    if not body.startswith("{"):
+        body = "{" + ", ".join(line for line in body.splitlines() if line.strip()) + "}"
+    try:
+        parsed = ast.literal_eval(body)
+    except (ValueError, SyntaxError) as err:
+        raise PrototxtError(f"python_param.param_str {text!r} is not a simple YAML mapping "
+                            f"({err})") from None
+    if not isinstance(parsed, dict):
+        raise PrototxtError(f"python_param.param_str {text!r} is not a mapping")
+    return parsed
+
+
+def _python_proposal_cfg(p: object) -> dict[str, object]:
+    cfg = parse_param_str(p.python_param.param_str)
+    if "feat_stride" not in cfg:
+        raise PrototxtError("the proposal layer's param_str needs 'feat_stride'")
+    return {"anchors": generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32)))),
+            "feat_stride": float(cfg["feat_stride"]), "pre_nms": TEST_PRE_NMS,
+            "post_nms": TEST_POST_NMS, "nms_thresh": TEST_NMS_THRESH, "min_size": TEST_MIN_SIZE}
+
+
+def _opencv_proposal_cfg(p: object) -> dict[str, object]:
+    pp = p.proposal_param
+    anchors = generate_anchors(pp.base_size, tuple(pp.ratio) or (0.5, 1, 2),
+                               tuple(pp.scale) or (8, 16, 32))
+    return {"anchors": anchors, "feat_stride": float(pp.feat_stride),
+            "pre_nms": pp.pre_nms_topn, "post_nms": pp.post_nms_topn,
+            "nms_thresh": pp.nms_thresh, "min_size": pp.min_size}
+
+
+def _proposal_shapes(cfg: dict[str, object], p: object, ins: Sequence[Shape]) -> LayerShapes:
+    if len(ins) != 3 or len(ins[0]) != 4 or len(ins[1]) != 4:
+        raise ShapeRuleError("the proposal layer needs bottoms (cls_prob, bbox_pred, im_info)")
+    a = len(cfg["anchors"])
+    if ins[0][1] != 2 * a or ins[1][1] != 4 * a or ins[0][2:] != ins[1][2:]:
+        raise ShapeRuleError(f"{a} anchors need 2A = {2 * a} score and 4A = {4 * a} delta "
+                             f"channels on the same map, got {ins[0]} and {ins[1]}")
+    if len(p.top) not in (1, 2):
+        raise ShapeRuleError("the proposal layer has tops rois and optionally scores")
+    pre = ins[0][2] * ins[0][3] * a
+    pre = pre if cfg["pre_nms"] <= 0 else min(pre, cfg["pre_nms"])
+    rows = ins[0][0] * (pre if cfg["post_nms"] <= 0 else min(pre, cfg["post_nms"]))
+    return LayerShapes(tops=((rows, 5), (rows, 1))[:len(p.top)])
+
+
+def python_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+    """At most post_nms_topn rows per image (the count is data-dependent, as in Caffe)."""
+    try:
+        return _proposal_shapes(_python_proposal_cfg(p), p, ins)
+    except PrototxtError as err:
+        raise ShapeRuleError(err.message) from None
+
+
+def opencv_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+    return _proposal_shapes(_opencv_proposal_cfg(p), p, ins)
+
+
+@register("Python:rpn.proposal_layer.ProposalLayer", shape=python_proposal_shape,
+          fork="rbgirshick/py-faster-rcnn")
+def convert_python_proposal_layer(layer: Layer, net: Net) -> nn.Module:
+    """py-faster-rcnn's RPN proposal layer (TEST config: 6000 / 300 / NMS 0.7 / min 16)."""
+    return RPNProposal(**_python_proposal_cfg(layer.param), n_tops=len(layer.tops))
+
+
+@register("Proposal", shape=opencv_proposal_shape, fork="opencv/opencv")
+def convert_proposal(layer: Layer, net: Net) -> nn.Module:
+    """Proposal (OpenCV's type): py-faster-rcnn's RPN proposals from proposal_param."""
+    return RPNProposal(**_opencv_proposal_cfg(layer.param), n_tops=len(layer.tops))

@@ -126,3 +126,107 @@ def test_psroi_rejects_channel_mismatch() -> None:
 
     with pytest.raises(ShapeError, match="output_dim"):
         net_from_text(psroi_net(2, 3, 0.0625, (1, 17, 4, 4), 1))
+
+
+# --- proposal layer ---------------------------------------------------------------------
+
+PY_PROPOSAL = ('layer {{ name: "l" type: "Python" bottom: "data" bottom: "b1" bottom: "b2" '
+               'top: "rois"{extra} python_param {{ module: "rpn.proposal_layer" '
+               'layer: "ProposalLayer" param_str: "{param}" }} }}')
+CV_PROPOSAL = ('layer {{ name: "l" type: "Proposal" bottom: "data" bottom: "b1" bottom: "b2" '
+               'top: "rois"{extra} proposal_param {{ {param} }} }}')
+
+
+def proposal_feeds(hw: tuple[int, int], a: int, seed: int, *, quantise: float = 0.0,
+                   delta_scale: float = 0.3, im_info: tuple[float, ...] | None = None
+                   ) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0, 1, (1, 2 * a, *hw)).astype(np.float32)
+    if quantise:
+        scores = (np.round(scores / quantise) * quantise).astype(np.float32)
+    deltas = (rng.standard_normal((1, 4 * a, *hw)) * delta_scale).astype(np.float32)
+    info = im_info or (hw[0] * 16.0 - 5, hw[1] * 16.0 + 3, 1.0)
+    return {"data": scores, "b1": deltas, "b2": np.asarray([info], np.float32)}
+
+
+def run_proposal(layer: str, feeds: dict[str, np.ndarray]) -> tuple[list, list]:
+    shapes = [feeds[k].shape for k in ("data", "b1", "b2")]
+    net = net_from_text(net_text(layer, *shapes))
+    ref = reference.run_net(net, feeds)
+    with torch.no_grad():
+        out = build_module(net)(*(torch.from_numpy(feeds[k]) for k in ("data", "b1", "b2")))
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o.numpy() for o in outs], [ref[v] for v in net.outputs]
+
+
+def assert_same_rows(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape, (g.shape, w.shape)
+        assert rel_err(g, w) <= 1e-6
+
+
+@pytest.mark.parametrize("param,hw,kw", [
+    ("'feat_stride': 16", (5, 7), {}),
+    ("'feat_stride': 16", (4, 4), {"quantise": 0.25}),                 # many tied scores
+    ("'feat_stride': 8\\n'scales': !!python/tuple [2, 4]", (6, 5), {}),
+    ("'feat_stride': 16", (6, 6), {"delta_scale": 2.0}),              # boxes clip, some tiny
+    ("{'feat_stride': 16}", (5, 5), {"im_info": (70.0, 90.0, 3.0)}),  # min size 16 * 3
+], ids=["plain", "ties", "scales-stride8", "clipping", "min-size-scaled"])
+def test_python_proposal_layer_matches_py_faster_rcnn(param: str, hw: tuple[int, int],
+                                                      kw: dict) -> None:
+    scales = 2 if "scales" in param else 3
+    feeds = proposal_feeds(hw, 3 * scales, 7, **kw)
+    for extra in ("", ' top: "scores"'):
+        got, want = run_proposal(PY_PROPOSAL.format(extra=extra, param=param), feeds)
+        assert len(want[0]) > 1
+        assert_same_rows(got, want)
+        np.testing.assert_array_equal(got[0][:, 0], 0)
+
+
+@pytest.mark.parametrize("param", [
+    "feat_stride: 16 pre_nms_topn: 20 post_nms_topn: 5",
+    "feat_stride: 16 base_size: 8 ratio: 1 ratio: 3 scale: 4 scale: 8 nms_thresh: 0.5",
+    "feat_stride: 16 min_size: 40 post_nms_topn: 0 pre_nms_topn: 0",
+])
+def test_opencv_proposal_type(param: str) -> None:
+    a = 4 if "ratio: 3" in param else 9
+    feeds = proposal_feeds((5, 6), a, 8, quantise=0.125)
+    got, want = run_proposal(CV_PROPOSAL.format(extra=' top: "scores"', param=param), feeds)
+    assert_same_rows(got, want)
+
+
+def test_tied_scores_enter_nms_lowest_index_first() -> None:
+    """Equal scores on two overlapping boxes: py-faster-rcnn sorts twice with argsort()[::-1],
+    so the tie enters NMS lowest index first and the lower-index box is kept. (One reversed
+    stable sort, ties highest index first, would keep the other box.)"""
+    a = 9
+    scores = np.zeros((1, 2 * a, 1, 12), np.float32)
+    scores[0, a + 3, 0, 10:] = 0.9   # anchor 3 (ratio 1, scale 8: 128 px) at cells 10 and 11
+    deltas = np.zeros((1, 4 * a, 1, 12), np.float32)
+    feeds = {"data": scores, "b1": deltas, "b2": np.array([[400, 400, 1]], np.float32)}
+    layer = PY_PROPOSAL.format(extra=' top: "scores"', param="'feat_stride': 16")
+    got, want = run_proposal(layer, feeds)
+    assert_same_rows(got, want)
+    top = got[0][got[1][:, 0] == np.float32(0.9)]
+    # cells 10 and 11 overlap by 112 / 144 > 0.7; cell 10's box (x1 = 160 + 7.5 - 63.5) wins.
+    assert len(top) == 1 and top[0, 1] == 104.0
+
+
+def test_proposal_rejects_bad_param_str() -> None:
+    from caffe_bridge.errors import CaffeBridgeError
+
+    layer = PY_PROPOSAL.format(extra="", param="'stride' 16")
+    with pytest.raises(CaffeBridgeError, match="param_str"):
+        net_from_text(net_text(layer, (1, 18, 2, 2), (1, 36, 2, 2), (1, 3)))
+
+
+def test_proposal_retraces_with_fx() -> None:
+    feeds = proposal_feeds((4, 5), 9, 9)
+    layer = PY_PROPOSAL.format(extra=' top: "scores"', param="'feat_stride': 16")
+    net = net_from_text(net_text(layer, *(feeds[k].shape for k in ("data", "b1", "b2"))))
+    model = build_module(net)
+    traced = torch.fx.symbolic_trace(model)
+    args = [torch.from_numpy(feeds[k]) for k in ("data", "b1", "b2")]
+    with torch.no_grad():
+        for a, b in zip(traced(*args), model(*args), strict=True):
+            assert torch.equal(a, b)

@@ -7,6 +7,8 @@ C's ``round`` rounds halves away from zero (numpy's rounds them to even): see ``
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import numpy as np
@@ -189,13 +191,22 @@ def proposals(scores: Array, deltas: Array, im_info: Array, *, feat_stride: floa
 
 
 def _yaml_dict(text: str) -> dict[str, Any]:
-    """The flat YAML mapping py-faster-rcnn's param_str holds ("'feat_stride': 16")."""
-    import yaml  # PyYAML ships with the test environment's tools
-
-    parsed = yaml.safe_load(text) if text.strip() else {}
-    if not isinstance(parsed, dict):
-        raise ValueError(f"param_str {text!r} is not a YAML mapping")
-    return parsed
+    """The flat YAML mapping py-faster-rcnn's param_str holds (yaml.load in the source):
+    "'key': value" entries, one a line or in {...}; lists in [...], !!python/tuple allowed.
+    (PyYAML is not a dependency; this reads the subset real definitions use.)"""
+    body = text.strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1]
+    out: dict[str, Any] = {}
+    for entry in re.split(r"\n|,(?![^\[]*\])", body):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition(":")
+        if not sep:
+            raise ValueError(f"param_str entry {entry!r} is not 'key: value'")
+        value = value.replace("!!python/tuple", "").strip()
+        out[key.strip().strip("'\"")] = json.loads(value.replace("'", '"'))
+    return out
 
 
 def _run_proposal(inputs: list[Array], tops: int, **cfg: Any) -> list[Array]:
