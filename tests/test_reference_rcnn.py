@@ -100,7 +100,8 @@ def test_nms_ties_follow_numpy_argsort_reversed() -> None:
 def test_proposals_by_hand() -> None:
     """One cell, one anchor (0, 0, 15, 15), zero deltas: bbox_transform_inv's centre is
     x1 + 0.5 * (w + 1) = 8, so the box is (0, 0, 16, 16), 17 wide: it passes min size
-    16 * 1.0625 = 17 (>=) and fails 16 * 1.07; dx = 1 moves it to 16..32, clipped to 29."""
+    16 * 1.0625 = 17 (>=) and fails 16 * 1.07; dx = 1 moves it to 16..32, clipped to 29
+    (then 14 wide)."""
     anchors = rcnn.generate_anchors(16, (1,), (1,))
     np.testing.assert_array_equal(anchors, [[0, 0, 15, 15]])
     scores = np.array([[[0.1]], [[0.6]]], np.float32)
@@ -113,7 +114,8 @@ def test_proposals_by_hand() -> None:
     rois, _ = rcnn.proposals(scores, zero, np.array([100, 100, 1.07], np.float32), **cfg)
     assert rois.shape == (0, 5)
     deltas = np.array([1, 0, 0, 0], np.float32).reshape(4, 1, 1)
-    rois, _ = rcnn.proposals(scores, deltas, np.array([100, 30, 1], np.float32), **cfg)
+    rois, _ = rcnn.proposals(scores, deltas, np.array([100, 30, 1], np.float32),
+                             **{**cfg, "min_size": 14})
     np.testing.assert_array_equal(rois, [[0, 16, 0, 29, 16]])
 
 
