@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -231,9 +232,29 @@ def convert_threshold(layer: Layer, net: Net) -> nn.Module:
     return Threshold(_f32(layer.param.threshold_param.threshold))
 
 
+class DropoutTestScale(nn.Module):
+    """A fork's Dropout with ``scale_train: false`` at test time: ``x * factor``."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor!r}"
+
+
 @register("Dropout", shape=same_shape)
 def convert_dropout(layer: Layer, net: Net) -> nn.Module:
-    """Dropout: the identity at test time (Caffe scales while training)."""
+    """Dropout: the identity at test time; times (1 - ratio) with scale_train: false."""
+    p = layer.param.dropout_param
+    if p.HasField("scale_train") and not p.scale_train:
+        # rbgirshick/caffe-fast-rcnn dropout_layer.cpp: scale_ = 1 / (1 - ratio) (float), then
+        # caffe_scal(1. / scale_) at TEST time.
+        scale = np.float32(1.0 / (1.0 - np.float64(np.float32(p.dropout_ratio))))
+        return DropoutTestScale(float(np.float32(1.0 / np.float64(scale))))
     return nn.Identity()
 
 

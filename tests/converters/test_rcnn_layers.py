@@ -230,3 +230,18 @@ def test_proposal_retraces_with_fx() -> None:
     with torch.no_grad():
         for a, b in zip(traced(*args), model(*args), strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("body", ["dropout_param { dropout_ratio: 0.5 scale_train: false }",
+                                  "dropout_param { dropout_ratio: 0.3 scale_train: false }",
+                                  "dropout_param { dropout_ratio: 0.3 scale_train: true }"])
+def test_fast_rcnn_dropout_scale_train(body: str) -> None:
+    """caffe-fast-rcnn's Dropout with scale_train: false multiplies by (1 - ratio) at test time
+    (every fc layer of py-faster-rcnn's test nets); an identity would be off by that factor."""
+    check_layer(net_text(layer_text("Dropout", body), (2, 5)), rtol=1e-7)
+    net = net_from_text(net_text(layer_text("Dropout", body), (2, 5)))
+    x = torch.ones(2, 5)
+    with torch.no_grad():
+        out = build_module(net)(x)
+    want = 1.0 if "true" in body else 1 - float(body.split()[3])
+    assert out[0, 0].item() == pytest.approx(want, rel=1e-6)
