@@ -15,6 +15,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     norm,
     ocr,
     pooling,
+    rcnn,
     recurrent,
     shape_ops,
     volumetric,
