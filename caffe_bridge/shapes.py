@@ -313,10 +313,10 @@ def _pooling(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(x) != 4:
         raise ShapeRuleError(f"Pooling needs a 4-D bottom, got {x}")
     geo = pool_geometry(p.pooling_param, x[2:])
-    n_tops = len(p.top)
-    if p.pooling_param.pool == 0 and n_tops > 1:  # MAX can emit a mask top
-        raise ShapeRuleError("the MAX pooling mask top is not supported")
-    return LayerShapes(((x[0], x[1], *geo.out),))
+    out = (x[0], x[1], *geo.out)
+    if len(p.top) == 2 and p.pooling_param.pool == 0:  # MAX: the argmax mask top
+        return LayerShapes((out, out))
+    return LayerShapes((out,))
 
 
 # ---------------------------------------------------------------- shape-preserving layers

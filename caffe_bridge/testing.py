@@ -67,6 +67,28 @@ def _draw(layer: Layer, rng: np.random.Generator, tail: bool = False) -> list[np
     return blobs
 
 
+def _fork_bn(layer: Layer, x: torch.Tensor, rng: np.random.Generator) -> list[np.ndarray]:
+    """The forks' BN: scale ~ U(0.5, 1.5), shift ~ N(0, 0.1); stored statistics (4 blobs) are
+    the input's own; SegNet's 2-blob INFERENCE layer gets its statistics folded in, as
+    SegNet's compute_bn_statistics.py does."""
+    shape = layer.param_shapes[0]
+    bp = layer.param.bn_param
+    axis = bp.axis if bp.HasField("axis") else 1
+    dims = [d for d in range(x.dim()) if d != axis]
+    mean = x.mean(dim=dims).numpy().reshape(shape)
+    var = x.var(dim=dims, unbiased=False).numpy().reshape(shape)
+    scale = rng.uniform(0.5, 1.5, shape)
+    shift = rng.standard_normal(shape) * 0.1
+    if len(layer.param_shapes) == 4:
+        blobs = [scale, shift, mean, var]
+    elif bp.bn_mode == 1:  # INFERENCE: y = scale * x + shift
+        scale = scale / np.sqrt(var + 1e-5)
+        blobs = [scale, shift - mean * scale]
+    else:
+        blobs = [scale, shift]
+    return [np.asarray(b, dtype=np.float32) for b in blobs]
+
+
 def random_inputs(net: Net, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
     """Seeded N(0, 1) inputs for every net input (optionally with another batch size)."""
     rng = np.random.default_rng(seed)
@@ -109,6 +131,8 @@ def random_weights(
                 blobs = [(mean * bn_factor).astype(np.float32),
                          (var * bn_factor).astype(np.float32),
                          np.array([bn_factor], dtype=np.float32)]
+            elif layer.type == "BN":
+                blobs = _fork_bn(layer, args[0].double(), rng)
             else:
                 blobs = _draw(layer, rng, layer.name in tails)
             weights[layer.name] = blobs

@@ -10,8 +10,10 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     axpy,
     conv,
     elementwise,
+    fork_norm,
     norm,
     pooling,
+    resample,
     shape_ops,
 )
 from caffe_bridge.converters.registry import (

@@ -16,10 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from . import activation, axpy, conv, elementwise, norm, pooling, shape_ops, softmax
+from . import (
+    activation,
+    axpy,
+    conv,
+    elementwise,
+    fork_norm,
+    norm,
+    pooling,
+    resample,
+    shape_ops,
+    softmax,
+)
 from ._util import LayerFn
 
-_FAMILIES = (activation, axpy, conv, elementwise, norm, pooling, shape_ops, softmax)
+_FAMILIES = (activation, axpy, conv, elementwise, fork_norm, norm, pooling, resample, shape_ops,
+             softmax)
 
 
 def _dispatch() -> dict[str, LayerFn]:
