@@ -41,7 +41,13 @@ def shape_rule(*types: str) -> Callable[[Rule], Rule]:
     return deco
 
 
+def _converter_rules() -> None:
+    """Rules registered beside their converters (fork layers) arrive with that package."""
+    import caffe_bridge.converters  # noqa: F401
+
+
 def known_types() -> frozenset[str]:
+    _converter_rules()
     return frozenset(_RULES)
 
 
@@ -54,6 +60,8 @@ def infer(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
     Like Caffe, a blob may hold at most ``MAX_COUNT`` values: larger tops or parameter blobs
     are a :class:`ShapeRuleError` here, before anything is allocated.
     """
+    if param.type not in _RULES:
+        _converter_rules()
     result = _RULES[param.type](param, in_shapes)
     for what, group in (("top", result.tops), ("parameter blob", result.params)):
         for i, shape in enumerate(group):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_reference_self import make_layer, run1
+
 from reference import run_layer
 
 X22 = np.array([[[[0.0, 1.0], [2.0, 3.0]]]])
