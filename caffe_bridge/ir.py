@@ -11,7 +11,12 @@ import numpy as np
 from google.protobuf import message as pb_message
 
 from caffe_bridge import shapes
-from caffe_bridge.errors import CaffemodelError, ShapeError, UnsupportedLayerError
+from caffe_bridge.errors import (
+    CaffeBridgeError,
+    CaffemodelError,
+    ShapeError,
+    UnsupportedLayerError,
+)
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.upgrade import RawLayer, upgrade
 
@@ -168,7 +173,11 @@ def build_net(
                 f"{', '.join(sorted(shapes.known_types()))}", **where,
             ) from None
         except shapes.ShapeRuleError as err:
-            raise ShapeError(f"{err} (bottom shapes {in_shapes})", **where) from None
+            raise ShapeError(f"{err} (bottom shapes {in_shapes})", **where) from err
+        except CaffeBridgeError as err:  # raised by a converter run for its shapes
+            if err.layer is not None:
+                raise
+            raise type(err)(err.message, **where) from err
         if len(result.tops) != len(p.top):
             raise ShapeError(f"{p.type} produces {len(result.tops)} top(s), the definition "
                              f"names {len(p.top)}", **where)

@@ -17,7 +17,6 @@ import torch
 from google.protobuf import message as pb_message
 from torch import nn
 
-from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
@@ -63,7 +62,6 @@ def bn_variant(p: pb_message.Message, n_blobs: int | None = None) -> str:
     return kind
 
 
-@shapes.shape_rule("BN")
 def bn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 1 or len(ins[0]) != 4:
         raise ShapeRuleError(f"BN takes one 4-D bottom, got {list(ins)}")
@@ -126,7 +124,8 @@ def _stored_stats(blobs: list[torch.Tensor], eps: float) -> nn.Module:
     return bn
 
 
-@register("BN")
+@register("BN", shape=bn_shape,
+          fork="hszhao/PSPNet, yjxiong/caffe, alexgkendall/caffe-segnet, TimoSaemann/caffe-enet")
 def convert_bn(layer: Layer, net: Net) -> nn.Module:
     """BN of the forks (PSPNet/TSN, SegNet/ENet incl. bn_mode LEARN, PSPNet initial commit)."""
     try:
@@ -165,14 +164,13 @@ class MeanVarNorm(nn.Module):
         return y.reshape(x.shape)
 
 
-@shapes.shape_rule("MVN")
 def mvn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 1 or len(ins[0]) < 2:
         raise ShapeRuleError(f"MVN takes one bottom of 2+ axes, got {list(ins)}")
     return LayerShapes(tops=(ins[0],))
 
 
-@register("MVN")
+@register("MVN", shape=mvn_shape)
 def convert_mvn(layer: Layer, net: Net) -> nn.Module:
     """MVN: mean (and std, eps added to the std) over H*W or C*H*W."""
     mp = layer.param.mvn_param

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
-from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
@@ -51,7 +50,6 @@ def interp_geometry(p: pb_message.Message, h: int, w: int) -> tuple[int, int, in
     return -beg, he, we, oh, ow
 
 
-@shapes.shape_rule("Interp")
 def interp_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 1 or len(ins[0]) != 4:
         raise ShapeRuleError(f"Interp takes one 4-D bottom, got {list(ins)}")
@@ -73,7 +71,7 @@ class CaffeInterp(nn.Module):
         return F.interpolate(x, size=self.out, mode="bilinear", align_corners=True)
 
 
-@register("Interp")
+@register("Interp", shape=interp_shape, fork="DeepLab v2 / hszhao/PSPNet")
 def convert_interp(layer: Layer, net: Net) -> nn.Module:
     """Interp (DeepLab/PSPNet): crop by pads, bilinear with corner alignment."""
     _, _, h, w = net.blobs[layer.bottoms[0]].shape
@@ -114,7 +112,6 @@ def nearest_scale(up: pb_message.Message) -> int:
     return scale
 
 
-@shapes.shape_rule("Upsample")
 def upsample_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     up = p.upsample_param
     if len(ins) == 1:
@@ -152,7 +149,8 @@ class MaskUnpool2d(nn.Module):
         return y.unflatten(2, self.out)
 
 
-@register("Upsample")
+@register("Upsample", shape=upsample_shape,
+          fork="alexgkendall/caffe-segnet (mask); YOLO ports (nearest)")
 def convert_upsample(layer: Layer, net: Net) -> nn.Module:
     """Upsample: max-unpooling by a mask bottom (SegNet/ENet) or nearest by scale (YOLO ports)."""
     x = net.blobs[layer.bottoms[0]].shape
