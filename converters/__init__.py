@@ -12,11 +12,13 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     conv,
     efficient,
     elementwise,
+    fork_norm,
     norm,
     ocr,
     pooling,
     rcnn,
     recurrent,
+    resample,
     shape_ops,
     volumetric,
 )
