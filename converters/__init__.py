@@ -9,6 +9,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     activation,
     axpy,
     conv,
+    detection,
     elementwise,
     norm,
     pooling,
