@@ -119,7 +119,8 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
     if layer.blobs:
         scale = torch.from_numpy(np.asarray(layer.blobs[0], np.float32).reshape(-1).copy())
     else:  # Caffe's scale_filler default: constant 1 (or the filler's constant value)
-        value = p.scale_filler.value if p.scale_filler.type == "constant" else 1.0
+        filler = p.scale_filler
+        value = filler.value if _has(p, "scale_filler") and filler.type == "constant" else 1.0
         scale = torch.full((1 if p.channel_shared else shape[1],), float(value))
     if not p.channel_shared:
         scale = scale.reshape((1, -1) + (1,) * (ndim - 2))
