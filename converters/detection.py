@@ -441,3 +441,12 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
         layer.name, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
         float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k)
+
+
+# --------------------------------------------------------------------------- ReLU6 (SSDLite)
+
+@register("ReLU6", shape=lambda param, in_shapes: LayerShapes(tops=(in_shapes[0],)),
+          fork="chuanqi305/ssd")
+def convert_relu6(layer: Layer, net: Net) -> nn.Module:
+    """ReLU6 (chuanqi305's SSD fork, MobileNetV2-SSDLite): min(max(x, 0), 6)."""
+    return nn.ReLU6()
