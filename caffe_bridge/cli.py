@@ -523,6 +523,8 @@ def verify(net: str, weights: str | None, reference: str, input_path: str | None
                       {2, 3, 4}))
     if report.skipped:
         click.echo(f"skipped (not in the net): {', '.join(_show(s) for s in report.skipped)}")
+    for line in report.detections:
+        click.echo(_show(line))
     outputs = [p for p in (json_path, plot_path) if p is not None]
     if outputs:
         with atomic_outputs(outputs, force=force) as temps:
