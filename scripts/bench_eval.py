@@ -33,7 +33,7 @@ from caffe_bridge.data import (
 )
 from caffe_bridge.evaluate import evaluate, set_tf32
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import net_with_random_weights
+from caffe_bridge.random_weights import net_with_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"

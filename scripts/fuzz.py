@@ -677,7 +677,7 @@ def _convert_run(path: Path) -> Any:
     from caffe_bridge.build import build_module
     from caffe_bridge.codegen import generate
     from caffe_bridge.ir import load_net, with_weights
-    from caffe_bridge.testing import random_inputs, random_weights
+    from caffe_bridge.random_weights import random_inputs, random_weights
 
     net = load_net(path)
     if _size(net) > RUN_LIMIT:
