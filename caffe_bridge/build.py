@@ -123,17 +123,29 @@ def convert(
     *,
     outputs: Sequence[str] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    exact: bool = False,
 ) -> fx.GraphModule:
     """Convert a Caffe definition (and weights) to an eval-mode ``torch.fx.GraphModule``.
 
     ``forward`` takes the net's inputs (NCHW float32) in declaration order and returns its output
     blob, a tuple when there are several, or the blobs named in ``outputs``. ``input_shapes``
     is passed to :func:`caffe_bridge.load_net` (shapes of data layers' tops in train/test files).
+
+    By default the model is in its fast form (:mod:`caffe_bridge.fast`: BatchNorm folded into
+    convolutions, channels-last weights), which differs from Caffe's order of operations only
+    within float32 rounding (measured per net in ``tests/test_fast_default.py``). ``exact=True``
+    keeps one module per Caffe layer and Caffe's order of operations (every intermediate blob,
+    trainable BatchNorm modules).
     """
     net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel,
                                                                input_shapes=input_shapes)
     warn_unused_weights(net, caffemodel)
-    return build_module(net, outputs)
+    model = build_module(net, outputs)
+    if exact:
+        return model
+    from caffe_bridge.fast import make_fast
+
+    return make_fast(model)
 
 
 def warn_unused_weights(net: Net, caffemodel: str | os.PathLike[str] | None) -> None:
@@ -148,16 +160,10 @@ def warn_unused_weights(net: Net, caffemodel: str | os.PathLike[str] | None) -> 
 
 
 def optimize_for_inference(model: fx.GraphModule) -> fx.GraphModule:
-    """Opt-in speed-up of a converted model: BatchNorm folded into the preceding convolution,
-    weights in channels-last layout.
+    """The fast form of an exact converted model (a copy): what ``convert`` returns by default.
 
-    Not the default: folding changes the float32 rounding against Caffe's own order of operations
-    (Caffe normalises after the convolution). The difference is at the level of float32 rounding
-    (SE-ResNet-50: ~4e-7 relative); ``BENCHMARKS.md`` has the speed. Feed it channels-last inputs
-    (``x.contiguous(memory_format=torch.channels_last)``) for the full effect.
+    See :mod:`caffe_bridge.fast`. Feed it NCHW or channels-last inputs.
     """
-    import torch
-    from torch.fx.experimental.optimization import fuse
+    from caffe_bridge.fast import fast_model
 
-    fused = fuse(model.eval())  # keeps each surviving node's meta (its Caffe layer name)
-    return fused.to(memory_format=torch.channels_last)
+    return fast_model(model)

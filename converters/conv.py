@@ -8,6 +8,7 @@ other than 1 folds the leading axes into the batch; several bottoms share the we
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -119,10 +120,12 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
                                     f"{x}); only 1 to 3 are supported")
     geo = shapes.conv_geometry(cp, n_sp)
     channels, group = x[axis], cp.group
-    table = _DECONV if deconv else _CONV
+    cls, extra = _DECONV[n_sp] if deconv else _CONV[n_sp], {}
+    if not deconv and _pointwise_classifier(x, geo, group, axis, len(layer.bottoms)):
+        cls, extra = BlockedPointwiseConv2d, {"blocks": math.gcd(channels, MAX_BLOCKS)}
     make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
-    conv = make(table[n_sp], channels, cp.num_output, geo.kernel, stride=geo.stride,
-                padding=geo.pad, dilation=geo.dilation, groups=group, bias=cp.bias_term)
+    conv = make(cls, channels, cp.num_output, geo.kernel, stride=geo.stride,
+                padding=geo.pad, dilation=geo.dilation, groups=group, bias=cp.bias_term, **extra)
     params = {"weight": conv.weight}
     if cp.bias_term:
         params["bias"] = conv.bias
@@ -147,6 +150,68 @@ def convert_deconvolution(layer: Layer, net: Net) -> nn.Module:
     return _conv_family(layer, net, deconv=True)
 
 
+MAX_BLOCKS = 128  # InnerProduct: partial dot products summed at the end (see BlockedLinear)
+
+
+def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``x @ weight.T`` over x's last axis, each dot product summed as ``blocks`` partial sums.
+
+    For one row PyTorch's CPU ``linear`` is a matrix-vector product that sums each output's
+    terms in long float32 chains: ResNet-50's classifier at batch 1 put its softmax 1.0e-6 from
+    the float64 result where OpenCV's is 4.5e-7 (mean of 6 inputs). Partial sums over 128 blocks
+    (one ``bmm``, then ``sum``) bring it to 3.3e-7, at any batch size.
+    """
+    out, k = weight.shape
+    parts = x.reshape(-1, blocks, k // blocks).transpose(0, 1)
+    y = torch.bmm(parts, weight.reshape(out, blocks, -1).permute(1, 2, 0)).sum(0)
+    return y.reshape(x.shape[:-1] + (out,))
+
+
+class BlockedLinear(nn.Linear):
+    """``nn.Linear`` with the dot products of :func:`blocked_matmul`; the bias added last, as
+    Caffe does. Weights and state dict are ``nn.Linear``'s."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 blocks: int = 1, **kwargs: object) -> None:
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocks == 1:
+            return super().forward(x)
+        y = blocked_matmul(x, self.weight, self.blocks)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, blocks={self.blocks}"
+
+
+class BlockedPointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d`` computed as :func:`blocked_matmul`
+    over the channel axis (used where the definition gives it a 1x1 input: a classifier)."""
+
+    def __init__(self, *args: object, blocks: int = 1, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = blocked_matmul(x.movedim(1, -1), self.weight.flatten(1), self.blocks)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, blocks={self.blocks}"
+
+
+def _pointwise_classifier(x: tuple[int, ...], geo: shapes.ConvGeometry, group: int,
+                          axis: int, n_bottoms: int) -> bool:
+    """A 1x1 convolution over a 1x1 blob: a matrix-vector product at batch 1."""
+    return (len(x) == 4 and axis == 1 and n_bottoms == 1 and group == 1
+            and all(v == 1 for v in (*x[2:], *geo.kernel, *geo.stride))
+            and not any(geo.pad) and math.gcd(x[1], MAX_BLOCKS) > 1)
+
+
 @register("InnerProduct", shape=shapes.inner_product_shapes)
 def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
     """InnerProduct: flatten from ``axis``, then nn.Linear (weight transposed if ``transpose``)."""
@@ -156,7 +221,7 @@ def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
     k = int(np.prod(x[axis:], dtype=np.int64))
     n = ip.num_output
     make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
-    linear = make(nn.Linear, k, n, bias=ip.bias_term)
+    linear = make(BlockedLinear, k, n, bias=ip.bias_term, blocks=math.gcd(k, MAX_BLOCKS))
     if layer.blobs:
         w = np.asarray(layer.blobs[0], dtype=np.float32)
         w = w.reshape(k, n).T if ip.transpose else w.reshape(n, k)

@@ -1,18 +1,20 @@
-"""Benchmark inference of converted SE-ResNet-50 on CPU against two other implementations.
+"""Inference speed of converted nets on CPU, measured against this machine's own limits.
 
-1. batch 1: the converted ``torch.fx`` module against OpenCV's dnn module running the same
-   definition (its Axpy-swapped copy, ``caffe_bridge.opencv_reference.opencv_definition``) and
-   the same weights and input; OpenCV with its default Winograd convolutions and with them off
-   (the    accurate setting that ``opencv_forward`` uses).
-2. batch 8: the converted generic module against the idiomatic
-   ``caffe_bridge.models.senet.se_resnet50`` loaded with the same weights (``from_caffe``).
+In one run: the fp32 GEMM rate (``torch.mm`` of two large square matrices, best of N) and the
+memory bandwidth (a large tensor copy: bytes read + written per second); then SE-ResNet-50,
+SENet-154, ResNet-50 and MobileNet v2 (the vendored definitions, seeded random weights) at
+batch 1 and batch 16, each as GFLOP/s (FLOPs from ``caffe_bridge.summary``, 2 x multiply-adds)
+and as a percentage of the GEMM rate; MobileNet v2 is memory-bound, so it is also given as
+bytes/s (every layer's bottoms, tops and weights moved once) against the copy bandwidth.
+Beside each: the exact model (``convert(exact=True)``) and OpenCV dnn on the same definition
+and weights (Winograd on, its default). ``--profile`` adds a torch.profiler table of the
+default model of SE-ResNet-50 at batch 1 (where the time goes).
 
-Seeded random weights (``caffe_bridge.random_weights.random_weights``); the same number of threads
-for torch and OpenCV (``torch.set_num_threads`` and ``cv2.setNumThreads``); best of ``--repeats``
-timed runs after ``--warmup`` untimed ones. Each pair's outputs are compared too, so a fast
-wrong answer is visible.
+The same number of threads for torch and OpenCV; best of ``--repeats`` timed runs after one
+warm-up. Each model's output is compared with the exact model's, so a fast wrong answer shows.
 
-    python scripts/bench_infer.py [--threads N] [--repeats 20] [--warmup 3] [--batch 8]
+    python scripts/bench_infer.py [--threads N] [--repeats 5] [--nets SE-ResNet-50,...]
+        [--batches 1,16] [--profile] [--idiomatic 8]
 """
 
 from __future__ import annotations
@@ -29,31 +31,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caffe_bridge.build import convert, optimize_for_inference
+from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
-from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.ir import Net, load_net, with_weights
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_definition
 from caffe_bridge.random_weights import random_inputs, random_weights
+from caffe_bridge.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
+FIXTURES = REPO / "tests" / "fixtures"
+PROTOTXT = FIXTURES / "senet" / "SE-ResNet-50.prototxt"
+NETS = {
+    "SE-ResNet-50": FIXTURES / "senet" / "SE-ResNet-50.prototxt",
+    "SENet-154": FIXTURES / "senet" / "SENet-154.prototxt",
+    "ResNet-50": FIXTURES / "zoo" / "resnet50_kaiming_deploy.prototxt",
+    "MobileNet-v2": FIXTURES / "zoo" / "mobilenet_v2_deploy.prototxt",
+}
+MEMORY_BOUND = {"MobileNet-v2"}
 
 
-def prototxt_path(folder: Path) -> Path:
-    """The released SE-ResNet-50 definition, else the same layout generated from the model."""
-    if PROTOTXT.is_file():
-        return PROTOTXT
-    from caffe_bridge.models import senet
-    from caffe_bridge.models.senet_caffe import caffe_prototxt_text
-
-    path = folder / "SE-ResNet-50.prototxt"
-    path.write_text(caffe_prototxt_text(senet.se_resnet50(), "SE-ResNet-50"), encoding="utf-8")
-    return path
-
-
-def best_of(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    """Fastest wall time of ``repeats`` calls, in milliseconds, after ``warmup`` calls."""
+def best_of(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Fastest wall time of ``repeats`` calls, in seconds, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     best = float("inf")
@@ -61,104 +60,179 @@ def best_of(fn: Callable[[], object], repeats: int, warmup: int) -> float:
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return best
+
+
+def gemm_gflops(n: int, repeats: int) -> float:
+    """fp32 ``torch.mm`` of two n x n matrices: GFLOP/s (2 n^3 per product)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    return 2 * n**3 / best_of(lambda: torch.mm(a, b, out=out), repeats) / 1e9
+
+
+def copy_bandwidth(mbytes: int, repeats: int) -> float:
+    """Bytes read + written per second by one large float32 copy (GB/s)."""
+    src = torch.ones(mbytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / best_of(lambda: dst.copy_(src), repeats) / 1e9
+
+
+def bytes_moved(net: Net, batch: int) -> int:
+    """Every layer's bottoms and tops once (per image x batch) plus its weights once, float32."""
+    total = 0
+    for layer in net.layers:
+        for blob in (*layer.bottoms, *layer.tops):
+            total += 4 * batch * int(np.prod(net.blobs[blob].shape[1:]))
+        total += 4 * sum(int(np.prod(s)) for s in layer.param_shapes)
+    return total
+
+
+def _opencv(fixed: Path, caffemodel: Path, x: np.ndarray) -> Callable[[], np.ndarray]:
+    import cv2
+
+    cvnet = cv2.dnn.readNetFromCaffe(str(fixed), str(caffemodel))
+
+    def run() -> np.ndarray:
+        cvnet.setInput(x)
+        return cvnet.forward()
+
+    return run
+
+
+def bench_net(key: str, batches: list[int], args: argparse.Namespace, gemm: float, bw: float,
+              tmp: Path) -> dict[str, object]:
+    proto = NETS[key]
+    net = load_net(proto)
+    weights = random_weights(net, args.seed)
+    net = with_weights(net, weights)
+    flops = summarize(net).total_flops  # per image (the definition's batch is 1)
+    caffemodel = tmp / f"{key}.caffemodel"
+    write_caffemodel(caffemodel, weights, name=net.name)
+    fixed = tmp / f"{key}.prototxt"
+    fixed.write_text(opencv_definition(proto) or proto.read_text(), encoding="utf-8")
+    exact, fast = convert(net, exact=True), convert(net)
+    out: dict[str, object] = {"gflop_per_image": round(flops / 1e9, 3)}
+    for batch in batches:
+        x = random_inputs(net, args.seed + 1, batch=batch)[net.inputs[0]]
+        t = torch.from_numpy(x)
+        with torch.inference_mode():
+            want = exact(t).numpy()
+            row: dict[str, object] = {"rel_err_fast": rel_err(fast(t).numpy(), want)}
+            for label, model in (("fast", fast), ("exact", exact)):
+                secs = best_of(lambda m=model, t=t: m(t), args.repeats)
+                row[f"{label}_ms"] = round(secs * 1e3, 2)
+        if not args.no_opencv:
+            run_cv = _opencv(fixed, caffemodel, x)
+            row["rel_err_opencv"] = rel_err(np.asarray(run_cv()).reshape(want.shape), want)
+            row["opencv_ms"] = round(best_of(run_cv, args.repeats) * 1e3, 2)
+        for label in ("fast", "exact", "opencv"):
+            if f"{label}_ms" in row:
+                rate = flops * batch / (row[f"{label}_ms"] / 1e3) / 1e9
+                row[f"{label}_gflops"] = round(rate, 1)
+                row[f"{label}_pct_gemm"] = round(100 * rate / gemm, 1)
+                if key in MEMORY_BOUND:
+                    gbs = bytes_moved(net, batch) / (row[f"{label}_ms"] / 1e3) / 1e9
+                    row[f"{label}_GBps"] = round(gbs, 1)
+                    row[f"{label}_pct_bandwidth"] = round(100 * gbs / bw, 1)
+        out[f"batch{batch}"] = row
+        print(f"{key:13s} b{batch:<3d} " + "  ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+            flush=True)
+    return out
+
+
+def profile(tmp: Path, seed: int, rows: int = 25) -> None:
+    """torch.profiler table (self CPU time by op) of the default SE-ResNet-50 at batch 1."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    net = load_net(NETS["SE-ResNet-50"])
+    net = with_weights(net, random_weights(net, seed))
+    fast = convert(net)
+    t = torch.from_numpy(random_inputs(net, seed + 1, batch=1)[net.inputs[0]])
+    with torch.inference_mode():
+        for _ in range(2):
+            fast(t)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                fast(t)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def bench_idiomatic(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    """The converted generic SE-ResNet-50 against the idiomatic ``se_resnet50`` (same weights)."""
+    results: dict[str, object] = {}
+    proto = PROTOTXT
+    net = load_net(proto)
+    weights = random_weights(net, args.seed)
+    net = with_weights(net, weights)
+    caffemodel = tmp / "idiomatic.caffemodel"
+    write_caffemodel(caffemodel, weights, name=net.name)
+    model = convert(net)
+    print(f"\nbatch {args.idiomatic}")
+    xb = torch.from_numpy(random_inputs(net, args.seed + 2, batch=args.idiomatic)["data"])
+    try:
+        from caffe_bridge.models.senet_caffe import from_caffe
+    except ImportError as err:
+        print(f"  idiomatic SENet: pending ({err})")
+        results["idiomatic"] = "pending"
+    else:
+        idiomatic = from_caffe(proto, caffemodel).eval()
+        with torch.inference_mode():
+            probs = model(xb).numpy()
+            logits = idiomatic(xb)
+            err = rel_err(torch.softmax(logits, 1).numpy(), probs)
+            ms_gen = 1e3 * best_of(lambda: model(xb), args.repeats)
+            ms_idi = 1e3 * best_of(lambda: idiomatic(xb), args.repeats)
+        print(f"  converted (torch.fx)        {ms_gen:8.1f} ms")
+        print(f"  idiomatic senet.se_resnet50 {ms_idi:8.1f} ms   converted/idiomatic time "
+              f"{ms_gen / ms_idi:5.2f}   rel. max error (softmax) {err:.1e}")
+        results.update({
+            f"batch{args.idiomatic}_converted_ms": round(ms_gen, 2),
+            f"batch{args.idiomatic}_idiomatic_ms": round(ms_idi, 2),
+            f"batch{args.idiomatic}_ratio_converted_over_idiomatic": round(ms_gen / ms_idi, 3),
+            f"batch{args.idiomatic}_rel_err_idiomatic": err,
+        })
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8, help="batch of the generic/idiomatic part")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--gemm-n", type=int, default=2048)
+    ap.add_argument("--copy-mb", type=int, default=512)
+    ap.add_argument("--no-opencv", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--idiomatic", type=int, default=0,
+                    help="also time the idiomatic se_resnet50 at this batch (0: no)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import cv2
-
     torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"threads: torch {torch.get_num_threads()}, OpenCV {cv2.getNumThreads()}; "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}; best of {args.repeats} "
-          f"after {args.warmup} warm-up runs")
-    results: dict[str, object] = {"threads": args.threads, "repeats": args.repeats}
+    if not args.no_opencv:
+        import cv2
 
+        cv2.setNumThreads(args.threads)
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"threads {args.threads}; torch {torch.__version__}; best of {args.repeats}")
+    gemm = gemm_gflops(args.gemm_n, args.repeats)
+    bw = copy_bandwidth(args.copy_mb, args.repeats)
+    print(f"fp32 GEMM ({args.gemm_n}^2): {gemm:.1f} GFLOP/s; copy bandwidth: {bw:.1f} GB/s",
+          flush=True)
+    results: dict[str, object] = {"threads": args.threads, "repeats": args.repeats,
+                                  "gemm_gflops": round(gemm, 1), "copy_GBps": round(bw, 1)}
+    batches = [int(b) for b in args.idiomatices.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp_name:
         tmp = Path(tmp_name)
-        proto = prototxt_path(tmp)
-        net = load_net(proto)
-        weights = random_weights(net, args.seed)
-        net = with_weights(net, weights)
-        caffemodel = tmp / "weights.caffemodel"
-        write_caffemodel(caffemodel, weights, name=net.name)
-        fixed = tmp / "for_opencv.prototxt"
-        fixed.write_text(opencv_definition(proto) or proto.read_text(), encoding="utf-8")
-        model = convert(net)
-
-        # -- 1. batch 1: converted vs OpenCV ----------------------------------------------------
-        x1 = random_inputs(net, args.seed + 1, batch=1)["data"]
-        t1 = torch.from_numpy(x1)
-        with torch.inference_mode():
-            ours1 = model(t1).numpy()
-        print("\nbatch 1")
-        with torch.inference_mode():
-            ms_ours = best_of(lambda: model(t1), args.repeats, args.warmup)
-        print(f"  converted (torch.fx)        {ms_ours:8.1f} ms")
-        results["batch1_converted_ms"] = round(ms_ours, 2)
-        fast = optimize_for_inference(convert(net))  # opt-in: BN folded, channels-last
-        t1_cl = t1.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            err_fast = rel_err(fast(t1_cl).numpy(), ours1)
-            ms_fast = best_of(lambda: fast(t1_cl), args.repeats, args.warmup)
-        print(f"  optimize_for_inference      {ms_fast:8.1f} ms   rel. max error vs exact "
-              f"{err_fast:.1e}")
-        results["batch1_optimized_ms"] = round(ms_fast, 2)
-        results["batch1_rel_err_optimized"] = err_fast
-        for label, winograd in (("default", True), ("winograd_off", False)):
-            cvnet = cv2.dnn.readNetFromCaffe(str(fixed), str(caffemodel))
-            cvnet.enableWinograd(winograd)
-
-            def run_cv(cvnet: cv2.dnn.Net = cvnet) -> np.ndarray:
-                cvnet.setInput(x1)
-                return cvnet.forward()
-
-            out_cv = np.array(run_cv())
-            ms_cv = best_of(run_cv, args.repeats, args.warmup)
-            err = rel_err(ours1, out_cv)
-            name = f"OpenCV dnn ({label})"
-            print(f"  {name:28s}{ms_cv:8.1f} ms   converted/OpenCV time "
-                  f"{ms_ours / ms_cv:5.2f}   rel. max error {err:.1e}")
-            results[f"batch1_opencv_{label}_ms"] = round(ms_cv, 2)
-            results[f"batch1_ratio_converted_over_opencv_{label}"] = round(ms_ours / ms_cv, 3)
-            results[f"batch1_rel_err_opencv_{label}"] = err
-            results[f"batch1_ratio_optimized_over_opencv_{label}"] = round(ms_fast / ms_cv, 3)
-            print(f"  {'':28s}{'':8s}    optimized/OpenCV time {ms_fast / ms_cv:5.2f}")
-
-        # -- 2. batch N: converted generic vs idiomatic SENet -------------------------------------
-        print(f"\nbatch {args.batch}")
-        xb = torch.from_numpy(random_inputs(net, args.seed + 2, batch=args.batch)["data"])
-        try:
-            from caffe_bridge.models.senet_caffe import from_caffe
-        except ImportError as err:
-            print(f"  idiomatic SENet: pending ({err})")
-            results["idiomatic"] = "pending"
-        else:
-            idiomatic = from_caffe(proto, caffemodel).eval()
-            with torch.inference_mode():
-                probs = model(xb).numpy()
-                logits = idiomatic(xb)
-                err = rel_err(torch.softmax(logits, 1).numpy(), probs)
-                ms_gen = best_of(lambda: model(xb), args.repeats, args.warmup)
-                ms_idi = best_of(lambda: idiomatic(xb), args.repeats, args.warmup)
-            print(f"  converted (torch.fx)        {ms_gen:8.1f} ms")
-            print(f"  idiomatic senet.se_resnet50 {ms_idi:8.1f} ms   converted/idiomatic time "
-                  f"{ms_gen / ms_idi:5.2f}   rel. max error (softmax) {err:.1e}")
-            results.update({
-                f"batch{args.batch}_converted_ms": round(ms_gen, 2),
-                f"batch{args.batch}_idiomatic_ms": round(ms_idi, 2),
-                f"batch{args.batch}_ratio_converted_over_idiomatic": round(ms_gen / ms_idi, 3),
-                f"batch{args.batch}_rel_err_idiomatic": err,
-            })
+        for key in args.nets.split(","):
+            results[key] = bench_net(key, batches, args, gemm, bw, tmp)
+        if args.profile:
+            profile(tmp, args.seed)
+        if args.idiomatic:
+            results["idiomatic"] = bench_idiomatic(args, tmp)
     print("\n" + json.dumps(results))
 
 
