@@ -15,6 +15,11 @@ of each is reported with their ratio (the goal is <= ``--goal``). The prototxt i
 (``caffe_bridge.random_weights.random_weights``) and lives in a temporary folder.
 
     python scripts/bench_convert.py [--repeat 5] [--goal 1.5] [--keep DIR] [--baseline REV]
+        [--arch SENet-154] [--rss-goal 2.0]
+
+Each subprocess's peak RSS is taken from ``os.wait4``; the convert's is reported as the
+interpreter's baseline (``python -c "import caffe_bridge.cli, torch"``) plus a multiple of the
+caffemodel's size (goal <= ``--rss-goal``).
 
 The package is byte-compiled first (``compileall``, as installing a wheel does: this
 environment may set ``PYTHONDONTWRITEBYTECODE``, which would make every run recompile it while
@@ -37,8 +42,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
+SENET = REPO / "tests" / "fixtures" / "senet"
+PROTOTXT = SENET / "SE-ResNet-50.prototxt"
 ARCH = "SE-ResNet-50"
+BASELINE = "import caffe_bridge.cli, torch"  # the interpreter's own peak RSS, for the RSS goal
 
 FLOOR = r"""
 import json, sys
@@ -52,7 +59,7 @@ torch.save(state, sys.argv[3])
 """
 
 
-def prepare(folder: Path) -> tuple[Path, Path, Path, Path]:
+def prepare(folder: Path, arch: str = ARCH) -> tuple[Path, Path, Path, Path]:
     """Write the prototxt (if generated), the caffemodel and the floor's raw weights."""
     from caffe_bridge.build import convert
     from caffe_bridge.caffemodel import write_caffemodel
@@ -60,8 +67,10 @@ def prepare(folder: Path) -> tuple[Path, Path, Path, Path]:
     from caffe_bridge.ir import load_net
     from caffe_bridge.random_weights import random_weights
 
-    if PROTOTXT.is_file():
-        prototxt = PROTOTXT
+    if (SENET / f"{arch}.prototxt").is_file():
+        prototxt = SENET / f"{arch}.prototxt"
+    elif arch != ARCH:
+        raise SystemExit(f"no {arch}.prototxt in {SENET}")
     else:
         from caffe_bridge.models.senet import se_resnet50
         from caffe_bridge.models.senet_caffe import caffe_prototxt_text
@@ -71,9 +80,11 @@ def prepare(folder: Path) -> tuple[Path, Path, Path, Path]:
     net = load_net(prototxt)
     weights = random_weights(net, seed=0)
     types = {layer.name: layer.type for layer in net.layers}
-    caffemodel = folder / f"{ARCH}.caffemodel"
+    caffemodel = folder / f"{arch}.caffemodel"
     write_caffemodel(caffemodel, weights, net.name, types={k: types[k] for k in weights})
-    state = state_dict_for_saving(convert(prototxt, caffemodel))
+    del weights
+    # the tensors the CLI writes: the generated code is the exact model
+    state = state_dict_for_saving(convert(prototxt, caffemodel, exact=True))
     raw, index = folder / "floor.raw", folder / "floor.json"
     entries = []
     with open(raw, "wb") as f:
@@ -114,20 +125,32 @@ def compile_tree(root: Path) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    """Wall time of one subprocess, which must succeed."""
-    t0 = time.perf_counter()
-    # cwd: not the repository, whose caffe_bridge/ would shadow a baseline's (python -c)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n{proc.stderr}")
-    return wall
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall time (s) and peak RSS (bytes, ``os.wait4``'s rusage) of one subprocess, which must
+    succeed."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        # cwd: not the repository, whose caffe_bridge/ would shadow a baseline's (python -c)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                cwd=tempfile.gettempdir())
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n"
+                             f"{err.read().decode(errors='replace')}")
+    return wall, usage.ru_maxrss * 1024  # Linux: KiB
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs of each (best of)")
+    parser.add_argument("--arch", default=ARCH,
+                        help="a released SENet of tests/fixtures/senet (e.g. SENet-154)")
+    parser.add_argument("--rss-goal", type=float, default=2.0,
+                        help="largest peak RSS of a convert, in caffemodel sizes above the "
+                             "interpreter's baseline (`import caffe_bridge.cli, torch`)")
     parser.add_argument("--goal", type=float, default=1.5, help="largest acceptable ratio")
     parser.add_argument("--baseline", metavar="REV", default=None,
                         help="also time the convert of this git revision (e.g. HEAD)")
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        prototxt, caffemodel, raw, index = prepare(folder)
+        prototxt, caffemodel, raw, index = prepare(folder, args.arch)
         print(f"prepared {caffemodel.name} ({caffemodel.stat().st_size / 1e6:.1f} MB) from "
               f"{prototxt} in {time.perf_counter() - t0:.1f} s", flush=True)
         out = folder / "out"
@@ -150,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                "--force", "-q"]
         floor = [sys.executable, "-c", FLOOR, str(index), str(raw), str(floor_pth)]
         runs: dict[str, tuple[list[str], dict[str, str] | None]] = {
-            "convert": (cli, None), "floor": (floor, None)}
+            "convert": (cli, None), "floor": (floor, None),
+            "baseline RSS": ([sys.executable, "-c", BASELINE], None)}
         if not args.no_compile:
             compile_tree(REPO)
         if args.baseline:
@@ -163,13 +187,19 @@ def main(argv: list[str] | None = None) -> int:
             base[base.index(str(out))] = str(folder / "out-baseline")
             runs[f"baseline {args.baseline}"] = (base, env)
         times: dict[str, list[float]] = {k: [] for k in runs}
+        rss: dict[str, list[int]] = {k: [] for k in runs}
         for i in range(args.repeat):
             for name, (argv_, env_) in runs.items():
-                times[name].append(timed(argv_, env_))
+                wall, peak = timed(argv_, env_)
+                times[name].append(wall)
+                rss[name].append(peak)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                   flush=True)
         ours_pth = out / f"{prototxt.stem}.pth"
-        sizes = {"convert .pth": ours_pth.stat().st_size, "floor .pth": floor_pth.stat().st_size}
+        sizes = {"caffemodel": caffemodel.stat().st_size, "convert .pth": ours_pth.stat().st_size,
+                 "floor .pth": floor_pth.stat().st_size}
+    base_rss = min(rss.pop("baseline RSS"))
+    times.pop("baseline RSS")
     best = {k: min(v) for k, v in times.items()}
     ratio = best["convert"] / best["floor"]
     print()
@@ -182,7 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<{width}} best of {args.repeat}: {v:.2f} s{note}")
     verdict = "ok" if ratio <= args.goal else "over"
     print(f"ratio: {ratio:.2f}x (goal <= {args.goal}x: {verdict})")
-    return 0 if ratio <= args.goal else 1
+    size = sizes["caffemodel"]
+    for k, v in rss.items():
+        print(f"peak RSS {k}: {max(v) / 1e6:.0f} MB = baseline {base_rss / 1e6:.0f} MB + "
+              f"{(max(v) - base_rss) / size:.2f}x the caffemodel")
+    extra = (max(rss["convert"]) - base_rss) / size
+    rss_ok = extra <= args.rss_goal
+    print(f"convert peak RSS: baseline + {extra:.2f}x the caffemodel (goal <= {args.rss_goal}x: "
+          f"{'ok' if rss_ok else 'over'})")
+    return 0 if ratio <= args.goal and rss_ok else 1
 
 
 if __name__ == "__main__":

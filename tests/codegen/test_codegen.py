@@ -113,7 +113,7 @@ def _fresh_run(py: Path, pth: Path, inputs: dict[str, np.ndarray], cwd: Path) ->
 def _converted_outputs(proto: Path, model: Path, inputs: dict[str, np.ndarray]) -> list:
     from caffe_bridge import convert
 
-    gm = convert(proto, model)
+    gm = convert(proto, model, exact=True)  # the generated code is the exact model
     with torch.no_grad():
         y = gm(*(torch.from_numpy(v) for v in inputs.values()))
     return [t.numpy() for t in (y if isinstance(y, tuple) else (y,))]
