@@ -106,3 +106,11 @@ def test_mvn_eps_on_std_trap():
 
 def test_mvn_2d():
     check_layer(net_text(layer_text("MVN", "mvn_param { across_channels: true }"), (3, 6)))
+
+
+def test_tsn_blobs_stored_2d():
+    """yjxiong/caffe (TSN) stores the four blobs as 1 x C: accepted by count."""
+    text = net_text(layer_text("BN", "bn_param { frozen: true }"), (2, 3, 4, 4))
+    rng = np.random.default_rng(0)
+    blobs = [rng.uniform(0.5, 1.5, (1, 3)).astype(np.float32) for _ in range(4)]
+    check_layer(text, weights={"l": blobs})

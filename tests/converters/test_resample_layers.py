@@ -3,6 +3,8 @@ Deconvolution against the numpy reference, with the traps of the naive PyTorch m
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,27 @@ def test_deconvolution_as_fixed_bilinear_upsampling():
     want = 0.75 * 0.75 * x[0, :, 1, 1] + 0.25 * 0.75 * (x[0, :, 2, 1] + x[0, :, 1, 2]) \
         + 0.25 * 0.25 * x[0, :, 2, 2]
     assert np.allclose(yy[:, 3, 3], want, atol=1e-6)  # output 3 ~ input 1.25
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="OpenCV is not installed")
+def test_opencv_interp_traps(tmp_path):
+    """OpenCV's Interp matches the source for zoom_factor and height/width, but ignores
+    pad_beg/pad_end (no crop: a larger output) and cannot size a shrink_factor output.
+    The source decides; the converter crops and shrinks as interp_layer.cpp does."""
+    from caffe_bridge.references import opencv_forward
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 6)).astype(np.float32)
+
+    def both(param: str):
+        text = net_text(layer_text("Interp", f"interp_param {{ {param} }}"), x.shape)
+        path = tmp_path / "interp.prototxt"
+        path.write_text(text)
+        ours = build_module(net_from_text(text))(torch.from_numpy(x)).detach().numpy()
+        return ours, opencv_forward(path, {}, {"data": x})["out"]
+
+    ours, cv = both("zoom_factor: 4")
+    assert ours.shape == cv.shape == (1, 2, 17, 21) and np.abs(ours - cv).max() < 1e-5
+    ours, cv = both("zoom_factor: 2 pad_beg: -1 pad_end: -1")
+    assert ours.shape == (1, 2, 5, 7) and cv.shape == (1, 2, 9, 11)
+    with pytest.raises(CaffeBridgeError):
+        both("shrink_factor: 2")
