@@ -112,8 +112,8 @@ def test_deeplab_v2_every_blob_agrees_with_opencv(run: Callable[[str], Run]) -> 
 @pytest.mark.parametrize("key", ["pspnet50", "enet", "segnet"])
 def test_opencv_refuses_fork_layers(key: str, run: Callable[[str], Run]) -> None:
     r = run(key)
-    with pytest.raises(CaffeBridgeError):
-        opencv_forward(r.path, r.caffemodel, r.feeds, [r.output])
+    with pytest.raises(CaffeBridgeError, match="OpenCV rejects the net"):
+        opencv_forward(r.path, r.caffemodel, r.feeds, [r.output])  # bn_param, upsample_param
 
 
 GENERATED_RUNNER = """

@@ -114,3 +114,11 @@ def test_tsn_blobs_stored_2d():
     rng = np.random.default_rng(0)
     blobs = [rng.uniform(0.5, 1.5, (1, 3)).astype(np.float32) for _ in range(4)]
     check_layer(text, weights={"l": blobs})
+
+
+@pytest.mark.parametrize(("body", "tops"), [("bn_param { axis: 3 }", ("out",)),
+                                            ("bn_param { bn_mode: LEARN }", ("out", "mean"))])
+def test_bn_refusals(body, tops):
+    """axis other than 1/2 (initial variant), SegNet's batch mean/variance tops (training)."""
+    with pytest.raises(CaffeBridgeError):
+        net_from_text(net_text(layer_text("BN", body, tops=tops), (1, 2, 3, 3)))
