@@ -53,6 +53,18 @@ def test_interp_traps_of_the_naive_mapping():
                                              align_corners=True))
 
 
+@pytest.mark.parametrize(("shape", "out"), [((1, 2, 4, 5), (1, 1)), ((1, 2, 1, 1), (3, 4)),
+                                           ((1, 2, 1, 5), (1, 9)), ((1, 2, 4, 5), (4, 5))])
+def test_interp_degenerate_sizes_agree_with_align_corners(shape, out):
+    """Where Caffe's formula has special cases (1-pixel output: r = 0, the top-left corner;
+    1-pixel input; same size: a copy) PyTorch's align_corners=True agrees with the reference."""
+    body = f"interp_param {{ height: {out[0]} width: {out[1]} }}"
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    check_layer(net_text(layer_text("Interp", body), shape), inputs={"data": x}, rtol=1e-6)
+    torch_y = F.interpolate(torch.from_numpy(x), size=out, mode="bilinear", align_corners=True)
+    assert torch.allclose(torch_y[..., 0, 0], torch.from_numpy(x)[..., 0, 0])
+
+
 @pytest.mark.parametrize("param", ["pad_beg: 1 zoom_factor: 2", "height: 3",
                                    "zoom_factor: 0"])
 def test_interp_refuses_bad_params(param):
