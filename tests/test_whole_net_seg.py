@@ -30,8 +30,8 @@ from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.codegen import write_module_files
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import load_net, with_weights
-from caffe_bridge.references import opencv_forward
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.opencv_reference import opencv_forward
+from caffe_bridge.random_weights import random_inputs, random_weights
 from layer_check import rel_err
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None

@@ -211,7 +211,7 @@ def test_opencv_interp_traps(tmp_path):
     """OpenCV's Interp matches the source for zoom_factor and height/width, but ignores
     pad_beg/pad_end (no crop: a larger output) and cannot size a shrink_factor output.
     The source decides; the converter crops and shrinks as interp_layer.cpp does."""
-    from caffe_bridge.references import opencv_forward
+    from caffe_bridge.opencv_reference import opencv_forward
 
     x = np.random.default_rng(0).standard_normal((1, 2, 5, 6)).astype(np.float32)
 
