@@ -228,3 +228,47 @@ def test_opencv_interp_traps(tmp_path):
     assert ours.shape == (1, 2, 5, 7) and cv.shape == (1, 2, 9, 11)
     with pytest.raises(CaffeBridgeError):
         both("shrink_factor: 2")
+
+
+def test_interp_random_geometries():
+    """Seeded sweep: sizes 1..9, every way of giving the output size, crops."""
+    rng = np.random.default_rng(11)
+    done = 0
+    while done < 25:
+        h, w = (int(v) for v in rng.integers(1, 10, 2))
+        beg, end = (int(v) for v in -rng.integers(0, 3, 2))
+        if h + beg + end < 1 or w + beg + end < 1:
+            continue
+        kind = done % 4
+        param = [f"zoom_factor: {rng.integers(1, 5)}", f"shrink_factor: {rng.integers(1, 4)}",
+                 f"height: {rng.integers(1, 12)} width: {rng.integers(1, 12)}",
+                 f"shrink_factor: {rng.integers(1, 4)} zoom_factor: {rng.integers(1, 4)}"][kind]
+        body = f"interp_param {{ {param} pad_beg: {beg} pad_end: {end} }}"
+        check_layer(net_text(layer_text("Interp", body), (2, 2, h, w)), seed=done)
+        done += 1
+
+
+def test_pooling_mask_random_geometries_with_ties():
+    """Seeded sweep of MAX pooling with a mask top on small-integer (tie-rich) inputs."""
+    rng = np.random.default_rng(12)
+    for i in range(20):
+        k = int(rng.integers(1, 4))
+        s, p = int(rng.integers(1, 4)), int(rng.integers(0, k))
+        h, w = (int(v) for v in rng.integers(k, 9, 2))
+        x = rng.integers(-2, 2, (2, 2, h, w)).astype(np.float32)
+        text = layer_text("Pooling", f"pooling_param {{ pool: MAX kernel_size: {k} stride: {s} "
+                          f"pad: {p} }}", tops=("out", "mask"))
+        check_layer(net_text(text, x.shape), inputs={"data": x}, rtol=0, seed=i)
+
+
+def test_pool_unpool_random_overlapping_windows_with_ties():
+    """Pooling mask straight into Upsample of the pooled input's size: overlapping windows
+    and ties make duplicate indices, where the later input must win."""
+    rng = np.random.default_rng(13)
+    for i in range(12):
+        k, s = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        h, w = (int(v) for v in rng.integers(k + 1, 9, 2))
+        x = rng.integers(-2, 2, (1, 2, h, w)).astype(np.float32)
+        text = net_text(POOL_UNPOOL.format(pool=f"kernel_size: {k} stride: {s}",
+                                           up=f"upsample_h: {h} upsample_w: {w}", c=2), x.shape)
+        check_layer(text, inputs={"data": x}, seed=i)
