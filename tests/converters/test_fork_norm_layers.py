@@ -122,3 +122,20 @@ def test_bn_refusals(body, tops):
     """axis other than 1/2 (initial variant), SegNet's batch mean/variance tops (training)."""
     with pytest.raises(CaffeBridgeError):
         net_from_text(net_text(layer_text("BN", body, tops=tops), (1, 2, 3, 3)))
+
+
+def test_modules_retrace_with_fx():
+    """Every module here re-traces with torch.fx and runs at another batch size."""
+    text = net_text("""
+layer { name: "a" type: "BN" bottom: "data" top: "a" bn_param { bn_mode: LEARN } }
+layer { name: "b" type: "BN" bottom: "a" top: "b" bn_param { bn_mode: INFERENCE } }
+layer { name: "c" type: "BN" bottom: "b" top: "c" bn_param { axis: 2 } }
+layer { name: "d" type: "BN" bottom: "c" top: "d" bn_param { frozen: true } }
+layer { name: "e" type: "MVN" bottom: "d" top: "e" }
+layer { name: "f" type: "Interp" bottom: "e" top: "f" interp_param { zoom_factor: 2 } }
+layer { name: "g" type: "Upsample" bottom: "f" top: "g" upsample_param { scale: 2 } }
+""", (2, 3, 4, 4))
+    net = net_from_text(text)
+    from caffe_bridge.random_weights import random_weights
+    gm = torch.fx.symbolic_trace(build_module(with_weights(net, random_weights(net, 0))))
+    assert gm(torch.randn(3, 3, 4, 4)).shape == (3, 3, 14, 14)
