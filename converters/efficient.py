@@ -85,7 +85,7 @@ def convolution_depthwise_shape(param: pb_message.Message, ins: Sequence[Shape])
 
 
 @register("ConvolutionDepthwise", shape=convolution_depthwise_shape,
-          fork="BVLC/caffe branch conv_dw_layer.cpp (farmingyard/ShuffleNet)")
+          fork="conv_dw_layer.cpp (ShuffleNet/MobileNet ports)")
 def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     """ConvolutionDepthwise: nn.Conv2d with groups = channels; num_output/group are ignored."""
     cp = layer.param.convolution_param
