@@ -8,7 +8,10 @@
 * ``ShuffleChannel`` (farmingyard/ShuffleNet shuffle_channel_layer.cpp): channels viewed as
   (group, C/group) and transposed.
 * ``ReLU6`` (eric612/MobileNet-YOLO relu6_layer.cpp, ``relu6_param``), ``Clip`` and ``Swish``
-  (BVLC), ``Mish`` (synopsys-caffe / troyliu0105 caffe mish_layer.cpp).
+  (BVLC), ``Mish`` (synopsys-caffe / troyliu0105 caffe mish_layer.cpp), ``HardSwish``
+  (Zeitzmz/micronet-caffe, synopsys-caffe hard_swish_layer.cpp). ``HardSigmoid`` is left out:
+  its forks disagree (synopsys-caffe reads alpha/beta from hard_sigmoid_param; eric612's and
+  troyliu0105's call a helper whose constants their sources do not pin down).
 """
 
 from __future__ import annotations
@@ -226,3 +229,9 @@ def convert_swish(layer: Layer, net: Net) -> nn.Module:
 def convert_mish(layer: Layer, net: Net) -> nn.Module:
     """Mish: ``x * tanh(softplus(x))``, softplus linear above 20 (torch.nn.Mish's own rule)."""
     return nn.Mish()
+
+
+@register("HardSwish", shape=shapes.same_shape, fork="Zeitzmz/micronet-caffe")
+def convert_hard_swish(layer: Layer, net: Net) -> nn.Module:
+    """HardSwish: ``x * min(max(x + 3, 0), 6) / 6`` (torch.nn.Hardswish, same order)."""
+    return nn.Hardswish()

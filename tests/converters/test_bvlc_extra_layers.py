@@ -153,3 +153,27 @@ def test_pooling3d_max_with_pad_is_refused() -> None:
 def test_convolution3d_bias_blob_shape() -> None:
     net = net_from_text(net_text(CASES["conv3d"][0], X5))
     assert net.layer("l").param_shapes == ((4, 3, 3, 3, 3), (1, 1, 1, 1, 4))
+
+
+SCALAR_SCALE = """layer { name: "r" type: "Reduction" bottom: "data" top: "s"
+  reduction_param { operation: MEAN coeff: 0.5 } }
+layer { name: "l" type: "Scale" bottom: "data" bottom: "s" top: "out" }
+layer { name: "b" type: "Bias" bottom: "out" bottom: "s" top: "out2" }
+"""
+
+PARAM_SCALE = """layer { name: "p" type: "Parameter" top: "g"
+  parameter_param { shape { dim: 6 dim: 7 } } }
+layer { name: "l" type: "Scale" bottom: "data" bottom: "g" top: "out" scale_param { axis: -2
+  bias_term: true } }
+"""
+
+
+def test_scale_and_bias_by_a_0d_blob() -> None:
+    """Reduction over every axis gives a 0-D blob; Scale / Bias take it as a scalar bottom[1]."""
+    net = net_from_text(net_text(SCALAR_SCALE, X4))
+    assert net.blobs["s"].shape == ()
+    check_layer(net_text(SCALAR_SCALE, X4), weights={})
+
+
+def test_scale_by_a_parameter_blob_from_a_negative_axis() -> None:
+    check_layer(net_text(PARAM_SCALE, X4))

@@ -14,7 +14,7 @@ from layer_check import check_batch, check_layer, net_from_text, net_text
 from layer_check import layer_text as one
 
 COVERS = {"ConvolutionDepthwise", "DepthwiseConvolution", "ShuffleChannel", "ReLU6", "Clip",
-          "Swish", "Mish"}
+          "Swish", "Mish", "HardSwish"}
 
 X4 = (2, 6, 5, 7)
 
@@ -46,6 +46,7 @@ CASES = {
     "swish": (one("Swish"), X4),
     "swish-beta": (one("Swish", "swish_param { beta: 1.7 }"), X4),
     "mish": (one("Mish"), X4),
+    "hard-swish": (one("HardSwish"), X4),
 }
 
 
@@ -107,7 +108,7 @@ def test_relu6_caps_and_leaks() -> None:
 
 def test_mish_and_swish_at_large_magnitudes() -> None:
     x = np.array([[-80.0, -25.0, -19.0, 0.0, 19.0, 25.0, 80.0]], dtype=np.float32)
-    for body in ("Mish", "Swish"):
+    for body in ("Mish", "Swish", "HardSwish"):
         check_layer(net_text(one(body), x.shape), inputs={"data": x})
 
 
