@@ -30,6 +30,7 @@ import torch
 import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
+from caffe_bridge.export import export_net
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.references import opencv_forward
 from caffe_bridge.testing import random_inputs, random_weights
@@ -146,3 +147,28 @@ def test_every_blob_agrees_with_numpy_reference(key: str,
 def test_logits_are_order_one(key: str, result: Callable[[str], Result]) -> None:
     std = float(result(key).ours[result(key).output].std())
     assert 0.05 < std < 20.0, f"{key}: output std {std:.3g}"
+
+
+
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime is not installed")
+@pytest.mark.parametrize("key", NETS)
+def test_onnx_export_with_dynamic_batch(key: str, tmp_path: Path) -> None:
+    """The new modules (depthwise, channel shuffle, ReLU6, ...) export; export_net checks the
+    ONNX run against PyTorch, batch axis dynamic."""
+    net = load_net(WILD / NETS[key])
+    net = with_weights(net, random_weights(net, 0))
+    (res,) = export_net(net, onnx=tmp_path / "m.onnx", dynamic_batch=True)
+    assert res.max_rel_err <= 1e-5, res
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_graph_re_traces_with_torch_fx(key: str) -> None:
+    net = load_net(WILD / NETS[key])
+    gm = convert(net)
+    traced = torch.fx.symbolic_trace(gm)
+    (x,) = (torch.from_numpy(a) for a in random_inputs(net, 2, batch=2).values())
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), gm(x), rtol=0, atol=0)
