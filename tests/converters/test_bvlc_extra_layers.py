@@ -177,3 +177,13 @@ def test_scale_and_bias_by_a_0d_blob() -> None:
 
 def test_scale_by_a_parameter_blob_from_a_negative_axis() -> None:
     check_layer(net_text(PARAM_SCALE, X4))
+
+
+@pytest.mark.parametrize("layer,shape", CASES.values(), ids=CASES.keys())
+def test_re_traces_with_torch_fx(layer: str, shape: tuple[int, ...]) -> None:
+    """Every module is fx-traceable: the whole graph re-traces and computes the same."""
+    gm = build_module(net_from_text(net_text(layer, shape)))
+    traced = torch.fx.symbolic_trace(gm)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), gm(x), rtol=0, atol=0)

@@ -132,3 +132,13 @@ def test_slice_into_many_tops_feeding_a_shuffle() -> None:
 def test_eltwise_with_negative_coeff() -> None:
     """x - relu6(x) - 0.5 x, as a MobileNetV3-style hard-swish residual would write it."""
     check_layer(net_text(ELTWISE_NEG, X4))
+
+
+@pytest.mark.parametrize("layer,shape", CASES.values(), ids=CASES.keys())
+def test_re_traces_with_torch_fx(layer: str, shape: tuple[int, ...]) -> None:
+    """Every module is fx-traceable: the whole graph re-traces and computes the same."""
+    gm = build_module(net_from_text(net_text(layer, shape)))
+    traced = torch.fx.symbolic_trace(gm)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), gm(x), rtol=0, atol=0)
