@@ -187,3 +187,26 @@ def test_re_traces_with_torch_fx(layer: str, shape: tuple[int, ...]) -> None:
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(traced(x), gm(x), rtol=0, atol=0)
+
+
+C3D_BLOCK = """layer { name: "conv1" type: "Convolution3D" bottom: "data" top: "conv1"
+  convolution3d_param { num_output: 4 kernel_size: 3 kernel_depth: 3 pad: 1 temporal_pad: 1
+  stride: 2 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution3D" bottom: "conv1" top: "conv2"
+  convolution3d_param { num_output: 4 kernel_size: 3 kernel_depth: 3 pad: 1 temporal_pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "conv1" bottom: "conv2" top: "sum" }
+layer { name: "pool" type: "Pooling3D" bottom: "sum" top: "pool"
+  pooling3d_param { pool: AVE kernel_size: 4 kernel_depth: 2 stride: 4 temporal_stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+  inner_product_param { num_output: 5 } }
+"""
+
+
+def test_c3d_resnet_style_block() -> None:
+    """C3D-v1.1's ResNet-18 pattern (Convolution3D, BatchNorm/Scale on 5-D, Eltwise,
+    Pooling3D, InnerProduct) end to end, with another batch too."""
+    check_layer(net_text(C3D_BLOCK, (2, 3, 5, 9, 9)))
+    check_batch(C3D_BLOCK, (1, 3, 5, 9, 9))
