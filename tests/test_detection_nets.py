@@ -27,7 +27,7 @@ from caffe_bridge import convert
 from caffe_bridge.converters.registry import REGISTRY
 from caffe_bridge.detection_report import compare_detections, detections
 from caffe_bridge.ir import Net, load_net, with_weights
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).parent / "fixtures" / "wild"
@@ -69,7 +69,7 @@ def _opencv_copy(path: Path, tmp: Path) -> Path:
 
 
 def compute(spec: Spec, tmp: Path) -> Result:
-    from caffe_bridge.references import opencv_forward
+    from caffe_bridge.opencv_reference import opencv_forward
 
     path = WILD / spec.file
     net = load_net(path)
