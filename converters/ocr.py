@@ -1,6 +1,5 @@
-"""The OCR forks' layers: `Lstm`, `Reverse`, `Transpose`, `CTCGreedyDecoder`; BVLC's `Im2col`.
-
-caffe_ocr's `DenseBlock` (a whole DenseNet block in one layer) is not converted yet.
+"""The OCR forks' layers: `Lstm`, `Reverse`, `Transpose`, `CTCGreedyDecoder`, `DenseBlock`;
+BVLC's `Im2col`.
 
 Sources: tianzhi0549/CTPN (caffe/src/caffe/layers/{lstm,reverse,transpose}_layer.cpp/.cu) and
 senlinuc/caffe_ocr (src/caffe/layers/lstm_layer_Junhyuk.cpp, reverse_layer.cpp,
@@ -234,3 +233,69 @@ def convert_ctc_greedy_decoder(layer: Layer, net: Net) -> nn.Module:
     classes = net.blobs[layer.bottoms[0]].shape[2]
     blank = classes - 1 if cp.blank_index < 0 else int(cp.blank_index)
     return CTCGreedyDecode(blank, bool(cp.ctc_merge_repeated))
+
+
+# ---------------------------------------------------------------- DenseBlock
+
+
+def _dense_layout(p: pb_message.Message) -> tuple[int, int, bool]:
+    dp = p.denseblock_param
+    n_t, growth, bc = int(dp.numTransition), int(dp.growthRate), bool(dp.use_BC)
+    if n_t <= 0 or growth <= 0:
+        raise ShapeRuleError(f"numTransition ({n_t}) and growthRate ({growth}) must be positive")
+    return n_t, growth, bc
+
+
+def dense_block_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    """N x C x H x W -> N x (C + numTransition * growthRate) x H x W; the fork's blob layout."""
+    if len(ins) != 1 or len(ins[0]) != 4:
+        raise ShapeRuleError(f"DenseBlock takes one N x C x H x W bottom, got {list(ins)}")
+    n_t, g, bc = _dense_layout(p)
+    n, c0, h, w = ins[0]
+    chans = [c0 + t * g for t in range(n_t)]
+    filters = [(g, 4 * g if bc else c, 3, 3) for c in chans]
+    per_c = [(1, c, 1, 1) for c in chans]
+    params = filters + per_c * 4
+    if bc:
+        params += [(4 * g, c, 1, 1) for c in chans] + [(1, 4 * g, 1, 1)] * (4 * n_t)
+    return LayerShapes(((n, c0 + n_t * g, h, w),), tuple(params) + ((1,),))
+
+
+class DenseBlockCudnn(nn.Module):
+    """caffe_ocr's DenseBlock (its GPU forward at test time): per transition BN-ReLU
+    [-Conv1x1-BN-ReLU]-Conv3x3, kernels flipped as CUDNN_CONVOLUTION, output appended."""
+
+    def __init__(self, blobs: list[torch.Tensor], n_t: int, bc: bool) -> None:
+        super().__init__()
+        self.n_t, self.bc = n_t, bc
+        for i, b in enumerate(blobs[:-1]):  # the last blob only matters to the CPU forward
+            is_filter = i < n_t or 5 * n_t <= i < 6 * n_t
+            # filters flipped once here, so that conv2d (a correlation) convolves as cuDNN does
+            self.register_buffer(f"b{i}", b.flip((2, 3)) if is_filter else b.reshape(-1))
+
+    def _blob(self, group: int, t: int) -> torch.Tensor:
+        return getattr(self, f"b{group * self.n_t + t}")
+
+    def _bn_relu(self, x: torch.Tensor, t: int, first: int) -> torch.Tensor:
+        scale, bias, mean, var = (self._blob(first + k, t) for k in range(4))
+        return F.relu(F.batch_norm(x, mean, var, scale, bias, False, 0.0, 1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = x
+        for t in range(self.n_t):
+            y = self._bn_relu(feats, t, 1)
+            if self.bc:
+                y = self._bn_relu(F.conv2d(y, self._blob(5, t)), t, 6)
+            feats = torch.cat([feats, F.conv2d(y, self._blob(0, t), padding=1)], 1)
+        return feats
+
+
+@register("DenseBlock", shape=dense_block_shape, fork="senlinuc/caffe_ocr")
+def convert_dense_block(layer: Layer, net: Net) -> nn.Module:
+    """DenseBlock (caffe_ocr): numTransition x BN-ReLU-[bottleneck-]Conv3x3, channels appended."""
+    n_t, _, bc = _dense_layout(layer.param)
+    if layer.blobs:
+        blobs = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
+    else:
+        blobs = [torch.zeros(s) for s in layer.param_shapes]
+    return DenseBlockCudnn(blobs, n_t, bc)

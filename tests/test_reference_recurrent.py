@@ -33,7 +33,7 @@ def run(layer: SimpleNamespace, *inputs: Any) -> list[np.ndarray]:
 
 def test_sequence_types_are_in_the_reference() -> None:
     assert {"LSTM", "RNN", "ContinuationIndicator", "Lstm", "Reverse", "Transpose", "Im2col",
-            "CTCGreedyDecoder"} <= reference.SUPPORTED
+            "CTCGreedyDecoder", "DenseBlock"} <= reference.SUPPORTED
 
 
 # ---------------------------------------------------------------- BVLC LSTM
@@ -201,3 +201,21 @@ def test_ctc_greedy_decoder_by_hand() -> None:
     assert run(plain, x)[0].ravel().tolist() == [1, 1, 1, 2, 2, -1]
     last = make_layer("CTCGreedyDecoder", "ctc_decoder_param { blank_index: -1 }")
     assert run(last, x)[0].ravel().tolist() == [1, 0, 1, -1, -1, -1]
+
+
+def test_dense_block_by_hand() -> None:
+    """One transition, growth 1: BN-ReLU then a 3 x 3 kernel with one 1 at (0, 0), which as a
+    true convolution reads the input at (h + 1, w + 1): the new channel is shifted up-left."""
+    x = np.arange(9.0).reshape(1, 1, 3, 3) - 4.0
+    kernel = np.zeros((1, 1, 3, 3))
+    kernel[0, 0, 0, 0] = 1.0
+    mean, var = 1.0, 4.0 - 1e-5  # (x - 1) / 2
+    blobs = (kernel, [[[[2.0]]]], [[[[0.5]]]], [[[[mean]]]], [[[[var]]]], [0.0])
+    layer = make_layer("DenseBlock", "denseblock_param { numTransition: 1 growthRate: 1 }", blobs)
+    (out,) = run(layer, x)
+    y = np.maximum(2.0 * (x[0, 0] - 1.0) / 2.0 + 0.5, 0.0)
+    want = np.zeros((3, 3))
+    want[:2, :2] = y[1:, 1:]
+    assert out.shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(out[0, 0], x[0, 0])
+    np.testing.assert_allclose(out[0, 1], want, atol=1e-6)
