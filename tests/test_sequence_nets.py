@@ -123,3 +123,13 @@ def test_nets_retrace_with_torch_fx(which: str) -> None:
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
                     strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_crnn_exports_to_onnx(tmp_path: Path) -> None:
+    """The unrolled LSTMs export: ONNX Runtime agrees with PyTorch."""
+    from caffe_bridge.export import export_net
+
+    net = net_of(crnn_text(), "crnn")
+    net = with_weights(net, random_weights(net, 0))
+    (result,) = export_net(net, onnx=tmp_path / "crnn.onnx")
+    assert result.max_rel_err < 1e-5
