@@ -97,6 +97,7 @@ def ctpn_text(height: int = 48, width: int = 80) -> str:
     return text[:start]
 
 
+@pytest.mark.slow
 def test_ctpn_matches_reference() -> None:
     net = net_of(ctpn_text(), "ctpn_deploy.prototxt (small input, no proposal layer)")
     types = [layer.type for layer in net.layers]
@@ -125,6 +126,7 @@ def test_nets_retrace_with_torch_fx(which: str) -> None:
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_crnn_exports_to_onnx(tmp_path: Path) -> None:
     """The unrolled LSTMs export: ONNX Runtime agrees with PyTorch."""
     from caffe_bridge.export import export_net
