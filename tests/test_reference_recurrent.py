@@ -219,3 +219,11 @@ def test_dense_block_by_hand() -> None:
     assert out.shape == (1, 2, 3, 3)
     np.testing.assert_array_equal(out[0, 0], x[0, 0])
     np.testing.assert_allclose(out[0, 1], want, atol=1e-6)
+
+
+def test_lstm_with_x_alone_never_recurs() -> None:
+    """caffe_ocr's one-bottom LSTM: cont is all 0, so each step sees only its own x."""
+    layer = make_layer("LSTM", "recurrent_param { num_output: 1 }", (W_XC, B_C, W_HC))
+    (h,) = run(layer, np.array([1.0, -1.0, 0.5]).reshape(3, 1, 1))
+    np.testing.assert_allclose(h.ravel(), [lstm_by_hand([v], [0])[0] for v in (1, -1, 0.5)],
+                               atol=1e-12)

@@ -420,3 +420,16 @@ def test_dense_block_convolves_not_correlates() -> None:
                                                   False, 0.0, 1e-5))
     correlated = torch.nn.functional.conv2d(y, torch.from_numpy(w["db"][0]), padding=1)
     assert rel_err(correlated.numpy(), ref["out"][:, 2:]) > 1e-2
+
+
+@pytest.mark.parametrize("type_,top", [("LSTM", "h"), ("RNN", "o")])
+def test_recurrent_without_cont_bottom_is_caffe_ocrs_all_zero_cont(type_: str, top: str) -> None:
+    """caffe_ocr accepts x alone; its cont then stays 0: the same as feeding cont = 0."""
+    alone = seq_net(recurrent(type_, ["x"], [top], 4), {"x": (4, 2, 3)})
+    w = big_weights(alone, 20)
+    check_layer(alone, weights=w)
+    x = np.random.default_rng(21).standard_normal((4, 2, 3)).astype(np.float32)
+    (ours,), _ = _run(alone, w, {"x": x})
+    with_cont = seq_net(recurrent(type_, ["x", "cont"], [top], 4), {"x": (4, 2, 3), "cont": (4, 2)})
+    (zero,), _ = _run(with_cont, w, {"x": x, "cont": np.zeros((4, 2), np.float32)})
+    np.testing.assert_array_equal(ours, zero)
