@@ -16,14 +16,10 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32 as _f32
 from caffe_bridge.shapes import canonical_axis, same_shape
 
 PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
-
-
-def _f32(value: float) -> float:
-    """A proto float field as the float32 Caffe holds (protobuf hands out the double)."""
-    return float(torch.tensor(value, dtype=torch.float32))
 
 
 @register("ReLU", shape=same_shape)
@@ -233,8 +229,14 @@ def convert_threshold(layer: Layer, net: Net) -> nn.Module:
 
 @register("Dropout", shape=same_shape)
 def convert_dropout(layer: Layer, net: Net) -> nn.Module:
-    """Dropout: the identity at test time (Caffe scales while training)."""
-    return nn.Identity()
+    """Dropout: the identity at test time; ``scale_train: false`` (py-faster-rcnn) scales."""
+    p = layer.param.dropout_param
+    if p.scale_train:
+        return nn.Identity()
+    # rbgirshick/caffe-fast-rcnn src/caffe/layers/dropout_layer.cpp: at test time the copy is
+    # scaled by 1 / scale_, with threshold_ and scale_ = 1 / (1 - threshold_) held as float.
+    scale = _f32(1.0 / (1.0 - _f32(p.dropout_ratio)))
+    return Power(1.0, _f32(1.0 / scale), 0.0)
 
 
 @register("Softmax", shape=shapes.softmax_shapes)
