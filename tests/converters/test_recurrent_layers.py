@@ -433,3 +433,9 @@ def test_recurrent_without_cont_bottom_is_caffe_ocrs_all_zero_cont(type_: str, t
     with_cont = seq_net(recurrent(type_, ["x", "cont"], [top], 4), {"x": (4, 2, 3), "cont": (4, 2)})
     (zero,), _ = _run(with_cont, w, {"x": x, "cont": np.zeros((4, 2), np.float32)})
     np.testing.assert_array_equal(ours, zero)
+
+
+def test_dense_block_with_random_weights() -> None:
+    """random_weights draws a DenseBlock with positive variances (finite, non-trivial output)."""
+    errors = check_layer(seq_net(dense_layer(2, 2, True), {"data": (1, 3, 4, 4)}), seed=3)
+    assert max(errors.values()) < 1e-5
