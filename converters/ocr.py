@@ -1,5 +1,5 @@
 """The OCR forks' layers: `Lstm`, `Reverse`, `Transpose`, `CTCGreedyDecoder`, `DenseBlock`;
-BVLC's `Im2col`.
+BVLC's `Im2col`; and CTPN's Python text-proposal layer.
 
 Sources: tianzhi0549/CTPN (caffe/src/caffe/layers/{lstm,reverse,transpose}_layer.cpp/.cu) and
 senlinuc/caffe_ocr (src/caffe/layers/lstm_layer_Junhyuk.cpp, reverse_layer.cpp,
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge.converters.rcnn import parse_param_str
 from caffe_bridge.converters.registry import register
+from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry
 
@@ -299,3 +301,82 @@ def convert_dense_block(layer: Layer, net: Net) -> nn.Module:
     else:
         blobs = [torch.zeros(s) for s in layer.param_shapes]
     return DenseBlockCudnn(blobs, n_t, bc)
+
+
+# ---------------------------------------------------------------- CTPN's text proposals
+
+CTPN_ANCHOR_HEIGHTS = (11, 16, 23, 33, 48, 68, 97, 139, 198, 283)  # CTPN src/anchor.py
+
+
+def ctpn_basic_anchors() -> list[tuple[int, int, int, int]]:
+    """CTPN's AnchorText.basic_anchors: width 16, ten heights, centred on (7.5, 7.5).
+
+    Under Python 2.7 (CTPN's README) ``h/2`` and ``w/2`` are integer divisions and the float
+    corners are truncated into an int32 array: x 0..15, y int(7.5 - h//2)..int(7.5 + h//2).
+    (Python 3 would give anchors one pixel taller for the odd heights.)
+    """
+    return [(int(7.5 - 16 // 2), int(7.5 - h // 2), int(7.5 + 16 // 2), int(7.5 + h // 2))
+            for h in CTPN_ANCHOR_HEIGHTS]
+
+
+def _feat_stride(p: pb_message.Message) -> float:
+    cfg = parse_param_str(p.python_param.param_str)
+    if "feat_stride" not in cfg:
+        raise PrototxtError("CTPN's proposal layer needs 'feat_stride' in param_str")
+    return float(cfg["feat_stride"])
+
+
+def text_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    """(1 x 2A x H x W probs, 1 x 2A x H x W deltas, im_info) -> H*W*A x 4 boxes, H*W*A x 1."""
+    try:
+        _feat_stride(p)
+    except PrototxtError as err:
+        raise ShapeRuleError(err.message) from None
+    a = len(CTPN_ANCHOR_HEIGHTS)
+    if len(ins) != 3 or len(ins[0]) != 4 or tuple(ins[1]) != tuple(ins[0]):
+        raise ShapeRuleError(f"needs bottoms probs and deltas (1 x {2 * a} x H x W) and im_info")
+    if ins[0][0] != 1 or ins[0][1] != 2 * a:
+        raise ShapeRuleError(f"the layer asserts batch 1 and has {a} anchors ({2 * a} "
+                             f"channels), got {ins[0]}")
+    if len(p.top) != 2:
+        raise ShapeRuleError("the layer has two tops (boxes, scores)")
+    rows = ins[0][2] * ins[0][3] * a
+    return LayerShapes(((rows, 4), (rows, 1)))
+
+
+class CTPNTextProposals(nn.Module):
+    """Every anchor's vertical box from its (dy, dh), clipped to the image; no NMS here."""
+
+    def __init__(self, feat_stride: float) -> None:
+        super().__init__()
+        self.feat_stride = feat_stride
+        self.register_buffer("basic", torch.tensor(ctpn_basic_anchors(), dtype=torch.float32))
+
+    def forward(self, probs: torch.Tensor, deltas: torch.Tensor, im_info: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.basic.shape[0]
+        scores = probs[:, a:].permute(0, 2, 3, 1).reshape(-1, 1)
+        d = deltas.permute(0, 2, 3, 1).reshape(-1, 2)
+        ys = torch.arange(probs.shape[2], dtype=probs.dtype, device=probs.device)
+        xs = torch.arange(probs.shape[3], dtype=probs.dtype, device=probs.device)
+        gy, gx = torch.meshgrid(ys * self.feat_stride, xs * self.feat_stride, indexing="ij")
+        shift = torch.stack([gx, gy, gx, gy], dim=-1).unsqueeze(2)  # H x W x 1 x 4
+        anchors = (shift + self.basic.to(probs.dtype)).reshape(-1, 4)
+        y_ctr = (anchors[:, 1] + anchors[:, 3]) / 2.0
+        h = anchors[:, 3] - anchors[:, 1] + 1.0
+        box_h = torch.exp(d[:, 1]) * h
+        top = d[:, 0] * h + y_ctr - box_h / 2.0
+        info = im_info.reshape(-1)
+        x_max, y_max = info[1] - 1.0, info[0] - 1.0
+        x1 = torch.clamp(torch.minimum(anchors[:, 0], x_max), min=0.0)
+        x2 = torch.clamp(torch.minimum(anchors[:, 2], x_max), min=0.0)
+        y1 = torch.clamp(torch.minimum(top, y_max), min=0.0)
+        y2 = torch.clamp(torch.minimum(top + box_h, y_max), min=0.0)
+        return torch.stack([x1, y1, x2, y2], dim=1), scores
+
+
+@register("Python:layers.text_proposal_layer.ProposalLayer", shape=text_proposal_shape,
+          fork="tianzhi0549/CTPN")
+def convert_text_proposal_layer(layer: Layer, net: Net) -> nn.Module:
+    """CTPN's text proposal layer (Python): every anchor's clipped box and score, no NMS."""
+    return CTPNTextProposals(_feat_stride(layer.param))

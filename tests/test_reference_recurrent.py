@@ -227,3 +227,24 @@ def test_lstm_with_x_alone_never_recurs() -> None:
     (h,) = run(layer, np.array([1.0, -1.0, 0.5]).reshape(3, 1, 1))
     np.testing.assert_allclose(h.ravel(), [lstm_by_hand([v], [0])[0] for v in (1, -1, 0.5)],
                                atol=1e-12)
+
+
+def test_ctpn_text_proposals_by_hand() -> None:
+    """Python 2.7 anchors: h = 11 spans y 2..12 (int(7.5 - 5), int(7.5 + 5)), h = 283 spans
+    -133..148; x spans 0..15. A box keeps the anchor's centre and (height + 1) for zero deltas:
+    2..12 -> 1.5..12.5. Two positions (x = 0, 1; stride 16)."""
+    layer = make_layer("Python", 'python_param { module: "layers.text_proposal_layer" '
+                       "layer: \"ProposalLayer\" param_str: \"'feat_stride': 16\" }")
+    probs = np.zeros((1, 20, 1, 2))
+    probs[0, 10:, 0, 1] = np.arange(10) / 10.0
+    deltas = np.zeros((1, 20, 1, 2))
+    deltas[0, 1, 0, 1] = np.log(2.0)  # anchor 0 at x = 1: twice as tall
+    boxes, scores = run(layer, probs, deltas, [[1000.0, 1000.0, 1.0]])
+    assert boxes.shape == (20, 4) and scores.shape == (20, 1)
+    np.testing.assert_array_equal(scores[10:, 0], np.arange(10) / 10.0)
+    np.testing.assert_array_equal(boxes[0], [0, 1.5, 15, 12.5])
+    np.testing.assert_array_equal(boxes[9], [0, 0, 15, 148.5])  # -133.5 clipped to 0
+    # x = 1, anchor 0: centre 7, height 11 -> 22: y from 7 - 11 = -4 (clipped to 0) to 18
+    np.testing.assert_allclose(boxes[10], [16, 0, 31, 18], atol=1e-12)
+    clipped, _ = run(layer, probs, deltas, [[10.0, 20.0, 1.0]])
+    np.testing.assert_allclose(clipped[10], [16, 0, 19, 9], atol=1e-12)

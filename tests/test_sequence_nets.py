@@ -3,7 +3,7 @@ jolibrain's CRNN (captcha) and CTPN's deploy definition (tests/fixtures/wild/SOU
 
 Both files are tested through minimal rewrites, said at each test: CRNN's `Permute` (SSD fork,
 not converted on this branch) becomes the identical OCR-fork `Transpose`; CTPN's input is
-shrunk (VGG-16 at 600 x 900 is slow in numpy) and its Python proposal layer dropped.
+shrunk (VGG-16 at 600 x 900 is slow in numpy).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
-def run_all(net: Net, seed: int) -> dict[str, float]:
-    """Relative max error of every net output (ours float32 vs the float64 reference)."""
+def run_all(net: Net, seed: int, **fixed: np.ndarray) -> dict[str, float]:
+    """Relative max error of every net output (ours float32 vs the float64 reference);
+    ``fixed`` inputs replace the random ones."""
     net = with_weights(net, random_weights(net, seed))
-    feeds = random_inputs(net, seed + 1)
+    feeds = {**random_inputs(net, seed + 1), **fixed}
     ref = reference.run_net(net, feeds)
     model = build_module(net)
     with torch.no_grad():
@@ -88,25 +89,26 @@ def test_crnn_unchanged_file_needs_only_permute() -> None:
 
 
 def ctpn_text(height: int = 48, width: int = 80) -> str:
-    """CTPN's deploy with a small input and without the Python proposal layer (and im_info)."""
+    """CTPN's deploy with a small input (VGG-16 at 600 x 900 is slow in numpy)."""
     text = (WILD / "ctpn_deploy.prototxt").read_text()
-    text, n1 = re.subn(r"dim: 600\s*dim: 900", f"dim: {height}\n    dim: {width}", text)
-    text, n2 = re.subn(r"input: 'im_info'\s*input_shape \{\s*dim: 1\s*dim: 3\s*\}", "", text)
-    start = text.index("layer {\n  name: 'proposal'")
-    assert n1 == n2 == 1 and text[start:].count("layer {") == 1
-    return text[:start]
+    text, n = re.subn(r"dim: 600\s*dim: 900", f"dim: {height}\n    dim: {width}", text)
+    assert n == 1
+    return text
 
 
 @pytest.mark.slow
 def test_ctpn_matches_reference() -> None:
-    net = net_of(ctpn_text(), "ctpn_deploy.prototxt (small input, no proposal layer)")
+    """VGG-16, Im2col, the row-wise BLSTM (Lstm, Reverse), and the Python text proposals."""
+    net = net_of(ctpn_text(), "ctpn_deploy.prototxt (small input)")
     types = [layer.type for layer in net.layers]
     assert types.count("Lstm") == 2 and types.count("Reverse") == 2
-    assert types.count("Transpose") == 2 and "Im2col" in types
+    assert types.count("Transpose") == 2 and "Im2col" in types and "Python" in types
     # T = feature width 5, N = feature rows 3: the streams are the rows
     assert net.blobs[net.value("lstm_input")].shape == (5, 3, 512 * 9)
-    errors = run_all(net, 0)
-    assert set(net.outputs) == {"rpn_cls_prob_reshape", "rpn_bbox_pred"}
+    assert set(net.outputs) == {"rois", "scores"}
+    assert net.blobs["rois"].shape == (3 * 5 * 10, 4)
+    im_info = np.array([[40.0, 70.0, 1.0]], np.float32)  # clips some boxes
+    errors = run_all(net, 0, im_info=im_info)
     assert max(errors.values()) < 1e-5, errors
 
 

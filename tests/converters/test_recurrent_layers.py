@@ -439,3 +439,29 @@ def test_dense_block_with_random_weights() -> None:
     """random_weights draws a DenseBlock with positive variances (finite, non-trivial output)."""
     errors = check_layer(seq_net(dense_layer(2, 2, True), {"data": (1, 3, 4, 4)}), seed=3)
     assert max(errors.values()) < 1e-5
+
+
+# ---------------------------------------------------------------- CTPN's text proposals
+
+PROPOSAL = ('layer { name: "p" type: "Python" bottom: "data" bottom: "b1" bottom: "b2" '
+            'top: "rois" top: "scores" python_param { module: "layers.text_proposal_layer" '
+            "layer: \"ProposalLayer\" param_str: \"'feat_stride': 16\" } }")
+
+
+@pytest.mark.parametrize("hw,info", [((2, 3), (30.0, 40.0)), ((3, 4), (200.0, 300.0))])
+def test_ctpn_text_proposals(hw: tuple[int, int], info: tuple[float, float]) -> None:
+    text = seq_net(PROPOSAL, {"data": (1, 20, *hw), "b1": (1, 20, *hw), "b2": (1, 3)})
+    rng = np.random.default_rng(22)
+    probs = rng.uniform(0, 1, (1, 20, *hw)).astype(np.float32)
+    inputs = {"data": probs, "b1": (rng.standard_normal((1, 20, *hw)) * 0.5).astype(np.float32),
+              "b2": np.array([[*info, 1.0]], np.float32)}
+    errors = check_layer(text, inputs=inputs)
+    assert max(errors.values()) < 1e-5
+
+
+def test_ctpn_text_proposals_needs_batch_one_and_ten_anchors() -> None:
+    from caffe_bridge.errors import CaffeBridgeError
+
+    for shape in [(2, 20, 2, 2), (1, 18, 2, 2)]:
+        with pytest.raises(CaffeBridgeError, match="batch 1"):
+            net_from_text(seq_net(PROPOSAL, {"data": shape, "b1": shape, "b2": (1, 3)}))

@@ -184,6 +184,52 @@ def dense_block(layer: Any, inputs: list[Array]) -> list[Array]:
     return [feats]
 
 
+def _py2_half(v: int) -> int:
+    return v // 2  # Python 2.7 `v/2` on ints
+
+
+def ctpn_text_proposals(layer: Any, inputs: list[Array]) -> list[Array]:
+    """CTPN's Python text proposal layer: an anchor per (row y, column x, height a), its box
+    from (dy, dh) and its foreground score; clipped to the image; no NMS, no sorting.
+
+    Source: tianzhi0549/CTPN src/layers/text_proposal_layer.py (forward), src/anchor.py
+    (AnchorText: heights 11..283, width 16, int32 corners from Python 2.7 integer `h/2`),
+    src/other.py (clip_boxes). Rows are ordered y, x, a; scores are channels A.. of the probs;
+    deltas are channel pairs (2a, 2a + 1) = (dy, dh); box y = dy*h_a + cy_a - exp(dh)*h_a/2,
+    height exp(dh)*h_a, x from the anchor; x clipped to [0, W_img - 1], y to [0, H_img - 1].
+    """
+    from .rcnn import _yaml_dict
+
+    stride = float(_yaml_dict(layer.param.python_param.param_str)["feat_stride"])
+    probs, deltas, info = (f64(v) for v in inputs)
+    if probs.shape[0] != 1:
+        raise ValueError("CTPN's proposal layer asserts single-item batches")
+    basic = []
+    for h in (11, 16, 23, 33, 48, 68, 97, 139, 198, 283):
+        x_ctr = y_ctr = (0 + 15) * 0.5
+        corners = [x_ctr - _py2_half(16), y_ctr - _py2_half(h), x_ctr + _py2_half(16),
+                   y_ctr + _py2_half(h)]
+        basic.append(np.trunc(corners))  # stored into an int32 array
+    basic = np.array(basic)
+    n_a = len(basic)
+    _, _, fh, fw = probs.shape
+    rows = []
+    for y in range(fh):
+        for x in range(fw):
+            for a in range(n_a):
+                ax1, ay1, ax2, ay2 = basic[a] + np.array([x, y, x, y]) * stride
+                dy, dh = deltas[0, 2 * a, y, x], deltas[0, 2 * a + 1, y, x]
+                cy, ha = (ay1 + ay2) / 2.0, ay2 - ay1 + 1.0
+                bh = np.exp(dh) * ha
+                top = dy * ha + cy - bh / 2.0
+                rows.append([ax1, top, ax2, top + bh, probs[0, n_a + a, y, x]])
+    out = np.array(rows)
+    img_h, img_w = info.reshape(-1)[:2]
+    out[:, 0:4:2] = np.clip(out[:, 0:4:2], None, img_w - 1).clip(0, None)
+    out[:, 1:4:2] = np.clip(out[:, 1:4:2], None, img_h - 1).clip(0, None)
+    return [out[:, :4], out[:, 4:]]
+
+
 LAYERS: dict[str, LayerFn] = {
     "Lstm": lstm_fork,
     "Reverse": reverse,
@@ -191,4 +237,5 @@ LAYERS: dict[str, LayerFn] = {
     "Im2col": im2col,
     "CTCGreedyDecoder": ctc_greedy_decoder,
     "DenseBlock": dense_block,
+    "Python:layers.text_proposal_layer.ProposalLayer": ctpn_text_proposals,
 }
