@@ -15,7 +15,7 @@ from caffe_bridge.random_weights import random_weights
 from layer_check import check_layer, net_from_text, rel_err
 
 COVERS = {"LSTM", "RNN", "ContinuationIndicator", "Lstm", "Reverse", "Transpose", "Im2col",
-          "CTCGreedyDecoder", "DenseBlock"}
+          "CTCGreedyDecoder", "DenseBlock", "Python:layers.text_proposal_layer.ProposalLayer"}
 
 
 def seq_net(layer: str, inputs: dict[str, tuple[int, ...]]) -> str:
