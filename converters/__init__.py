@@ -10,6 +10,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     axpy,
     bvlc_extra,
     conv,
+    detection,
     efficient,
     elementwise,
     fork_norm,

@@ -91,32 +91,32 @@ def test_covers_are_backed_by_check_layer_prototxts(path: Path) -> None:
     assert not missing, f"{path.name} lists {missing} in COVERS without a prototxt using them"
 
 
-PRIOR_BOX = """name: "ssd_head"
+FORK_NET = """name: "dcn_head"
 layer { name: "in" type: "Input" top: "data"
         input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
 
 layer {
-  name: "conv4_3_priorbox"
-  type: "PriorBox"
+  name: "res5_dcn"
+  type: "DeformableConvolution"
   bottom: "data"
   top: "prior"
-  prior_box_param { min_size: 30 aspect_ratio: 2 flip: true }
+  deformable_convolution_param { num_output: 8 kernel_size: 3 }
 }
 """
 
 
 def test_unknown_layer_type_names_file_line_layer_and_supported_types(tmp_path: Path) -> None:
-    path = tmp_path / "ssd.prototxt"
-    path.write_text(PRIOR_BOX, encoding="utf-8")
+    path = tmp_path / "dcn.prototxt"
+    path.write_text(FORK_NET, encoding="utf-8")
     with pytest.raises(UnsupportedLayerError) as info:
         convert(path)
     msg = str(info.value)
-    assert msg.startswith(f"{path}:6: layer 'conv4_3_priorbox' (PriorBox): "), msg
-    assert "PriorBox" in info.value.message and "supported" in msg
+    assert msg.startswith(f"{path}:6: layer 'res5_dcn' (DeformableConvolution): "), msg
+    assert "DeformableConvolution" in info.value.message and "supported" in msg
     assert all(t in msg for t in ("Convolution", "ReLU", "Softmax", "Axpy")), msg
     assert (info.value.line, info.value.layer, info.value.layer_type) == (
-        6, "conv4_3_priorbox", "PriorBox")
+        6, "res5_dcn", "DeformableConvolution")
 
 
 def test_type_without_converter_is_reported_by_the_registry() -> None:
