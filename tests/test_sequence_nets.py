@@ -1,9 +1,8 @@
 """Whole OCR nets that OpenCV refuses, against the numpy reference with seeded weights:
 jolibrain's CRNN (captcha) and CTPN's deploy definition (tests/fixtures/wild/SOURCES-seq.md).
 
-Both files are tested through minimal rewrites, said at each test: CRNN's `Permute` (SSD fork,
-not converted on this branch) becomes the identical OCR-fork `Transpose`; CTPN's input is
-shrunk (VGG-16 at 600 x 900 is slow in numpy).
+CRNN runs as published, and once more with its `Permute` (SSD fork) spelled as the identical
+OCR-fork `Transpose`; CTPN's input is shrunk (VGG-16 at 600 x 900 is slow in numpy).
 """
 
 from __future__ import annotations
@@ -71,19 +70,9 @@ def test_crnn_matches_reference() -> None:
     assert max(errors.values()) < 1e-5, errors
 
 
-def test_crnn_unchanged_file_needs_only_permute() -> None:
-    """The file as published: every layer type but the SSD fork's Permute is converted here."""
-    from caffe_bridge.converters.registry import REGISTRY
-
-    net = net_of((WILD / "crnn_jolibrain_deploy.prototxt").read_text(), "crnn") \
-        if "Permute" in REGISTRY else None
-    if net is None:
-        text = (WILD / "crnn_jolibrain_deploy.prototxt").read_text()
-        types = set(re.findall(r'type: "(\w+)"', text)) - {"xavier", "constant", "Input"}
-        assert types - set(REGISTRY.types()) == {"Permute"}
-        pytest.skip("Permute (SSD fork) has no converter on this branch")
-    if "Permute" not in reference.SUPPORTED:
-        pytest.skip("Permute (SSD fork) has no numpy reference on this branch")
+def test_crnn_unchanged_file_matches_reference() -> None:
+    """The file as published (its Permute converted by the SSD layers)."""
+    net = net_of((WILD / "crnn_jolibrain_deploy.prototxt").read_text(), "crnn")
     errors = run_all(net, 0)
     assert max(errors.values()) < 1e-5, errors
 
