@@ -126,3 +126,11 @@ def test_crnn_exports_to_onnx(tmp_path: Path) -> None:
     net = with_weights(net, random_weights(net, 0))
     (result,) = export_net(net, onnx=tmp_path / "crnn.onnx")
     assert result.max_rel_err < 1e-5
+
+
+def test_captcha_lstm_as_published() -> None:
+    """jolibrain's two-LSTM captcha reader: x is 128 steps of 3 x 32 image columns."""
+    net = net_of((WILD / "lstm_ctc_jolibrain_deploy.prototxt").read_text(), "lstm_ctc")
+    assert net.blobs[net.value("indicator")].shape == (128, 1)
+    errors = run_all(net, 0)
+    assert max(errors.values()) < 1e-5, errors
