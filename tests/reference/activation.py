@@ -5,7 +5,6 @@ Threshold, Dropout (test phase). One bottom, one top each.
 from __future__ import annotations
 
 import ast
-
 import math
 from typing import Any
 
