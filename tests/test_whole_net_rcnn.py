@@ -99,10 +99,11 @@ def test_agrees_with_numpy_reference(zf: dict) -> None:
     """The unchanged fixture (one proposal top) against the float64 numpy reference."""
     net = with_weights(load_net(ZF), zf["weights"])
     ref = reference.run_net(net, zf["feeds"])
-    model = build_module(net, outputs=[net.value(b) for b in ("rois", "cls_score", "cls_prob", "bbox_pred")])
+    names = ("rois", "cls_score", "cls_prob", "bbox_pred")
+    model = build_module(net, outputs=[net.value(b) for b in names])
     with torch.no_grad():
         got = model(*(torch.from_numpy(zf["feeds"][n]) for n in net.inputs))
-    for name, ours in zip(("rois", "cls_score", "cls_prob", "bbox_pred"), got, strict=True):
+    for name, ours in zip(names, got, strict=True):
         want = ref[net.value(name)]
         assert ours.shape == want.shape, name
         assert rel_err(ours.numpy(), want) < 1e-5, name
