@@ -13,6 +13,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     norm,
     pooling,
     rcnn,
+    yolo,
     shape_ops,
 )
 from caffe_bridge.converters.registry import (

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import activation, axpy, conv, elementwise, norm, pooling, rcnn, shape_ops, softmax
+from . import activation, axpy, conv, elementwise, norm, pooling, rcnn, shape_ops, softmax, yolo
 from ._util import LayerFn
 
-_FAMILIES = (activation, axpy, conv, elementwise, norm, pooling, rcnn, shape_ops, softmax)
+_FAMILIES = (activation, axpy, conv, elementwise, norm, pooling, rcnn, shape_ops, softmax, yolo)
 
 
 def _dispatch() -> dict[str, LayerFn]:
