@@ -13,8 +13,8 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     norm,
     pooling,
     rcnn,
-    yolo,
     shape_ops,
+    yolo,
 )
 from caffe_bridge.converters.registry import (
     REGISTRY,
