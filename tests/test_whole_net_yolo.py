@@ -1,0 +1,97 @@
+"""YOLO Caffe ports of eric612/MobileNet-YOLO (tests/fixtures/wild/, unchanged) with seeded
+random weights, against OpenCV.
+
+OpenCV runs neither YoloDetectionOutput nor Yolov3DetectionOutput, so it gets copies without the
+detection layer (and the test's copies declare a 128 x 128 input to stay fast): darknet19
+(YOLOv2, with the Reorg passthrough) and YOLOv3-tiny (Deconvolution upsampling, two heads)
+must give the same head tensors. Our Yolov3DetectionOutput then runs on the full YOLOv3-tiny
+and is compared with the numpy reference decoding OpenCV's head tensors. Random weights put
+nearly every (cell, anchor, class) above the released 0.01 threshold; the copy raises it so
+that a few hundred boxes reach NMS.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+
+from caffe_bridge.build import build_module
+from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.prototxt import parse_prototxt
+from caffe_bridge.references import opencv_forward
+from caffe_bridge.testing import random_weights
+from reference import yolo as yolo_ref
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("cv2") is None,
+                                reason="OpenCV (cv2) is not installed")
+WILD = Path(__file__).parent / "fixtures" / "wild"
+DARKNET19 = WILD / "MobileNet-YOLO_darknet19_deploy.prototxt"
+TINY = WILD / "MobileNet-YOLO_yolov3-tiny.prototxt"
+SIZE = 128
+CONF = 0.45
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+def variant(src: Path, tmp: Path, keep_detection: bool) -> Path:
+    """A copy with a SIZE x SIZE input; without the detection layer unless asked to keep it
+    (then with confidence_threshold CONF)."""
+    net = parse_prototxt(src).net
+    for i in reversed(range(len(net.layer))):
+        lay = net.layer[i]
+        if lay.type.endswith("DetectionOutput"):
+            if keep_detection:
+                lay.yolov3_detection_output_param.confidence_threshold = CONF
+            else:
+                del net.layer[i]
+    dims = net.input_shape[0].dim if net.input_shape else net.input_dim
+    dims[2] = dims[3] = SIZE
+    path = tmp / f"{src.stem}{'_det' if keep_detection else ''}.prototxt"
+    path.write_text(text_format.MessageToString(net), encoding="utf-8")
+    return path
+
+
+def heads(src: Path, tmp: Path) -> tuple[dict, dict, dict, np.ndarray]:
+    """(ours, OpenCV's) head tensors by Caffe name, the weights and the input."""
+    path = variant(src, tmp, keep_detection=False)
+    net = load_net(path)
+    weights = random_weights(net, 0)
+    net = with_weights(net, weights)
+    x = np.random.default_rng(1).uniform(-1, 1, net.inputs["data"]).astype(np.float32)
+    with torch.no_grad():
+        out = build_module(net)(torch.from_numpy(x))
+    outs = out if isinstance(out, tuple) else (out,)
+    names = [net.blobs[v].caffe_name for v in net.outputs]
+    ours = {n: o.numpy() for n, o in zip(names, outs, strict=True)}
+    return ours, opencv_forward(path, weights, {"data": x}, names), weights, x
+
+
+def test_darknet19_yolov2_with_reorg(tmp_path: Path) -> None:
+    ours, ref, _, _ = heads(DARKNET19, tmp_path)
+    assert list(ours) == ["conv23_indoor"] and ours["conv23_indoor"].shape == (1, 125, 4, 4)
+    assert rel_err(ours["conv23_indoor"], ref["conv23_indoor"]) < 1e-5
+
+
+def test_yolov3_tiny_heads_and_detections(tmp_path: Path) -> None:
+    ours, ref, weights, x = heads(TINY, tmp_path)
+    for name in ours:
+        assert rel_err(ours[name], ref[name]) < 1e-5, name
+    full = with_weights(load_net(variant(TINY, tmp_path, keep_detection=True)), weights)
+    (det_layer,) = [lay for lay in full.layers if lay.type == "Yolov3DetectionOutput"]
+    with torch.no_grad():
+        got = build_module(full)(torch.from_numpy(x)).numpy()
+    bottoms = [full.blobs[b].caffe_name for b in det_layer.bottoms]
+    (want,) = yolo_ref.yolov3_detection_output(
+        SimpleNamespace(param=det_layer.param), [ref[b] for b in bottoms])
+    assert 20 < want.shape[2] < 1000, want.shape
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got[0, 0, :, :2], want[0, 0, :, :2])  # image, label
+    assert rel_err(got[..., 2:], want[..., 2:]) < 1e-5
