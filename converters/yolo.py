@@ -126,7 +126,15 @@ def yolov3_detections(inputs: list[torch.Tensor], biases: torch.Tensor,
     boxes = torch.cat([b for b, _ in parts])
     conf = torch.cat([c for _, c in parts])
     label = torch.cat([torch.arange(len(c), device=c.device) % ncls for _, c in parts])
-    passed = conf > conf.new_tensor(conf_thresh)
+    return _rows(boxes, conf, label, conf > conf.new_tensor(conf_thresh), nms_thresh,
+                 inputs[0].shape[0])
+
+
+def _rows(boxes: torch.Tensor, conf: torch.Tensor, label: torch.Tensor, passed: torch.Tensor,
+          nms_thresh: float, bsz: int) -> torch.Tensor:
+    """Sort the passed predictions by confidence (stable: ties in generation order; the
+    source's std::sort leaves them unspecified), NMS, rows (1, 1, R, 7); none: one
+    [i, -1, ..., -1] row per image."""
     boxes, conf, label = boxes[passed], conf[passed], label[passed]
     order = torch.sort(conf, descending=True, stable=True).indices
     boxes, conf, label = boxes[order], conf[order], label[order]
@@ -136,7 +144,6 @@ def yolov3_detections(inputs: list[torch.Tensor], biases: torch.Tensor,
     rows = torch.stack([torch.zeros_like(c), lab + 1, c, x - w / 2, y - h / 2, x + w / 2,
                         y + h / 2], 1)
     if len(rows) == 0:
-        bsz = inputs[0].shape[0]
         rows = torch.full((bsz, 7), -1.0, dtype=conf.dtype, device=conf.device)
         rows[:, 0] = torch.arange(bsz, dtype=conf.dtype, device=conf.device)
     return rows[None, None]
@@ -196,3 +203,82 @@ def convert_yolov3_detection_output(layer: Layer, net: Net) -> nn.Module:
     except ShapeRuleError as err:
         raise UnsupportedLayerError(str(err)) from None
     return Yolov3DetectionOutput(**cfg)
+
+
+# --- YoloDetectionOutput (YOLOv2) -----------------------------------------------------------
+
+
+@torch.fx.wrap
+def yolov2_detections(inputs: list[torch.Tensor], biases: torch.Tensor, nbox: int, ncls: int,
+                      conf_thresh: float, nms_thresh: float) -> torch.Tensor:
+    """MobileNet-YOLO's YoloDetectionOutput forward -> (1, 1, R, 7): one prediction per
+    (cell, anchor) with the softmax's first argmax class, kept when conf >= threshold."""
+    boxes, conf, label = [], [], []
+    for x in inputs:
+        bsz, _, side, _ = x.shape
+        v = x.reshape(bsz, nbox, 5 + ncls, side * side).permute(0, 3, 1, 2)  # (B, HW, A, L)
+        cell = torch.arange(side * side, device=x.device)
+        gx, gy = (cell % side).to(x.dtype)[:, None], (cell // side).to(x.dtype)[:, None]
+        anchors = biases.reshape(-1, 2)[:nbox].to(x.dtype)
+        bx = (gx + torch.sigmoid(v[..., 0])) / side
+        by = (gy + torch.sigmoid(v[..., 1])) / side
+        bw = torch.exp(v[..., 2]) * anchors[:, 0] / side
+        bh = torch.exp(v[..., 3]) * anchors[:, 1] / side
+        prob, cls = torch.softmax(v[..., 5:], dim=-1).max(dim=-1)  # max: first maximum
+        boxes.append(torch.stack([bx, by, bw, bh], -1).reshape(-1, 4))
+        conf.append((torch.sigmoid(v[..., 4]) * prob).reshape(-1))
+        label.append(cls.reshape(-1))
+    conf_all = torch.cat(conf)
+    return _rows(torch.cat(boxes), conf_all, torch.cat(label),
+                 conf_all >= conf_all.new_tensor(conf_thresh), nms_thresh, inputs[0].shape[0])
+
+
+class YoloDetectionOutput(nn.Module):
+    """MobileNet-YOLO's YOLOv2 decoding + class-agnostic NMS (rows as Yolov3DetectionOutput)."""
+
+    def __init__(self, biases: Sequence[float], nbox: int, ncls: int, conf_thresh: float,
+                 nms_thresh: float) -> None:
+        super().__init__()
+        self.register_buffer("biases", torch.tensor(list(biases), dtype=torch.float32))
+        self.nbox, self.ncls = nbox, ncls
+        self.conf_thresh, self.nms_thresh = conf_thresh, nms_thresh
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return yolov2_detections(list(inputs), self.biases, self.nbox, self.ncls,
+                                 self.conf_thresh, self.nms_thresh)
+
+
+def _yolov2_cfg(p: object) -> dict[str, object]:
+    yp = p.yolo_detection_output_param
+    if not yp.HasField("num_classes"):
+        raise ShapeRuleError("yolo_detection_output_param needs num_classes")
+    if yp.coords != 4:
+        raise ShapeRuleError(f"coords {yp.coords}: the source's channel layout assumes 4")
+    if len(yp.biases) < 2 * yp.num_box:
+        raise ShapeRuleError(f"{yp.num_box} boxes need {2 * yp.num_box} biases")
+    return {"biases": list(yp.biases), "nbox": yp.num_box, "ncls": yp.num_classes,
+            "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
+
+
+def yolov2_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+    """At most one row per (cell, anchor); the count is data-dependent, as in Caffe."""
+    cfg = _yolov2_cfg(p)
+    if not 1 <= len(ins) <= 2:
+        raise ShapeRuleError("YoloDetectionOutput reads one or two bottoms")
+    rows = 0
+    for s in ins:
+        if len(s) != 4 or s[1] != cfg["nbox"] * (5 + cfg["ncls"]) or s[2] != s[3]:
+            raise ShapeRuleError(f"bottom {s} needs num_box * (5 + num_classes) channels on a "
+                                 f"square map (the source indexes rows by the width)")
+        rows += s[0] * s[2] * s[3] * cfg["nbox"]
+    return LayerShapes(tops=((1, 1, max(rows, ins[0][0]), 7),))
+
+
+@register("YoloDetectionOutput", shape=yolov2_shape, fork="eric612/MobileNet-YOLO")
+def convert_yolo_detection_output(layer: Layer, net: Net) -> nn.Module:
+    """YoloDetectionOutput (MobileNet-YOLO, YOLOv2): decoding, threshold, class-agnostic NMS."""
+    try:
+        cfg = _yolov2_cfg(layer.param)
+    except ShapeRuleError as err:
+        raise UnsupportedLayerError(str(err)) from None
+    return YoloDetectionOutput(**cfg)

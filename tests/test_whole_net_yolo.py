@@ -4,8 +4,8 @@ random weights, against OpenCV.
 OpenCV runs neither YoloDetectionOutput nor Yolov3DetectionOutput, so it gets copies without the
 detection layer (and the test's copies declare a 128 x 128 input to stay fast): darknet19
 (YOLOv2, with the Reorg passthrough) and YOLOv3-tiny (Deconvolution upsampling, two heads)
-must give the same head tensors. Our Yolov3DetectionOutput then runs on the full YOLOv3-tiny
-and is compared with the numpy reference decoding OpenCV's head tensors. Random weights put
+must give the same head tensors. Our detection layers then run on the full nets and are
+compared with the numpy reference decoding OpenCV's head tensors. Random weights put
 nearly every (cell, anchor, class) above the released 0.01 threshold; the copy raises it so
 that a few hundred boxes reach NMS.
 """
@@ -48,7 +48,9 @@ def variant(src: Path, tmp: Path, keep_detection: bool) -> Path:
     for i in reversed(range(len(net.layer))):
         lay = net.layer[i]
         if lay.type.endswith("DetectionOutput"):
-            if keep_detection:
+            if keep_detection and lay.type == "YoloDetectionOutput":
+                lay.yolo_detection_output_param.confidence_threshold = CONF
+            elif keep_detection:
                 lay.yolov3_detection_output_param.confidence_threshold = CONF
             else:
                 del net.layer[i]
@@ -74,24 +76,36 @@ def heads(src: Path, tmp: Path) -> tuple[dict, dict, dict, np.ndarray]:
     return ours, opencv_forward(path, weights, {"data": x}, names), weights, x
 
 
+def detections(src: Path, tmp: Path, weights: dict, x: np.ndarray, heads_ref: dict
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Our full net's detections, and the numpy reference decoding OpenCV's heads."""
+    full = with_weights(load_net(variant(src, tmp, keep_detection=True)), weights)
+    (det,) = [lay for lay in full.layers if lay.type.endswith("DetectionOutput")]
+    with torch.no_grad():
+        got = build_module(full)(torch.from_numpy(x)).numpy()
+    fn = {"YoloDetectionOutput": yolo_ref.yolo_detection_output,
+          "Yolov3DetectionOutput": yolo_ref.yolov3_detection_output}[det.type]
+    (want,) = fn(SimpleNamespace(param=det.param),
+                 [heads_ref[full.blobs[b].caffe_name] for b in det.bottoms])
+    return got, want
+
+
+def assert_same_detections(got: np.ndarray, want: np.ndarray) -> None:
+    assert 10 < want.shape[2] < 1000, want.shape
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got[0, 0, :, :2], want[0, 0, :, :2])  # image, label
+    assert rel_err(got[..., 2:], want[..., 2:]) < 1e-5
+
+
 def test_darknet19_yolov2_with_reorg(tmp_path: Path) -> None:
-    ours, ref, _, _ = heads(DARKNET19, tmp_path)
+    ours, ref, weights, x = heads(DARKNET19, tmp_path)
     assert list(ours) == ["conv23_indoor"] and ours["conv23_indoor"].shape == (1, 125, 4, 4)
     assert rel_err(ours["conv23_indoor"], ref["conv23_indoor"]) < 1e-5
+    assert_same_detections(*detections(DARKNET19, tmp_path, weights, x, ref))
 
 
 def test_yolov3_tiny_heads_and_detections(tmp_path: Path) -> None:
     ours, ref, weights, x = heads(TINY, tmp_path)
     for name in ours:
         assert rel_err(ours[name], ref[name]) < 1e-5, name
-    full = with_weights(load_net(variant(TINY, tmp_path, keep_detection=True)), weights)
-    (det_layer,) = [lay for lay in full.layers if lay.type == "Yolov3DetectionOutput"]
-    with torch.no_grad():
-        got = build_module(full)(torch.from_numpy(x)).numpy()
-    bottoms = [full.blobs[b].caffe_name for b in det_layer.bottoms]
-    (want,) = yolo_ref.yolov3_detection_output(
-        SimpleNamespace(param=det_layer.param), [ref[b] for b in bottoms])
-    assert 20 < want.shape[2] < 1000, want.shape
-    assert got.shape == want.shape
-    np.testing.assert_array_equal(got[0, 0, :, :2], want[0, 0, :, :2])  # image, label
-    assert rel_err(got[..., 2:], want[..., 2:]) < 1e-5
+    assert_same_detections(*detections(TINY, tmp_path, weights, x, ref))

@@ -1,4 +1,5 @@
-"""YOLO ports against the numpy reference: Reorg and MobileNet-YOLO's Yolov3DetectionOutput."""
+"""YOLO ports against the numpy reference: Reorg and MobileNet-YOLO's YoloDetectionOutput
+(YOLOv2) and Yolov3DetectionOutput."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
 from layer_check import check_batch, check_layer, layer_text, net_from_text, net_text, rel_err
 
-COVERS = {"Reorg", "Yolov3DetectionOutput"}
+COVERS = {"Reorg", "Yolov3DetectionOutput", "YoloDetectionOutput"}
 
 
 @pytest.mark.parametrize("stride,shape,reverse", [
@@ -131,3 +132,42 @@ def test_yolov3_retraces_with_fx() -> None:
     args = [torch.from_numpy(feeds[k]) for k in ("data", "b1")]
     with torch.no_grad():
         assert torch.equal(traced(*args), model(*args))
+
+
+# --- YoloDetectionOutput (YOLOv2) ---------------------------------------------------------
+
+def yolo2_text(ncls: int, shapes: list[tuple[int, ...]], conf: float = 0.5,
+               nms: float = 0.45, nbox: int = 2) -> str:
+    biases = " ".join(f"biases: {b}" for b in [1.08, 1.19, 3.42, 4.41, 6.63, 11.38][:2 * nbox])
+    body = (f"yolo_detection_output_param {{ num_classes: {ncls} num_box: {nbox} "
+            f"confidence_threshold: {conf} nms_threshold: {nms} {biases} }}")
+    return net_text(layer_text("YoloDetectionOutput", body, len(shapes)), *shapes)
+
+
+@pytest.mark.parametrize("ncls,shapes,conf,nms", [
+    (3, [(1, 16, 4, 4)], 0.3, 0.45),
+    (2, [(1, 14, 3, 3), (1, 14, 6, 6)], 0.2, 0.3),
+    (4, [(2, 18, 3, 3)], 0.25, 0.6),     # two images: pooled, all labelled image 0
+], ids=["one-bottom", "two-bottoms", "batch-2"])
+def test_yolo_detection_output_matches_source(ncls: int, shapes: list, conf: float,
+                                              nms: float) -> None:
+    got, want = run_yolo(yolo2_text(ncls, shapes, conf, nms), yolo_feeds(shapes, 5))
+    assert want.shape[2] > 2
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got[..., :2], want[..., :2])
+    assert rel_err(got, want) < 1e-6
+
+
+def test_yolo2_tied_classes_take_the_first_and_threshold_is_inclusive() -> None:
+    """Equal class logits: the first class wins (strict > in the source); a confidence equal
+    to the threshold is kept (>=, unlike Yolov3DetectionOutput's >)."""
+    x = np.zeros((1, 8, 1, 1), np.float32)  # one box, 3 classes, all logits 0
+    conf = np.float32(0.5) * np.float32(1 / 3)
+    got, want = run_yolo(yolo2_text(3, [(1, 8, 1, 1)], float(conf), nbox=1), {"data": x})
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (1, 1, 1, 7) and got[0, 0, 0, 1] == 1
+
+
+def test_yolo2_rejects_non_square() -> None:
+    with pytest.raises(CaffeBridgeError, match="square"):
+        net_from_text(yolo2_text(3, [(1, 16, 4, 5)]))

@@ -66,6 +66,29 @@ def _iou(a: Array, b: Array) -> F32:
         return F32(inter / union)
 
 
+def _nms_rows(preds: list[tuple], nms: F32, bsz: int) -> Array:
+    """Sort by confidence (descending, ties in generation order), greedy class-agnostic NMS
+    (IoU >= nms drops), rows [0, class + 1, conf, x - w/2, y - h/2, x + w/2, y + h/2]; no
+    detection: one row [i, -1, ..., -1] per image."""
+    order = sorted(range(len(preds)), key=lambda i: -float(preds[i][0]))  # stable
+    preds = [preds[i] for i in order]
+    dead = [False] * len(preds)
+    for i in range(len(preds)):
+        if dead[i]:
+            continue
+        for j in range(i + 1, len(preds)):
+            if not dead[j] and _iou(preds[i][2], preds[j][2]) >= nms:
+                dead[j] = True
+    rows = []
+    for (conf, c, (x, y, w, h)), gone in zip(preds, dead, strict=True):
+        if not gone:
+            rows.append([0, c + 1, conf, F32(x - w / 2), F32(y - h / 2), F32(x + w / 2),
+                         F32(y + h / 2)])
+    if not rows:
+        rows = [[i] + [-1] * 6 for i in range(bsz)]
+    return np.asarray(rows, np.float64).reshape(1, 1, -1, 7)
+
+
 def yolov3_detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
     """eric612/MobileNet-YOLO src/caffe/layers/yolov3_detection_output_layer.cpp, Forward_cpu
     (box from src/caffe/util/bbox_util.cpp get_region_box; correct_yolo_boxes is the identity
@@ -110,27 +133,58 @@ def yolov3_detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
                         conf = F32(_sigmoid(v[5 + c]) * obj)
                         if conf > thresh:
                             preds.append((conf, c, box))
-    order = sorted(range(len(preds)), key=lambda i: -float(preds[i][0]))  # stable
-    preds = [preds[i] for i in order]
-    dead = [False] * len(preds)
-    for i in range(len(preds)):
-        if dead[i]:
-            continue
-        for j in range(i + 1, len(preds)):
-            if not dead[j] and _iou(preds[i][2], preds[j][2]) >= nms:
-                dead[j] = True
-    rows = []
-    for (conf, c, (x, y, w, h)), gone in zip(preds, dead, strict=True):
-        if not gone:
-            rows.append([0, c + 1, conf, F32(x - w / 2), F32(y - h / 2), F32(x + w / 2),
-                         F32(y + h / 2)])
-    if not rows:
-        bsz = np.asarray(inputs[0]).shape[0]
-        rows = [[i] + [-1] * 6 for i in range(bsz)]
-    return [np.asarray(rows, np.float64).reshape(1, 1, -1, 7)]
+    return [_nms_rows(preds, nms, np.asarray(inputs[0]).shape[0])]
+
+
+def _softmax_f32(v: Array) -> Array:
+    e = np.exp((v - v.max()).astype(F32)).astype(F32)
+    total = F32(0)
+    for t in e:
+        total = F32(total + t)
+    return (e / total).astype(F32)
+
+
+def yolo_detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
+    """eric612/MobileNet-YOLO src/caffe/layers/yolo_detection_output_layer.cpp (YOLOv2).
+
+    Per bottom (1 or 2; square maps: side = width is used for rows and columns), image, cell
+    (j, i), anchor n: channels n * (5 + C) + (x, y, w, h, obj, classes); box
+    ((i + sig(x)) / side, (j + sig(y)) / side, exp(w) bias[2n] / side, exp(h) bias[2n+1] /
+    side); class = first argmax of the softmax, conf = sig(obj) * its probability, kept when
+    >= confidence_threshold (one prediction per anchor). Then as Yolov3DetectionOutput:
+    std::sort by conf, class-agnostic NMS (IoU >= nms_threshold drops), rows with image 0.
+    """
+    p = layer.param.yolo_detection_output_param
+    if not has(p, "num_classes"):
+        raise ValueError("YoloDetectionOutput needs num_classes")
+    ncls, nbox = int(p.num_classes), int(get(p, "num_box", 5))
+    thresh, nms = F32(get(p, "confidence_threshold", 0.01)), F32(get(p, "nms_threshold", 0.45))
+    biases = [F32(b) for b in values(p, "biases")]
+    preds = []
+    for x in inputs[:2]:
+        x = np.asarray(x, F32)
+        bsz, _, hh, side = x.shape
+        if hh != side:
+            raise ValueError(f"YoloDetectionOutput indexes rows by the width: {x.shape}")
+        for b in range(bsz):
+            for j in range(side):
+                for i in range(side):
+                    for n in range(nbox):
+                        v = x[b, n * (5 + ncls):(n + 1) * (5 + ncls), j, i]
+                        box = (F32((i + _sigmoid(v[0])) / F32(side)),
+                               F32((j + _sigmoid(v[1])) / F32(side)),
+                               F32(F32(np.exp(v[2]) * biases[2 * n]) / F32(side)),
+                               F32(F32(np.exp(v[3]) * biases[2 * n + 1]) / F32(side)))
+                        prob = _softmax_f32(v[5:])
+                        c = int(np.argmax(prob))  # first maximum, as the source's strict >
+                        conf = F32(_sigmoid(v[4]) * prob[c])
+                        if conf >= thresh:
+                            preds.append((conf, c, box))
+    return [_nms_rows(preds, nms, np.asarray(inputs[0]).shape[0])]
 
 
 LAYERS: dict[str, LayerFn] = {
     "Reorg": reorg,
     "Yolov3DetectionOutput": yolov3_detection_output,
+    "YoloDetectionOutput": yolo_detection_output,
 }
