@@ -212,6 +212,19 @@ def test_tied_scores_enter_nms_lowest_index_first() -> None:
     assert len(top) == 1 and top[0, 1] == 104.0
 
 
+def test_python_layer_registered_like_a_plugin() -> None:
+    """The Python layer is found under its public plugin key, Python:<module>.<layer>."""
+    from caffe_bridge import converters
+
+    assert "Python:rpn.proposal_layer.ProposalLayer" in converters.REGISTRY
+    other = PY_PROPOSAL.format(extra="", param="'feat_stride': 16").replace("ProposalLayer",
+                                                                            "Other")
+    from caffe_bridge.errors import CaffeBridgeError
+
+    with pytest.raises(CaffeBridgeError, match="not supported"):
+        net_from_text(net_text(other, (1, 18, 2, 2), (1, 36, 2, 2), (1, 3)))
+
+
 def test_proposal_rejects_bad_param_str() -> None:
     from caffe_bridge.errors import CaffeBridgeError
 

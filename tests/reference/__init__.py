@@ -36,11 +36,19 @@ DISPATCH: dict[str, LayerFn] = _dispatch()
 SUPPORTED: frozenset[str] = frozenset(DISPATCH)
 
 
+def layer_key(layer: Any) -> str:
+    """The type, or ``Python:<module>.<layer>`` for Python layers (as the converter registry)."""
+    if layer.type == "Python":
+        pp = layer.param.python_param
+        return f"Python:{pp.module}.{pp.layer}"
+    return layer.type
+
+
 def run_layer(layer: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run one layer on its bottoms (in order); returns its tops (in order), float64."""
-    fn = DISPATCH.get(layer.type)
+    fn = DISPATCH.get(layer_key(layer))
     if fn is None:
-        raise NotImplementedError(f"reference has no layer type {layer.type!r}")
+        raise NotImplementedError(f"reference has no layer type {layer_key(layer)!r}")
     return fn(layer, list(inputs))
 
 

@@ -248,6 +248,6 @@ def proposal(layer: Any, inputs: list[Array]) -> list[Array]:
 LAYERS: dict[str, LayerFn] = {
     "ROIPooling": roi_pooling,
     "PSROIPooling": psroi_pooling,
-    "Python": python_layer,
+    "Python:rpn.proposal_layer.ProposalLayer": python_layer,
     "Proposal": proposal,
 }
