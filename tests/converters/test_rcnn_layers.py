@@ -258,3 +258,23 @@ def test_fast_rcnn_dropout_scale_train(body: str) -> None:
         out = build_module(net)(x)
     want = 1.0 if "true" in body else 1 - float(body.split()[3])
     assert out[0, 0].item() == pytest.approx(want, rel=1e-6)
+
+
+def test_proposal_batch_runs_each_image() -> None:
+    """py-faster-rcnn takes one image; a batch here gives each image's proposals in turn, with
+    its index in column 0 (the reference, run per image, writes 0)."""
+    one = [proposal_feeds((4, 5), 9, seed) for seed in (11, 12)]
+    feeds = {k: np.concatenate([f[k] for f in one]) for k in ("data", "b1", "b2")}
+    feeds["b2"][1] = (50, 70, 1.5)
+    one[1]["b2"][0] = feeds["b2"][1]
+    layer = PY_PROPOSAL.format(extra=' top: "scores"', param="'feat_stride': 16")
+    net = net_from_text(net_text(layer, *(feeds[k].shape for k in ("data", "b1", "b2"))))
+    with torch.no_grad():
+        rois, scores = build_module(net)(*(torch.from_numpy(feeds[k])
+                                           for k in ("data", "b1", "b2")))
+    parts = [run_proposal(layer, f)[1] for f in one]
+    want_rois = np.concatenate([np.c_[np.full(len(r), i), r[:, 1:]]
+                                for i, (r, _) in enumerate(parts)])
+    want_scores = np.concatenate([s for _, s in parts])
+    assert rel_err(rois.numpy(), want_rois) <= 1e-6
+    assert rel_err(scores.numpy(), want_scores) <= 1e-6
