@@ -14,6 +14,17 @@ The data-dependent cores are ``torch.fx.wrap``-ed functions: a re-traced graph c
 single nodes. The proposal layer returns as many rows as survive NMS, as Caffe does (the IR's
 shape is the upper bound ``post_nms_topn``); NMS is greedy over kept boxes only: a loop of at
 most ``post_nms_topn`` vectorised steps, each suppressing against one kept box.
+
+NMS follows lib/nms/py_cpu_nms.py (areas with +1; a box survives IoU <= thresh), as does the
+GPU kernel py-faster-rcnn uses by default; its Cython cpu_nms.pyx would also drop IoU == thresh.
+Tie order: numpy's default argsort is only stable on short arrays (<= 16 items); beyond that its
+tie order is unspecified, and we take the stable one. Batches (py-faster-rcnn takes one image)
+give each image's proposals in turn, with the image index in column 0. The bbox decoding
+follows bbox_transform_inv literally: zero deltas on the anchor (0, 0, 15, 15) give
+(0, 0, 16, 16).
+
+OpenCV's ``Proposal`` type is read with the same semantics. OpenCV itself differs: it skips the
+min-size filter and pads rois/scores with zero rows up to ``post_nms_topn``.
 """
 
 from __future__ import annotations
