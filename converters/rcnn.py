@@ -355,10 +355,10 @@ class RPNProposal(nn.Module):
     """py-faster-rcnn's RPN proposal layer: bottoms (cls_prob, bbox_pred, im_info); tops rois
     (R x 5: batch index, x1, y1, x2, y2) and optionally scores (R x 1), R data-dependent."""
 
-    def __init__(self, anchors: np.ndarray, feat_stride: float, pre_nms: int, post_nms: int,
+    def __init__(self, anchors: torch.Tensor, feat_stride: float, pre_nms: int, post_nms: int,
                  nms_thresh: float, min_size: float, n_tops: int) -> None:
         super().__init__()
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
+        self.register_buffer("anchors", anchors.to(torch.float32))
         self.feat_stride, self.pre_nms, self.post_nms = feat_stride, pre_nms, post_nms
         self.nms_thresh, self.min_size, self.n_tops = nms_thresh, min_size, n_tops
 
@@ -398,7 +398,8 @@ def _python_proposal_cfg(p: object) -> dict[str, object]:
     cfg = parse_param_str(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("the proposal layer's param_str needs 'feat_stride'")
-    return {"anchors": generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32)))),
+    anchors = generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32))))
+    return {"anchors": torch.from_numpy(anchors),
             "feat_stride": float(cfg["feat_stride"]), "pre_nms": TEST_PRE_NMS,
             "post_nms": TEST_POST_NMS, "nms_thresh": TEST_NMS_THRESH, "min_size": TEST_MIN_SIZE}
 
@@ -407,7 +408,7 @@ def _opencv_proposal_cfg(p: object) -> dict[str, object]:
     pp = p.proposal_param
     anchors = generate_anchors(pp.base_size, tuple(pp.ratio) or (0.5, 1, 2),
                                tuple(pp.scale) or (8, 16, 32))
-    return {"anchors": anchors, "feat_stride": float(pp.feat_stride),
+    return {"anchors": torch.from_numpy(anchors), "feat_stride": float(pp.feat_stride),
             "pre_nms": pp.pre_nms_topn, "post_nms": pp.post_nms_topn,
             "nms_thresh": pp.nms_thresh, "min_size": pp.min_size}
 
