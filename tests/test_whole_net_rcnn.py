@@ -1,5 +1,6 @@
-"""py-faster-rcnn's Faster R-CNN ZF test net (tests/fixtures/wild/, unchanged) with seeded random
-weights, against OpenCV and against the numpy reference.
+"""py-faster-rcnn's Faster R-CNN ZF test net and py-R-FCN's ResNet-50 R-FCN (PSROIPooling) test
+net (tests/fixtures/wild/, unchanged) with seeded random weights, against OpenCV; ZF also
+against the numpy reference.
 
 OpenCV cannot run the Python proposal layer; as its samples do (samples/dnn/faster_rcnn.py),
 it gets a copy in which that layer is OpenCV's ``Proposal`` type with py-faster-rcnn's anchors
@@ -29,6 +30,7 @@ from caffe_bridge.testing import random_weights
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).parent / "fixtures" / "wild"
 ZF = WILD / "py-faster-rcnn_ZF_faster_rcnn_end2end_test.prototxt"
+RFCN = WILD / "py-R-FCN_ResNet-50_rfcn_end2end_test_agnostic.prototxt"
 OUTS = ["rois", "rpn_scores", "cls_score", "cls_prob", "bbox_pred"]
 
 
@@ -37,9 +39,9 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(ours.astype(np.float64) - ref))) / scale if scale else 0.0
 
 
-def variant(tmp: Path, opencv: bool) -> Path:
-    """ZF with a second proposal top; for OpenCV the Python layer becomes ``Proposal``."""
-    net = parse_prototxt(ZF).net
+def variant(tmp: Path, opencv: bool, src: Path = ZF) -> Path:
+    """``src`` with a second proposal top; for OpenCV the Python layer becomes ``Proposal``."""
+    net = parse_prototxt(src).net
     (layer,) = [lay for lay in net.layer if lay.name == "proposal"]
     layer.top.append("rpn_scores")
     if opencv:
@@ -49,16 +51,13 @@ def variant(tmp: Path, opencv: bool) -> Path:
         pp.feat_stride, pp.base_size, pp.min_size = 16, 16, 16
         pp.ratio.extend([0.5, 1, 2])
         pp.scale.extend([8, 16, 32])
-    path = tmp / ("zf_opencv.prototxt" if opencv else "zf_ours.prototxt")
+    path = tmp / f"{src.stem}_{'opencv' if opencv else 'ours'}.prototxt"
     path.write_text(text_format.MessageToString(net), encoding="utf-8")
     return path
 
 
-@pytest.fixture(scope="module")
-def zf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    tmp = tmp_path_factory.mktemp("zf")
-    ours_path = variant(tmp, opencv=False)
-    net = load_net(ours_path)
+def run_ours(tmp: Path, src: Path) -> dict[str, object]:
+    net = load_net(variant(tmp, False, src))
     weights = random_weights(net, 0)
     net = with_weights(net, weights)
     rng = np.random.default_rng(1)
@@ -69,6 +68,11 @@ def zf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         got = model(*(torch.from_numpy(feeds[n]) for n in net.inputs))
     return {"tmp": tmp, "net": net, "weights": weights, "feeds": feeds,
             "ours": dict(zip(OUTS, (t.numpy() for t in got), strict=True))}
+
+
+@pytest.fixture(scope="module")
+def zf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    return run_ours(tmp_path_factory.mktemp("zf"), ZF)
 
 
 def test_rois_are_real(zf: dict) -> None:
@@ -82,17 +86,29 @@ def test_rois_are_real(zf: dict) -> None:
     assert ours["cls_score"].std(axis=0).max() > 1e-3
 
 
-@pytest.mark.skipif(not HAVE_CV2, reason="OpenCV (cv2) is not installed")
-def test_agrees_with_opencv_proposal(zf: dict) -> None:
-    cv_path = variant(zf["tmp"], opencv=True)
-    ref = opencv_forward(cv_path, zf["weights"], zf["feeds"], OUTS)
-    ours = zf["ours"]
+def compare_with_opencv(run: dict, src: Path) -> None:
+    cv_path = variant(run["tmp"], True, src)
+    ref = opencv_forward(cv_path, run["weights"], run["feeds"], OUTS)
+    ours = run["ours"]
     n = len(ours["rois"])
     assert ref["rois"].shape == (300, 5)
     # OpenCV keeps the same number of proposals: its padding rows (zeros) start at row n.
     assert (ref["rpn_scores"][:n] > 0).all() and not ref["rpn_scores"][n:].any()
     for name in OUTS:
         assert rel_err(ours[name], ref[name][:n]) < 1e-5, name
+
+
+@pytest.mark.skipif(not HAVE_CV2, reason="OpenCV (cv2) is not installed")
+def test_agrees_with_opencv_proposal(zf: dict) -> None:
+    compare_with_opencv(zf, ZF)
+
+
+@pytest.mark.skipif(not HAVE_CV2, reason="OpenCV (cv2) is not installed")
+def test_rfcn_psroi_agrees_with_opencv(tmp_path: Path) -> None:
+    """R-FCN: PSROIPooling on the RPN's rois, then global average pooling of the bins."""
+    run = run_ours(tmp_path, RFCN)
+    assert 50 < len(run["ours"]["rois"]) <= 300
+    compare_with_opencv(run, RFCN)
 
 
 def test_agrees_with_numpy_reference(zf: dict) -> None:
