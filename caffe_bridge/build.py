@@ -8,7 +8,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import fx, nn
 
@@ -122,13 +122,16 @@ def convert(
     caffemodel: str | os.PathLike[str] | None = None,
     *,
     outputs: Sequence[str] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> fx.GraphModule:
     """Convert a Caffe definition (and weights) to an eval-mode ``torch.fx.GraphModule``.
 
     ``forward`` takes the net's inputs (NCHW float32) in declaration order and returns its output
-    blob, a tuple when there are several, or the blobs named in ``outputs``.
+    blob, a tuple when there are several, or the blobs named in ``outputs``. ``input_shapes``
+    is passed to :func:`caffe_bridge.load_net` (shapes of data layers' tops in train/test files).
     """
-    net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel)
+    net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel,
+                                                               input_shapes=input_shapes)
     warn_unused_weights(net, caffemodel)
     return build_module(net, outputs)
 

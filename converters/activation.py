@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,14 +16,10 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32 as _f32
 from caffe_bridge.shapes import canonical_axis, same_shape
 
 PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
-
-
-def _f32(value: float) -> float:
-    """A proto float field as the float32 Caffe holds (protobuf hands out the double)."""
-    return float(torch.tensor(value, dtype=torch.float32))
 
 
 @register("ReLU", shape=same_shape)
@@ -232,30 +227,16 @@ def convert_threshold(layer: Layer, net: Net) -> nn.Module:
     return Threshold(_f32(layer.param.threshold_param.threshold))
 
 
-class DropoutTestScale(nn.Module):
-    """A fork's Dropout with ``scale_train: false`` at test time: ``x * factor``."""
-
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor!r}"
-
-
 @register("Dropout", shape=same_shape)
 def convert_dropout(layer: Layer, net: Net) -> nn.Module:
-    """Dropout: the identity at test time; times (1 - ratio) with scale_train: false."""
+    """Dropout: the identity at test time; ``scale_train: false`` (py-faster-rcnn) scales."""
     p = layer.param.dropout_param
-    if p.HasField("scale_train") and not p.scale_train:
-        # rbgirshick/caffe-fast-rcnn dropout_layer.cpp: scale_ = 1 / (1 - ratio) (float), then
-        # caffe_scal(1. / scale_) at TEST time.
-        scale = np.float32(1.0 / (1.0 - np.float64(np.float32(p.dropout_ratio))))
-        return DropoutTestScale(float(np.float32(1.0 / np.float64(scale))))
-    return nn.Identity()
+    if p.scale_train:
+        return nn.Identity()
+    # rbgirshick/caffe-fast-rcnn src/caffe/layers/dropout_layer.cpp: at test time the copy is
+    # scaled by 1 / scale_, with threshold_ and scale_ = 1 / (1 - threshold_) held as float.
+    scale = _f32(1.0 / (1.0 - _f32(p.dropout_ratio)))
+    return Power(1.0, _f32(1.0 / scale), 0.0)
 
 
 @register("Softmax", shape=shapes.softmax_shapes)

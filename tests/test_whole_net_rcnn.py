@@ -23,14 +23,14 @@ from google.protobuf import text_format
 import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
-from caffe_bridge.references import opencv_forward
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).parent / "fixtures" / "wild"
-ZF = WILD / "py-faster-rcnn_ZF_faster_rcnn_end2end_test.prototxt"
-RFCN = WILD / "py-R-FCN_ResNet-50_rfcn_end2end_test_agnostic.prototxt"
+ZF = WILD / "faster_rcnn_zf_voc_test.prototxt"
+RFCN = WILD / "rfcn_resnet50_voc_test_agnostic.prototxt"
 OUTS = ["rois", "rpn_scores", "cls_score", "cls_prob", "bbox_pred"]
 
 

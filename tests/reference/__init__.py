@@ -11,15 +11,18 @@ duck-typed: anything with `.type` (V2 type string), `.param` (a LayerParameter m
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from . import activation, axpy, conv, elementwise, norm, pooling, rcnn, shape_ops, softmax, yolo
 from ._util import LayerFn
 
-_FAMILIES = (activation, axpy, conv, elementwise, norm, pooling, rcnn, shape_ops, softmax, yolo)
+# Every module of this package except the private ones is a layer family with a LAYERS table.
+_FAMILIES = tuple(importlib.import_module(f"{__name__}.{m.name}")
+                  for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def _dispatch() -> dict[str, LayerFn]:
@@ -36,19 +39,14 @@ DISPATCH: dict[str, LayerFn] = _dispatch()
 SUPPORTED: frozenset[str] = frozenset(DISPATCH)
 
 
-def layer_key(layer: Any) -> str:
-    """The type, or ``Python:<module>.<layer>`` for Python layers (as the converter registry)."""
-    if layer.type == "Python":
-        pp = layer.param.python_param
-        return f"Python:{pp.module}.{pp.layer}"
-    return layer.type
-
-
 def run_layer(layer: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run one layer on its bottoms (in order); returns its tops (in order), float64."""
-    fn = DISPATCH.get(layer_key(layer))
+    key = layer.type
+    if key == "Python":  # Python layers are keyed by module and class, as in the registry
+        key = f"Python:{layer.param.python_param.module}.{layer.param.python_param.layer}"
+    fn = DISPATCH.get(key)
     if fn is None:
-        raise NotImplementedError(f"reference has no layer type {layer_key(layer)!r}")
+        raise NotImplementedError(f"reference has no layer type {key!r}")
     return fn(layer, list(inputs))
 
 

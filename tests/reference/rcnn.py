@@ -217,14 +217,11 @@ def _run_proposal(inputs: list[Array], tops: int, **cfg: Any) -> list[Array]:
     return [rois.astype(np.float64), sc.astype(np.float64)][:tops]
 
 
-def python_layer(layer: Any, inputs: list[Array]) -> list[Array]:
+def rpn_proposal_layer(layer: Any, inputs: list[Array]) -> list[Array]:
     """py-faster-rcnn's rpn.proposal_layer.ProposalLayer with the TEST configuration
     (lib/fast_rcnn/config.py: RPN_PRE_NMS_TOP_N 6000, RPN_POST_NMS_TOP_N 300, NMS 0.7,
     RPN_MIN_SIZE 16); param_str gives feat_stride and optional scales."""
-    pp = layer.param.python_param
-    if (pp.module, pp.layer) != ("rpn.proposal_layer", "ProposalLayer"):
-        raise NotImplementedError(f"reference has no Python layer {pp.module}.{pp.layer}")
-    cfg = _yaml_dict(pp.param_str)
+    cfg = _yaml_dict(layer.param.python_param.param_str)
     anchors = generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32))))
     return _run_proposal(inputs, num_tops(layer), feat_stride=float(cfg["feat_stride"]),
                          anchors=anchors, pre_nms=6000, post_nms=300, nms_thresh=0.7,
@@ -248,6 +245,6 @@ def proposal(layer: Any, inputs: list[Array]) -> list[Array]:
 LAYERS: dict[str, LayerFn] = {
     "ROIPooling": roi_pooling,
     "PSROIPooling": psroi_pooling,
-    "Python:rpn.proposal_layer.ProposalLayer": python_layer,
+    "Python:rpn.proposal_layer.ProposalLayer": rpn_proposal_layer,
     "Proposal": proposal,
 }
