@@ -221,7 +221,7 @@ def test_python_layer_registered_like_a_plugin() -> None:
                                                                             "Other")
     from caffe_bridge.errors import CaffeBridgeError
 
-    with pytest.raises(CaffeBridgeError, match="not supported"):
+    with pytest.raises(CaffeBridgeError, match="Python:rpn.proposal_layer.Other"):
         net_from_text(net_text(other, (1, 18, 2, 2), (1, 36, 2, 2), (1, 3)))
 
 
