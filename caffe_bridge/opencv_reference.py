@@ -13,6 +13,9 @@ with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
   buffer (cosine ~0 against the concat's own slice, which agrees with Caffe to 1e-7). Fusion is
   switched off (``net.enableFusion(False)``) so that every retrieved blob is real.
 * OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
+* OpenCV keeps only the first output of a layer asked for by name: a Slice's later tops come
+  back as memory that later layers reused (ShuffleNet v2: every second Slice top wrong by
+  ~100%). Layers with such tops are read in a forward pass of their own that stops there.
 * OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
   TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
   Caffe instantiates in the TEST phase (level 0, no stages).
@@ -131,6 +134,15 @@ def _rejected(err: Exception, path: str, what: str) -> CaffeBridgeError:
     return CaffeBridgeError(f"OpenCV {what}: {short}", file=path, layer=layer)
 
 
+def _forward(net: Any, arrays: Mapping[str, np.ndarray], i: int, names: list[str]) -> list[Any]:
+    """Sample ``i`` through an OpenCV net; the outputs of the layers ``names`` (if any)."""
+    if not names:
+        return []
+    for name, a in arrays.items():
+        net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
+    return list(net.forwardAndRetrieve(names))
+
+
 def opencv_forward(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str] | Weights,
@@ -206,15 +218,22 @@ def opencv_forward(
             layer, k = writers[b]
             name = _opencv_layer(net, layer, proto_path)
             picks.append((pins.setdefault(name, len(pins)), k))
+        # OpenCV keeps only the first output of a requested layer: its later outputs (a Slice's
+        # second top) come back as memory reused by later layers. Such layers are read in a
+        # run of their own, which stops there.
+        later = {n for n, p in pins.items() if any(q == p and k > 0 for q, k in picks)}
         per_sample: list[list[np.ndarray]] = []
         for i in range(batch):
             try:
-                for name, a in arrays.items():
-                    net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
-                outs = net.forwardAndRetrieve(list(pins))
+                outs = _forward(net, arrays, i, [n for n in pins if n not in later])
+                by_name = dict(zip([n for n in pins if n not in later], outs, strict=True))
+                for name in later:
+                    by_name[name] = _forward(net, arrays, i, [name])[0]
             except cv2.error as err:
                 raise _rejected(err, proto_path, "fails to run the net") from None
-            per_sample.append([np.array(outs[p][k], dtype=np.float32) for p, k in picks])
+            order = list(pins)
+            per_sample.append([np.array(by_name[order[p]][k], dtype=np.float32)
+                               for p, k in picks])
     for j, b in enumerate(computed):
         results[b] = np.concatenate([s[j] for s in per_sample], axis=0)
     return {b: results[b] for b in wanted}
