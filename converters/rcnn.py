@@ -77,15 +77,17 @@ def _roi_bins(rois: torch.Tensor, scale: float, pooled: tuple[int, int], hw: tup
     return (rois[:, 0].long(), *edges)
 
 
-def _max_table(x: torch.Tensor) -> torch.Tensor:
+def _max_table(x: torch.Tensor, max_h: int, max_w: int) -> torch.Tensor:
     """Sparse table (LW, LH, N, H, W, C): entry [b, a, n, h, w] = max of x[n, :, h:h+2^a,
-    w:w+2^b] (entries whose window overhangs the map are never read)."""
+    w:w+2^b] for 2^a <= max_h, 2^b <= max_w (entries whose window overhangs the map are
+    never read)."""
     h, w = x.shape[-2:]
 
     def doubling(t: torch.Tensor, dim: int, size: int) -> list[torch.Tensor]:
         levels = [t]
         step = 1
-        while 2 * step <= size:
+        limit = min(size, max_h if dim == 1 else max_w)
+        while 2 * step <= limit:
             prev = levels[-1]
             nxt = prev.clone()
             nxt.narrow(dim, 0, size - step).copy_(torch.maximum(
@@ -94,7 +96,7 @@ def _max_table(x: torch.Tensor) -> torch.Tensor:
             step *= 2
         return levels
 
-    cols = doubling(x.permute(0, 2, 3, 1), 2, w)
+    cols = doubling(x.permute(0, 2, 3, 1).contiguous(), 2, w)
     return torch.stack([torch.stack(doubling(t, 1, h)) for t in cols])
 
 
@@ -108,7 +110,9 @@ def roi_max_pool(x: torch.Tensor, rois: torch.Tensor, pooled_h: int, pooled_w: i
     empty = (he <= hs)[:, :, None] | (we <= ws)[:, None, :]  # (R, PH, PW)
     lh, lw = (he - hs).clamp_min(1), (we - ws).clamp_min(1)
     kh, kw = _floor_log2(lh, h), _floor_log2(lw, w)
-    table = _max_table(x)
+    # Only the levels the longest bins need (a data-dependent size: this function is wrapped).
+    longest = (int(lh.max()), int(lw.max())) if lh.numel() else (1, 1)
+    table = _max_table(x, *longest)
     n_lh = table.shape[1]
     flat = table.reshape(-1, c)
     hs2, ws2 = (he - (1 << kh)).clamp_min(0), (we - (1 << kw)).clamp_min(0)
