@@ -10,6 +10,7 @@ import torch
 import caffe_bridge.converters  # noqa: F401  (registers the shape rules)
 import reference
 from caffe_bridge.build import build_module
+from caffe_bridge.converters.rcnn import roi_max_pool
 from layer_check import check_layer, layer_text, net_from_text, net_text, rel_err
 
 COVERS = {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"}
@@ -278,3 +279,14 @@ def test_proposal_batch_runs_each_image() -> None:
     want_scores = np.concatenate([s for _, s in parts])
     assert rel_err(rois.numpy(), want_rois) <= 1e-6
     assert rel_err(scores.numpy(), want_scores) <= 1e-6
+
+
+def test_no_proposal_survives_then_no_roi() -> None:
+    """Every box under the min size (16 * im_info[2]): py-faster-rcnn outputs 0 x 5 rois; ROI
+    pooling of no rois is 0 x C x PH x PW."""
+    feeds = proposal_feeds((3, 4), 9, 13, im_info=(48.0, 64.0, 100.0))
+    layer = PY_PROPOSAL.format(extra=' top: "scores"', param="'feat_stride': 16")
+    got, want = run_proposal(layer, feeds)
+    assert got[0].shape == want[0].shape == (0, 5) and got[1].shape == (0, 1)
+    x = torch.randn(1, 3, 4, 4)
+    assert roi_max_pool(x, torch.from_numpy(got[0]), 2, 2, 1.0).shape == (0, 3, 2, 2)
