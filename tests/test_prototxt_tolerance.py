@@ -280,3 +280,31 @@ def test_first_layer_of_a_repeated_name_gets_the_weights() -> None:
         net = build_net(upgrade(parsed), source="<w>", weights={"s": [np.ones(3, np.float32)]})
     assert [len(layer.blobs) for layer in net.layers] == [0, 1, 0]
     assert net.layer("s").type == "ReLU"  # lookup by name: the last, as Caffe's layer_by_name
+
+
+def test_python_layer_with_a_registered_converter_converts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import caffe_bridge
+    from caffe_bridge import converters
+
+    monkeypatch.setattr(converters.REGISTRY, "_by_type", dict(converters.REGISTRY._by_type))
+
+    class _Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    @caffe_bridge.register("Python:my.layers.Magic")
+    def convert_magic(layer: object, net: object) -> torch.nn.Module:
+        """my.layers.Magic: doubles (test Python layer)."""
+        return _Double()
+
+    text = HEAD + ('layer { name: "magic" type: "Python" bottom: "data" top: "out"\n'
+                   '  python_param { module: "my.layers" layer: "Magic" } }\n')
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    model = caffe_bridge.convert(path)
+    x = torch.ones(1, 3, 8, 8)
+    torch.testing.assert_close(model(x), 2 * x)
