@@ -15,6 +15,7 @@ Rules (docs/ARCHITECTURE.md, "Semantics notes: reading definitions", has the ful
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -343,3 +344,24 @@ def _note(form: DeployForm, raw: Sequence[RawLayer], dropped_idx: set[int], path
             parts.append(f"{p.name} (SoftmaxWithLoss) has no deploy twin: its scores "
                          f"{p.bottom[0]!r} are an output, without the softmax")
     warnings.warn(f"{path}: " + "; ".join(parts), CaffeBridgeWarning, stacklevel=4)
+
+
+def deploy_definition(
+    prototxt: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> pb_message.Message:
+    """The deploy form of a definition as a V2 ``NetParameter`` (for a second reader such as
+    OpenCV): TEST-phase layers, data layers as Input layers, training layers dropped. Fields
+    our schema lacks were skipped when reading and are not in it."""
+    from caffe_bridge.prototxt import parse_prototxt
+    from caffe_bridge.upgrade import upgrade
+
+    parsed = parse_prototxt(prototxt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CaffeBridgeWarning)
+        form = to_deploy(upgrade(parsed), parsed.path, input_shapes)
+    net = schema.NetParameter()
+    net.name = parsed.net.name
+    for raw in form.layers:
+        net.layer.add().CopyFrom(raw.param)
+    return net

@@ -201,3 +201,12 @@ def test_input_shape_option_and_inspect_json(tmp_path: Path) -> None:
 def test_every_net_loading_command_has_the_input_shape_option(command: str) -> None:
     result = CliRunner().invoke(main, [command, "--help"])
     assert "--input-shape NAME=N,C,H,W" in result.output
+
+
+def test_deploy_definition_is_the_deploy_net_as_text(tmp_path: Path) -> None:
+    from caffe_bridge.deploy import deploy_definition
+
+    net = deploy_definition(_write(tmp_path, TRAIN_VAL))
+    assert [(layer.name, layer.type) for layer in net.layer] == [
+        ("data", "Input"), ("conv1", "Convolution"), ("relu1", "ReLU"), ("fc", "InnerProduct")]
+    assert list(net.layer[0].input_param.shape[0].dim) == [10, 3, 11, 11]
