@@ -303,9 +303,11 @@ def build_net(
                             tuple(p.bottom), tuple(p.top)))
     _warn_repeated_names(layers, source)
     blobs = values.blobs
-    outputs = tuple(v for v in blobs if v not in consumed and blobs[v].producer
-                    and not _is_input(layers, v)
-                    and blobs[v].caffe_name not in hidden)
+    unread = tuple(v for v in blobs if v not in consumed and blobs[v].producer
+                   and not _is_input(layers, v))
+    # Blobs only a dropped Silence read are no outputs, as in Caffe, unless nothing else is
+    # (colorization's deploy net silences its only result).
+    outputs = tuple(v for v in unread if blobs[v].caffe_name not in hidden) or unread
     unused = tuple(n for n, b in weights.items() if n not in seen_names and len(b))
     by_name = {layer.name: layer for layer in layers}
     return Net(name, tuple(layers), MappingProxyType(blobs), MappingProxyType(inputs), outputs,

@@ -210,3 +210,11 @@ def test_deploy_definition_is_the_deploy_net_as_text(tmp_path: Path) -> None:
     assert [(layer.name, layer.type) for layer in net.layer] == [
         ("data", "Input"), ("conv1", "Convolution"), ("relu1", "ReLU"), ("fc", "InnerProduct")]
     assert list(net.layer[0].input_param.shape[0].dim) == [10, 3, 11, 11]
+
+
+def test_a_silenced_only_result_stays_the_output(tmp_path: Path) -> None:
+    text = ('input: "x" input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 3\n'
+            'layer { name: "r" type: "ReLU" bottom: "x" top: "r" }\n'
+            'layer { name: "Silence" type: "Silence" bottom: "r" }\n')
+    net, _ = _load(_write(tmp_path, text))
+    assert net.outputs == ("r",)
