@@ -14,10 +14,12 @@ Rules (docs/ARCHITECTURE.md, "Semantics notes: reading definitions", has the ful
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
@@ -25,6 +27,28 @@ from google.protobuf import message as pb_message
 from caffe_bridge import schema
 from caffe_bridge.errors import CaffeBridgeWarning, PrototxtError
 from caffe_bridge.upgrade import RawLayer
+
+# Input shapes the command line gives (``--input-shape``) for every load_net in its scope.
+_DEFAULT_INPUT_SHAPES: contextvars.ContextVar[Mapping[str, tuple[int, ...]] | None] = (
+    contextvars.ContextVar("caffe_bridge_input_shapes", default=None))
+
+
+@contextlib.contextmanager
+def default_input_shapes(shapes: Mapping[str, Sequence[int]] | None) -> Iterator[None]:
+    """Within this block, ``load_net`` calls without ``input_shapes`` use ``shapes``."""
+    token = _DEFAULT_INPUT_SHAPES.set(
+        {k: tuple(int(d) for d in v) for k, v in shapes.items()} if shapes else None)
+    try:
+        yield
+    finally:
+        _DEFAULT_INPUT_SHAPES.reset(token)
+
+
+def given_input_shapes(
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> Mapping[str, Sequence[int]] | None:
+    """``input_shapes``, or those of an enclosing :func:`default_input_shapes` block."""
+    return input_shapes if input_shapes is not None else _DEFAULT_INPUT_SHAPES.get()
 
 DATA_TYPES = frozenset({
     # BVLC
@@ -346,6 +370,21 @@ def _note(form: DeployForm, raw: Sequence[RawLayer], dropped_idx: set[int], path
     warnings.warn(f"{path}: " + "; ".join(parts), CaffeBridgeWarning, stacklevel=4)
 
 
+def read_deploy_form(
+    prototxt: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[pb_message.Message, DeployForm]:
+    """The parsed net message and its deploy form, quietly (load_net already warned)."""
+    from caffe_bridge.prototxt import parse_prototxt
+    from caffe_bridge.upgrade import upgrade
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CaffeBridgeWarning)
+        parsed = parse_prototxt(prototxt)
+        form = to_deploy(upgrade(parsed), parsed.path, given_input_shapes(input_shapes))
+    return parsed.net, form
+
+
 def deploy_definition(
     prototxt: str | os.PathLike[str],
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -353,15 +392,9 @@ def deploy_definition(
     """The deploy form of a definition as a V2 ``NetParameter`` (for a second reader such as
     OpenCV): TEST-phase layers, data layers as Input layers, training layers dropped. Fields
     our schema lacks were skipped when reading and are not in it."""
-    from caffe_bridge.prototxt import parse_prototxt
-    from caffe_bridge.upgrade import upgrade
-
-    parsed = parse_prototxt(prototxt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CaffeBridgeWarning)
-        form = to_deploy(upgrade(parsed), parsed.path, input_shapes)
+    parsed_net, form = read_deploy_form(prototxt, input_shapes)
     net = schema.NetParameter()
-    net.name = parsed.net.name
+    net.name = parsed_net.name
     for raw in form.layers:
         net.layer.add().CopyFrom(raw.param)
     return net

@@ -218,3 +218,20 @@ def test_a_silenced_only_result_stays_the_output(tmp_path: Path) -> None:
             'layer { name: "Silence" type: "Silence" bottom: "r" }\n')
     net, _ = _load(_write(tmp_path, text))
     assert net.outputs == ("r",)
+
+
+def test_opencv_reads_the_deploy_form_of_a_train_val_file(tmp_path: Path) -> None:
+    from caffe_bridge.deploy import default_input_shapes
+    from caffe_bridge.references import opencv_definition, opencv_forward
+    from caffe_bridge.testing import random_inputs, random_weights
+
+    pytest.importorskip("cv2")
+    path = _write(tmp_path, TRAIN_VAL)
+    text = opencv_definition(path)
+    assert text is not None and 'type: "Input"' in text and "SoftmaxWithLoss" not in text
+    with warnings.catch_warnings(), default_input_shapes({"data": (1, 3, 11, 11)}):
+        warnings.simplefilter("ignore")
+        net = load_net(path)
+        inputs = random_inputs(net, seed=0)
+        got = opencv_forward(path, random_weights(net, seed=0), inputs)
+    assert got["fc"].shape == (1, 5)
