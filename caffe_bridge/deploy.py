@@ -228,8 +228,12 @@ def _missing_shape(raw: RawLayer, top: str, path: str) -> PrototxtError:
     )
 
 
+UNKNOWN_SHAPE = "unknown (give --input-shape)"
+
+
 def _input_layer(
-    raw: RawLayer, tops: list[str], path: str, input_shapes: Mapping[str, Sequence[int]]
+    raw: RawLayer, tops: list[str], path: str, input_shapes: Mapping[str, Sequence[int]],
+    lenient: bool = False,
 ) -> tuple[RawLayer, list[CreatedInput]]:
     p = raw.param
     layer = schema.LayerParameter()
@@ -240,7 +244,9 @@ def _input_layer(
         user = _user_shape(input_shapes, top)
         found = (user, "given shape") if user is not None else stated_shape(p, k)
         if found is None:
-            raise _missing_shape(raw, top, path)
+            if not lenient:
+                raise _missing_shape(raw, top, path)
+            found = ((), UNKNOWN_SHAPE)  # an Input with an empty shape (inspect only)
         shape, source = found
         layer.top.append(top)
         layer.input_param.shape.add().dim.extend(shape)
@@ -300,6 +306,8 @@ def to_deploy(
     raw: Sequence[RawLayer],
     path: str,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    lenient: bool = False,
 ) -> DeployForm:
     """Turn ``raw`` (TEST-phase layers) into the net Caffe deploys; warn once if it changed."""
     input_shapes = dict(input_shapes or {})
@@ -318,7 +326,7 @@ def to_deploy(
         elif is_data_layer(r.param):
             tops = [t for t in r.param.top if t in read]
             if tops:
-                layer, made = _input_layer(r, tops, path, input_shapes)
+                layer, made = _input_layer(r, tops, path, input_shapes, lenient)
                 layers.append(layer)
                 created.extend(made)
         else:
@@ -373,15 +381,22 @@ def _note(form: DeployForm, raw: Sequence[RawLayer], dropped_idx: set[int], path
 def read_deploy_form(
     prototxt: str | os.PathLike[str],
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    lenient: bool = False,
 ) -> tuple[pb_message.Message, DeployForm]:
-    """The parsed net message and its deploy form, quietly (load_net already warned)."""
+    """The parsed net message and its deploy form, quietly (load_net already warned).
+
+    ``lenient``: a data layer top without a shape becomes an Input with an empty shape
+    (source :data:`UNKNOWN_SHAPE`) instead of an error; only for reports such as ``inspect``.
+    """
     from caffe_bridge.prototxt import parse_prototxt
     from caffe_bridge.upgrade import upgrade
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CaffeBridgeWarning)
         parsed = parse_prototxt(prototxt)
-        form = to_deploy(upgrade(parsed), parsed.path, given_input_shapes(input_shapes))
+        form = to_deploy(upgrade(parsed), parsed.path, given_input_shapes(input_shapes),
+                         lenient=lenient)
     return parsed.net, form
 
 

@@ -176,9 +176,11 @@ def test_input_shape_option_and_inspect_json(tmp_path: Path) -> None:
     text = TRAIN_VAL.replace("mean_value: 104 mean_value: 117 mean_value: 123", "")
     path = _write(tmp_path, text)
     runner = CliRunner()
-    failed = runner.invoke(main, ["inspect", str(path)])
+    failed = runner.invoke(main, ["convert", str(path), "--no-weights", "-o", str(tmp_path)])
     assert failed.exit_code == 2
     assert "--input-shape data=N,C,H,W" in failed.output
+    partial = runner.invoke(main, ["inspect", str(path)])
+    assert partial.exit_code == 0 and "inputs: data ?" in partial.stdout
     result = runner.invoke(main, ["inspect", "--json", str(path), "--input-shape",
                                   "data=1,3,11,11"])
     assert result.exit_code == 0, result.output
@@ -235,3 +237,30 @@ def test_opencv_reads_the_deploy_form_of_a_train_val_file(tmp_path: Path) -> Non
         inputs = random_inputs(net, seed=0)
         got = opencv_forward(path, random_weights(net, seed=0), inputs)
     assert got["fc"].shape == (1, 5)
+
+
+def test_inspect_gives_a_partial_table_for_unsupported_types_and_unknown_shapes(
+    tmp_path: Path,
+) -> None:
+    text = TRAIN_VAL.replace("mean_value: 104 mean_value: 117 mean_value: 123", "").replace(
+        'layer { name: "fc" type: "InnerProduct"',
+        'layer { name: "perm" type: "Permute" bottom: "conv1" top: "p" '
+        'permute_param { order: 0 order: 2 order: 3 order: 1 } }\n'
+        'layer { name: "fc" type: "InnerProduct"')
+    path = _write(tmp_path, text)
+    runner = CliRunner()
+    data = json.loads(runner.invoke(main, ["inspect", "--json", str(path)]).stdout)
+    assert data["created_inputs"][0]["shape"] == []
+    assert data["created_inputs"][0]["shape_from"] == "unknown (give --input-shape)"
+    assert [r["top_shapes"] for r in data["layers"]] == [None] * 5
+    given = runner.invoke(main, ["inspect", "--json", str(path), "--input-shape",
+                                 "data=1,3,11,11"])
+    data = json.loads(given.stdout)
+    shapes = {r["name"]: r["top_shapes"] for r in data["layers"]}
+    assert shapes["conv1"] == [[1, 4, 9, 9]] and shapes["perm"] is None
+    assert data["unsupported"] == [{"name": "perm", "type": "Permute",
+                                    "message": "no converter for 'Permute'"}]
+    assert set(data["outputs"]) == {"fc", "p"}
+    shown = runner.invoke(main, ["inspect", str(path), "--input-shape", "data=1,3,11,11"])
+    assert shown.exit_code == 0
+    assert "not convertible yet: Permute: perm; shapes after it unknown (?)" in shown.stdout
