@@ -8,11 +8,20 @@ entry-point group (see ``registry.load_plugins``).
 from caffe_bridge.converters import (  # noqa: F401  (imported for their registrations)
     activation,
     axpy,
+    bvlc_extra,
     conv,
+    detection,
+    efficient,
     elementwise,
+    fork_norm,
     norm,
+    ocr,
     pooling,
+    rcnn,
+    recurrent,
+    resample,
     shape_ops,
+    volumetric,
 )
 from caffe_bridge.converters.registry import (
     REGISTRY,

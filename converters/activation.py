@@ -16,14 +16,10 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32 as _f32
 from caffe_bridge.shapes import canonical_axis, same_shape
 
 PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
-
-
-def _f32(value: float) -> float:
-    """A proto float field as the float32 Caffe holds (protobuf hands out the double)."""
-    return float(torch.tensor(value, dtype=torch.float32))
 
 
 @register("ReLU", shape=same_shape)

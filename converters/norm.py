@@ -19,14 +19,11 @@ from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register, register_fusion
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor as _f32
 
 _BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 ACROSS_CHANNELS = schema.LRNParameter.ACROSS_CHANNELS
 WITHIN_CHANNEL = schema.LRNParameter.WITHIN_CHANNEL
-
-
-def _f32(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
 def batch_norm_stats(layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:

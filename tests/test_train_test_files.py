@@ -224,8 +224,8 @@ def test_a_silenced_only_result_stays_the_output(tmp_path: Path) -> None:
 
 def test_opencv_reads_the_deploy_form_of_a_train_val_file(tmp_path: Path) -> None:
     from caffe_bridge.deploy import default_input_shapes
-    from caffe_bridge.references import opencv_definition, opencv_forward
-    from caffe_bridge.testing import random_inputs, random_weights
+    from caffe_bridge.opencv_reference import opencv_definition, opencv_forward
+    from caffe_bridge.random_weights import random_inputs, random_weights
 
     pytest.importorskip("cv2")
     path = _write(tmp_path, TRAIN_VAL)

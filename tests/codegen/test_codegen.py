@@ -28,7 +28,7 @@ from caffe_bridge.codegen import (
 )
 from caffe_bridge.codegen.render import InitCall, recording
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 SMALL = """
 name: "small"

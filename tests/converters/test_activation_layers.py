@@ -11,7 +11,7 @@ import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import with_weights
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 from layer_check import check_batch, check_layer, net_from_text, net_text, rel_err
 from layer_check import layer_text as one
 

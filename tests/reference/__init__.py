@@ -11,15 +11,18 @@ duck-typed: anything with `.type` (V2 type string), `.param` (a LayerParameter m
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from . import activation, axpy, conv, elementwise, norm, pooling, shape_ops, softmax
 from ._util import LayerFn
 
-_FAMILIES = (activation, axpy, conv, elementwise, norm, pooling, shape_ops, softmax)
+# Every module of this package except the private ones is a layer family with a LAYERS table.
+_FAMILIES = tuple(importlib.import_module(f"{__name__}.{m.name}")
+                  for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def _dispatch() -> dict[str, LayerFn]:
@@ -38,9 +41,12 @@ SUPPORTED: frozenset[str] = frozenset(DISPATCH)
 
 def run_layer(layer: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run one layer on its bottoms (in order); returns its tops (in order), float64."""
-    fn = DISPATCH.get(layer.type)
+    key = layer.type
+    if key == "Python":  # Python layers are keyed by module and class, as in the registry
+        key = f"Python:{layer.param.python_param.module}.{layer.param.python_param.layer}"
+    fn = DISPATCH.get(key)
     if fn is None:
-        raise NotImplementedError(f"reference has no layer type {layer.type!r}")
+        raise NotImplementedError(f"reference has no layer type {key!r}")
     return fn(layer, list(inputs))
 
 

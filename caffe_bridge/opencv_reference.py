@@ -7,7 +7,15 @@ with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
   SENet definition is ``a * bottom[1] + bottom[2]``. OpenCV is handed a copy of the definition
   whose Axpy layers have their 2nd and 3rd bottoms swapped (edited through our schema).
 * Winograd convolutions drift by ~1e-4; they are switched off.
+* With layer fusion on (OpenCV's default), a blob that OpenCV fuses away comes back stale: in
+  SqueezeNet, the in-place ReLU of ``fire2/expand1x1`` writes straight into the following
+  Concat's buffer, and ``forwardAndRetrieve("fire2/relu_expand1x1")`` returns an unrelated
+  buffer (cosine ~0 against the concat's own slice, which agrees with Caffe to 1e-7). Fusion is
+  switched off (``net.enableFusion(False)``) so that every retrieved blob is real.
 * OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
+* OpenCV keeps only the first output of a layer asked for by name: a Slice's later tops come
+  back as memory that later layers reused (ShuffleNet v2: every second Slice top wrong by
+  ~100%). Layers with such tops are read in a forward pass of their own that stops there.
 * OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
   TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
   Caffe instantiates in the TEST phase (level 0, no stages).
@@ -29,6 +37,7 @@ from google.protobuf import text_format
 
 from caffe_bridge.deploy import deploy_definition, read_deploy_form
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.opencv_import import import_cv2
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.upgrade import keep_in_test
 
@@ -43,22 +52,6 @@ _LAYER_PATTERNS = (
     re.compile(r"\[[A-Za-z0-9_]+\]:\(([^)]+)\)"),
     re.compile(r"layer name: ?(\S+)"),
 )
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        raise CaffeBridgeError(
-            "OpenCV (the cv2 module, e.g. opencv-python-headless 4.x) is needed for the OpenCV "
-            f"reference: {err}"
-        ) from None
-    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
-        raise CaffeBridgeError(
-            f"this OpenCV ({cv2.__version__}) has no cv2.dnn.readNetFromCaffe (OpenCV 5 removed "
-            "it); install OpenCV 4.x"
-        )
-    return cv2
 
 
 def opencv_definition(
@@ -146,6 +139,15 @@ def _rejected(err: Exception, path: str, what: str) -> CaffeBridgeError:
     return CaffeBridgeError(f"OpenCV {what}: {short}", file=path, layer=layer)
 
 
+def _forward(net: Any, arrays: Mapping[str, np.ndarray], i: int, names: list[str]) -> list[Any]:
+    """Sample ``i`` through an OpenCV net; the outputs of the layers ``names`` (if any)."""
+    if not names:
+        return []
+    for name, a in arrays.items():
+        net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
+    return list(net.forwardAndRetrieve(names))
+
+
 def opencv_forward(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str] | Weights,
@@ -155,6 +157,7 @@ def opencv_forward(
     fix_axpy: bool = True,
     test_phase: bool = True,
     winograd: bool = False,
+    fusion: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``prototxt`` with OpenCV's Caffe importer; return the requested blobs, batch-stacked.
 
@@ -164,7 +167,7 @@ def opencv_forward(
     net's outputs. ``fix_axpy=False``, ``test_phase=False`` and ``winograd=True`` leave OpenCV's
     traps in place (to show that they are real).
     """
-    cv2 = _cv2()
+    cv2 = import_cv2("the OpenCV reference", dnn=True)
     proto_path = os.fspath(prototxt)
     writers, net_inputs, outputs = _net_blobs(proto_path)
     wanted = list(blobs) if blobs is not None else outputs
@@ -213,21 +216,29 @@ def opencv_forward(
             raise CaffeBridgeError("OpenCV read an empty net", file=proto_path)
         if hasattr(net, "enableWinograd"):
             net.enableWinograd(winograd)
+        net.enableFusion(fusion)  # fused-away blobs (ReLU into a Concat) come back stale
         pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
         picks: list[tuple[int, int]] = []  # per computed blob: (request position, top index)
         for b in computed:
             layer, k = writers[b]
             name = _opencv_layer(net, layer, proto_path)
             picks.append((pins.setdefault(name, len(pins)), k))
+        # OpenCV keeps only the first output of a requested layer: its later outputs (a Slice's
+        # second top) come back as memory reused by later layers. Such layers are read in a
+        # run of their own, which stops there.
+        later = {n for n, p in pins.items() if any(q == p and k > 0 for q, k in picks)}
         per_sample: list[list[np.ndarray]] = []
         for i in range(batch):
             try:
-                for name, a in arrays.items():
-                    net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
-                outs = net.forwardAndRetrieve(list(pins))
+                outs = _forward(net, arrays, i, [n for n in pins if n not in later])
+                by_name = dict(zip([n for n in pins if n not in later], outs, strict=True))
+                for name in later:
+                    by_name[name] = _forward(net, arrays, i, [name])[0]
             except cv2.error as err:
                 raise _rejected(err, proto_path, "fails to run the net") from None
-            per_sample.append([np.array(outs[p][k], dtype=np.float32) for p, k in picks])
+            order = list(pins)
+            per_sample.append([np.array(by_name[order[p]][k], dtype=np.float32)
+                               for p, k in picks])
     for j, b in enumerate(computed):
         results[b] = np.concatenate([s[j] for s in per_sample], axis=0)
     return {b: results[b] for b in wanted}
