@@ -58,6 +58,8 @@ DATA_TYPES = frozenset({
     # segmentation/edge forks (DeepLab: ImageSegData; SegNet: DenseImageData; HED:
     # ImageLabelmapData; others: ImageLabelData)
     "ImageSegData", "ImageLabelData", "DenseImageData", "ImageLabelmapData",
+    # DeepLab (bitbucket deeplab-public-ver2): features read from .mat files
+    "MatRead",
 })
 
 # Types reading image files through image_data_param (is_color, new_height/new_width).
@@ -77,6 +79,8 @@ DROP_TYPES = frozenset({
     "MultiBoxLoss", "DetectionEvaluate", "SmoothL1Loss",
     # segmentation forks (DeepLab, SegNet, PSPNet training nets)
     "SegAccuracy", "SoftmaxWithLossWeighted",
+    # DeepLab's MatWrite writes its bottom to .mat files (an output layer, like HDF5Output)
+    "MatWrite",
     # OCR, face and others
     "CtcLoss", "CTCLoss", "WarpCTCLoss", "CenterLoss", "FocalLoss", "TripletLoss", "L1Loss",
 })

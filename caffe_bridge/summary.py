@@ -21,7 +21,12 @@ from google.protobuf import message as pb_message
 
 from caffe_bridge import shapes
 from caffe_bridge.deploy import CreatedInput, DroppedLayer, read_deploy_form
-from caffe_bridge.errors import CaffeBridgeError, PrototxtError, UnsupportedLayerError
+from caffe_bridge.errors import (
+    CaffeBridgeError,
+    PrototxtError,
+    ShapeError,
+    UnsupportedLayerError,
+)
 from caffe_bridge.ir import Layer, Net, load_net, with_weights
 from caffe_bridge.shapes import Shape, canonical_axis, conv_geometry
 
@@ -65,7 +70,8 @@ class NetSummary:
     weights: WeightsReport | None = None
     dropped: tuple[DroppedLayer, ...] = ()  # training/evaluation layers left out
     created_inputs: tuple[CreatedInput, ...] = ()  # inputs made from data layers
-    # Layers no converter handles yet, (name, type or Python registry key, message): when set,
+    # Layers that do not convert: no converter (type or Python registry key) or a shape rule
+    # fails; (name, type, message). When set,
     # the table is partial (shapes after them unknown, no FLOPs) and the net does not convert.
     unsupported: tuple[tuple[str, str, str], ...] = ()
     total_params: int = field(init=False)
@@ -201,6 +207,8 @@ def inspect_files(
     except PrototxtError as err:
         if "has no shape in the definition" not in err.message:
             raise
+        return partial_summary(prototxt, input_shapes=input_shapes)
+    except ShapeError:  # shown, with its message, in the partial table
         return partial_summary(prototxt, input_shapes=input_shapes)
     report = check_weights(net, caffemodel) if caffemodel is not None else None
     return summarize(net, report)

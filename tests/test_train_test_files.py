@@ -244,8 +244,7 @@ def test_inspect_gives_a_partial_table_for_unsupported_types_and_unknown_shapes(
 ) -> None:
     text = TRAIN_VAL.replace("mean_value: 104 mean_value: 117 mean_value: 123", "").replace(
         'layer { name: "fc" type: "InnerProduct"',
-        'layer { name: "perm" type: "Permute" bottom: "conv1" top: "p" '
-        'permute_param { order: 0 order: 2 order: 3 order: 1 } }\n'
+        'layer { name: "perm" type: "FancyFork" bottom: "conv1" top: "p" }\n'
         'layer { name: "fc" type: "InnerProduct"')
     path = _write(tmp_path, text)
     runner = CliRunner()
@@ -258,9 +257,9 @@ def test_inspect_gives_a_partial_table_for_unsupported_types_and_unknown_shapes(
     data = json.loads(given.stdout)
     shapes = {r["name"]: r["top_shapes"] for r in data["layers"]}
     assert shapes["conv1"] == [[1, 4, 9, 9]] and shapes["perm"] is None
-    assert data["unsupported"] == [{"name": "perm", "type": "Permute",
-                                    "message": "no converter for 'Permute'"}]
+    assert data["unsupported"] == [{"name": "perm", "type": "FancyFork",
+                                    "message": "no converter for 'FancyFork'"}]
     assert set(data["outputs"]) == {"fc", "p"}
     shown = runner.invoke(main, ["inspect", str(path), "--input-shape", "data=1,3,11,11"])
     assert shown.exit_code == 0
-    assert "not convertible yet: Permute: perm; shapes after it unknown (?)" in shown.stdout
+    assert "not convertible yet: FancyFork: perm; shapes after it unknown (?)" in shown.stdout
