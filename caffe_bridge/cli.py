@@ -168,7 +168,7 @@ def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
             f"{_show(d.name)} ({_show(d.type)})" for d in summary.dropped))
     rows = []
     for i, r in enumerate(summary.rows):
-        tops = ", ".join(f"{_show(t)} {_shape(s)}"
+        tops = ", ".join(f"{_show(t)} {_shape(s) if r.shapes_known else '?'}"
                          for t, s in zip(r.tops, r.top_shapes, strict=True))
         rows.append([str(i), _show(r.name), _show(r.type), tops,
                      f"{r.params:,}" if r.params else "-", _si(r.flops) if r.flops else "-"])
@@ -177,9 +177,15 @@ def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
     n_layers = sum(1 for r in summary.rows if r.type != "Input")
     click.echo(f"\ntotal: {n_layers} layers, {summary.total_params:,} parameters, "
                f"{_si(summary.total_flops)} FLOPs ({summary.total_flops:,})")
-    click.echo("inputs: " + ", ".join(f"{_show(n)} {_shape(s)}"
+    click.echo("inputs: " + ", ".join(f"{_show(n)} {_shape(s) if s else '?'}"
                                       for n, s in summary.inputs.items()))
     click.echo("outputs: " + ", ".join(_show(o) for o in summary.outputs))
+    by_type: dict[str, list[str]] = {}
+    for name, type_, _ in summary.unsupported:
+        by_type.setdefault(type_, []).append(_show(name))
+    for type_, names in by_type.items():
+        shown = ", ".join(names[:3]) + (f", ... ({len(names)} layers)" if len(names) > 3 else "")
+        click.echo(f"not convertible yet: {_show(type_)}: {shown}; shapes after it unknown (?)")
     report = summary.weights
     if report is None:
         return

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
+from caffe_bridge.deploy import deploy_definition, read_deploy_form
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.opencv_import import import_cv2
 from caffe_bridge.prototxt import parse_prototxt
-from caffe_bridge.upgrade import keep_in_test, upgrade
+from caffe_bridge.upgrade import keep_in_test
 
 __all__ = ["opencv_definition", "opencv_forward"]
 
@@ -65,7 +66,11 @@ def opencv_definition(
     parsed = parse_prototxt(prototxt)
     net = parsed.net
     changed = False
-    if test_phase:
+    if test_phase:  # a train/test file: OpenCV reads its deploy form (caffe_bridge.deploy)
+        _, form = read_deploy_form(prototxt)
+        if form.dropped or form.created:
+            net, changed = deploy_definition(prototxt), True
+    if test_phase and not changed:
         for records in (net.layer, net.layers):
             for i in reversed(range(len(records))):
                 if not keep_in_test(records[i]):
@@ -90,7 +95,7 @@ def _net_blobs(
 ) -> tuple[dict[str, tuple[Any, int]], set[str], list[str]]:
     """Caffe blob name -> (its last writer's LayerParameter, top index); the blobs that are still
     the net's inputs; and the net's output blobs (produced, never consumed after), in order."""
-    raw = upgrade(parse_prototxt(prototxt))
+    raw = read_deploy_form(prototxt)[1].layers
     writers: dict[str, tuple[Any, int]] = {}
     inputs: set[str] = set()
     available: dict[str, None] = {}
