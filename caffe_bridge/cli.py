@@ -6,6 +6,7 @@ line ``error: <message>`` on stderr). The only module of the package that prints
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from caffe_bridge.cli_common import (
     CONTEXT,
     EXIT_MISMATCH,
     Progress,
+    add_input_shape_option,
     find_weights,
     handle_errors,
     input_file,
+    input_shape_option,
     quiet_option,
 )
 from caffe_bridge.errors import CaffeBridgeError
@@ -87,7 +90,8 @@ class _Commands(click.Group):
             import importlib
 
             module, attr = self.lazy[name].split(":")
-            return getattr(importlib.import_module(module), attr)
+            cmd = getattr(importlib.import_module(module), attr)
+            return add_input_shape_option(cmd) if name == "eval" else cmd
         return super().get_command(ctx, name)
 
 
@@ -128,8 +132,12 @@ def main() -> None:
 @main.command("inspect", context_settings=CONTEXT)
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON (layers, inputs, outputs, dropped layers, "
+                   "inputs made from data layers, weights report).")
+@input_shape_option
 @handle_errors
-def inspect_command(net: str, weights: str | None) -> None:
+def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
     """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
 
     Parameters count every blob Caffe stores (BatchNorm statistics included). FLOPs are
@@ -147,6 +155,17 @@ def inspect_command(net: str, weights: str | None) -> None:
     if weights is not None:
         input_file(weights, "caffemodel")
     summary = inspect_files(net, weights)
+    if as_json:
+        from caffe_bridge.summary import summary_json
+
+        click.echo(json.dumps(summary_json(summary), indent=2))
+        return
+    for c in summary.created_inputs:
+        click.echo(f"input {_show(c.name)} made from data layer {_show(c.layer)} "
+                   f"({_show(c.layer_type)}), shape from {_show(c.source)}")
+    if summary.dropped:
+        click.echo("dropped (not in a deploy net): " + ", ".join(
+            f"{_show(d.name)} ({_show(d.type)})" for d in summary.dropped))
     rows = []
     for i, r in enumerate(summary.rows):
         tops = ", ".join(f"{_show(t)} {_shape(s)}"
@@ -226,6 +245,7 @@ def layers_command() -> None:
               default=None, help="With --as senet: the input layout the model takes. "
                                  "Default caffe (BGR 0-255, mean subtracted).")
 @quiet_option
+@input_shape_option
 @handle_errors
 def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
             as_: str | None, class_order: str | None, input_format: str | None,
@@ -284,6 +304,7 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
               help="Largest relative error allowed against PyTorch.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @quiet_option
+@input_shape_option
 @handle_errors
 def export_command(net: str, weights: str | None, onnx_path: str | None, opset: int,
            dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
@@ -349,6 +370,7 @@ def export_command(net: str, weights: str | None, onnx_path: str | None, opset: 
 @click.option("--random-weights", is_flag=True,
               help="No caffemodel: write seeded random weights (--seed) to a temporary "
                    "caffemodel that both sides read.")
+@input_shape_option
 @handle_errors
 def verify_command(net: str, weights: str | None, reference: str, input_path: str | None,
                    images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,

@@ -140,3 +140,48 @@ def quiet_option(fn: F) -> F:
     return click.option("-q", "--quiet", is_flag=True,
                         help="No progress bars (they are also off when stderr is not a "
                              "terminal).")(fn)
+
+
+def _parse_input_shapes(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) <= 0:
+            raise click.BadParameter(f"{value!r}: expected NAME=N,C,H,W with positive sizes",
+                                     ctx=ctx, param=param)
+        shapes[name] = shape
+    return shapes
+
+
+_INPUT_SHAPE_HELP = ("Shape of an input (or of a data layer's top) the definition does not "
+                     "state, e.g. data=1,3,513,513; overrides a stated one. Repeatable.")
+
+
+def input_shape_option(fn: F) -> F:
+    """Add --input-shape to a command that loads a net: every load_net inside uses it."""
+
+    @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=N,C,H,W",
+                  callback=_parse_input_shapes, help=_INPUT_SHAPE_HELP)
+    @functools.wraps(fn)
+    def wrapper(*args: Any, input_shape: dict[str, tuple[int, ...]], **kwargs: Any) -> Any:
+        from caffe_bridge.ir import default_input_shapes
+
+        with default_input_shapes(input_shape):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def add_input_shape_option(cmd: click.Command) -> click.Command:
+    """The same for a command defined elsewhere (``eval``), once."""
+    if cmd.callback is not None and not any(p.name == "input_shape" for p in cmd.params):
+        wrapped = input_shape_option(cmd.callback)
+        cmd.params.extend(wrapped.__click_params__[-1:])  # type: ignore[attr-defined]
+        cmd.callback = wrapped
+    return cmd

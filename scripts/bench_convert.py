@@ -10,7 +10,7 @@
 
 Both run ``--repeat`` times, interleaved (a noisy machine slows both alike); the best wall time
 of each is reported with their ratio (the goal is <= ``--goal``). The prototxt is the released
-``/work/shared/senet/SE-ResNet-50.prototxt`` when present, else the same layout generated from
+``tests/fixtures/senet/SE-ResNet-50.prototxt`` when present, else the same layout generated from
 ``caffe_bridge.models``; the caffemodel holds seeded random weights
 (``caffe_bridge.random_weights.random_weights``) and lives in a temporary folder.
 
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO.parent / "shared" / "senet" / "SE-ResNet-50.prototxt"
+PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
 ARCH = "SE-ResNet-50"
 
 FLOOR = r"""

@@ -37,7 +37,7 @@ from caffe_bridge.opencv_reference import opencv_definition
 from caffe_bridge.random_weights import random_inputs, random_weights
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO.parent / "shared" / "senet" / "SE-ResNet-50.prototxt"
+PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
 
 
 def prototxt_path(folder: Path) -> Path:

@@ -52,7 +52,7 @@ INPUT_SEED = 1
 @dataclass(frozen=True)
 class Spec:
     key: str  # test id
-    path: str  # relative to ../shared
+    path: str  # relative to tests/fixtures
     slow: bool = False
 
 

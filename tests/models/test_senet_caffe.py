@@ -1,4 +1,4 @@
-"""from_caffe / to_caffe for the SENet family, against the released definitions (../shared)."""
+"""from_caffe / to_caffe for the SENet family, against the released definitions (vendored)."""
 
 from __future__ import annotations
 
