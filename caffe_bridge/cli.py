@@ -230,10 +230,13 @@ def layers_command() -> None:
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
 @click.option("-o", "--outdir", default=".", show_default=True, metavar="OUTDIR",
-              help="Folder for <stem>.py and <stem>.pth (created if missing).")
+              help="Folder for <module>.py and <module>.pth (created if missing).")
 @click.option("--no-weights", is_flag=True,
               help="Convert the definition alone (the .pth then holds the converters' "
                    "defaults).")
+@click.option("--output", "outputs", multiple=True, metavar="BLOB",
+              help="A blob forward returns (repeat for several, in order; e.g. the logits "
+                   "instead of prob). Default: the net's outputs.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--as", "as_", type=click.Choice(["senet"]), default=None,
               help="Write the idiomatic SENet instead (caffe_bridge.models): <stem>.pth "
@@ -247,22 +250,24 @@ def layers_command() -> None:
 @quiet_option
 @input_shape_option
 @handle_errors
-def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
-            as_: str | None, class_order: str | None, input_format: str | None,
-            quiet: bool) -> None:
-    """Write a standalone PyTorch module (OUTDIR/<stem>.py) and its weights (<stem>.pth).
+def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool,
+                    outputs: tuple[str, ...], force: bool, as_: str | None,
+                    class_order: str | None, input_format: str | None, quiet: bool) -> None:
+    """Write a standalone PyTorch module (OUTDIR/<module>.py) and its weights (<module>.pth).
 
-    Without WEIGHTS, NET.caffemodel beside the prototxt is used when present. The .py needs
-    only torch: `build("<stem>.pth")` returns the model in eval mode, one named submodule per
-    Caffe layer. The .pth is a plain state dict (torch.load(..., weights_only=True)). Before
-    the files are moved into place, the module is imported and must reproduce the conversion
-    bit for bit.
+    <module> is the prototxt's name made importable (SE-ResNet-50 -> se_resnet_50); the
+    class is named after the net (or the file). Without WEIGHTS, NET.caffemodel beside the
+    prototxt is used when present. The .py needs only torch: `build("<module>.pth")` returns
+    the model in eval mode, one named submodule per Caffe layer. The .pth is a plain state
+    dict (torch.load(..., weights_only=True)). Before the files are moved into place, the
+    module is imported and must reproduce the conversion bit for bit.
 
     \b
-    Example:
+    Examples:
       caffe2torch convert SE-ResNet-50.prototxt SE-ResNet-50.caffemodel -o out/
-      # then: cd out && mv SE-ResNet-50.py se_resnet50.py && python -c \\
-      #   'import se_resnet50; m = se_resnet50.build("SE-ResNet-50.pth")'
+      cd out && python -c 'import se_resnet_50; m = se_resnet_50.build("se_resnet_50.pth")'
+      caffe2torch convert SE-ResNet-50.prototxt --output classifier -o logits/
+      caffe2torch convert SE-ResNet-50.prototxt --as senet --input-format torchvision
     """
     input_file(net, "prototxt")
     caffemodel = find_weights(net, weights, no_weights)
@@ -274,13 +279,14 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
         click.echo("wrote " + " and ".join(str(p) for p in paths))
         return
     if class_order is not None or input_format is not None:
-        raise CaffeBridgeError("--class-order and --input-format need --as senet")
+        raise click.UsageError("--class-order and --input-format need --as senet")
     _quiet_gc_import()
     from caffe_bridge.codegen import write_module_files
 
     bars = Progress(quiet)
     try:
-        py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars)
+        py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars,
+                                     outputs=list(outputs) or None)
     finally:
         bars.close()
     click.echo(f"wrote {py} and {pth}")
