@@ -25,7 +25,7 @@ from caffe_bridge.cli_common import (
     quiet_option,
 )
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.options import preprocess_options
+from caffe_bridge.options import mean_callback, preprocess_options
 
 # ------------------------------------------------------------------ plumbing
 
@@ -301,42 +301,58 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
 @click.option("--onnx", "onnx_path", metavar="OUT.onnx", help="Write ONNX here.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 21),
               help="ONNX opset version.")
-@click.option("--dynamic-batch", is_flag=True,
-              help="Let the batch size vary (also checked at another batch size).")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True,
+              help="A variable batch axis (checked at a second batch size), or the "
+                   "definition's batch.")
 @click.option("--torchscript", "ts_path", metavar="OUT.pt", help="Write TorchScript here.")
 @click.option("--pt2", "pt2_path", metavar="OUT.pt2", help="Write a torch.export program here.")
 @click.option("--no-weights", is_flag=True, help="Export the definition alone.")
 @click.option("--tolerance", default=1e-5, show_default=True, type=float,
               help="Largest relative error allowed against PyTorch.")
+@click.option("--mean", callback=mean_callback, metavar="B,G,R",
+              help="Preprocessing to record in the ONNX metadata: per-channel mean (B,G,R).")
+@click.option("--scale", type=float, help="Preprocessing to record: scale after the mean.")
+@click.option("--channel-order", type=click.Choice(["bgr", "rgb"]), default=None,
+              help="Preprocessing to record: channel order the net expects.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @quiet_option
 @input_shape_option
 @handle_errors
 def export_command(net: str, weights: str | None, onnx_path: str | None, opset: int,
-           dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
-           tolerance: float, force: bool, quiet: bool) -> None:
+                   dynamic_batch: bool, ts_path: str | None, pt2_path: str | None,
+                   no_weights: bool, tolerance: float, mean: tuple[float, ...] | None,
+                   scale: float | None, channel_order: str | None, force: bool,
+                   quiet: bool) -> None:
     """Export the converted model to ONNX, TorchScript and/or torch.export (.pt2).
 
     Each file is loaded back (onnxruntime, torch.jit.load, torch.export.load) and run on a
     seeded input; a relative error above --tolerance against PyTorch is an error and leaves
-    no file behind. WEIGHTS defaults to NET.caffemodel beside the prototxt.
+    no file behind. The batch axis is dynamic unless --static-batch. The ONNX file carries
+    the inputs and the preprocessing (mean, scale, channel order, input size) as metadata
+    where known: given here, or the published protocol of a released SENet. WEIGHTS
+    defaults to NET.caffemodel beside the prototxt.
 
     \b
-    Example:
-      caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx --dynamic-batch
+    Examples:
+      caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
+      caffe2torch export net.prototxt net.caffemodel --onnx net.onnx --torchscript net.pt \\
+          --pt2 net.pt2 --mean 104,117,123 --static-batch
     """
-    from caffe_bridge.export import export_net
+    from caffe_bridge.export import export_net, preprocessing_metadata
     from caffe_bridge.ir import load_net
 
     input_file(net, "prototxt")
     if not (onnx_path or ts_path or pt2_path):
-        raise CaffeBridgeError("nothing to export: pass --onnx, --torchscript and/or --pt2")
+        raise click.UsageError("nothing to export: pass --onnx, --torchscript and/or --pt2")
     caffemodel = find_weights(net, weights, no_weights)
-    bars = Progress(quiet)
+    bars = Progress(quiet)  # a bar per format ("export ONNX", ...) and one over them
+    loaded = load_net(net, caffemodel)
+    metadata = preprocessing_metadata(loaded, mean=mean, scale=scale,
+                                      channel_order=channel_order)
     try:
-        results = export_net(load_net(net, caffemodel), onnx=onnx_path, torchscript=ts_path,
-                             pt2=pt2_path, opset=opset, dynamic_batch=dynamic_batch,
-                             force=force, tolerance=tolerance, progress=bars)
+        results = export_net(loaded, onnx=onnx_path, torchscript=ts_path, pt2=pt2_path,
+                             opset=opset, dynamic_batch=dynamic_batch, force=force,
+                             tolerance=tolerance, progress=bars, metadata=metadata)
     finally:
         bars.close()
     for r in results:
