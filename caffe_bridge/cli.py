@@ -247,12 +247,19 @@ def layers_command() -> None:
 @click.option("--input-format", type=click.Choice(["caffe", "bgr255", "rgb255", "torchvision"]),
               default=None, help="With --as senet: the input layout the model takes. "
                                  "Default caffe (BGR 0-255, mean subtracted).")
+@click.option("--fold-input", is_flag=True,
+              help="With --as senet and --input-format: fold the input conversion into "
+                   "conv1/bn1, so the weights work in timm/Cadene with their own "
+                   "preprocessing (exact except at conv1's zero-padded border).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["pth", "safetensors"]),
+              help="With --as senet: weight file format(s), repeatable. Default pth.")
 @quiet_option
 @input_shape_option
 @handle_errors
 def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool,
                     outputs: tuple[str, ...], force: bool, as_: str | None,
-                    class_order: str | None, input_format: str | None, quiet: bool) -> None:
+                    class_order: str | None, input_format: str | None, fold_input: bool,
+                    formats: tuple[str, ...], quiet: bool) -> None:
     """Write a standalone PyTorch module (OUTDIR/<module>.py) and its weights (<module>.pth).
 
     <module> is the prototxt's name made importable (SE-ResNet-50 -> se_resnet_50); the
@@ -267,19 +274,27 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
       caffe2torch convert SE-ResNet-50.prototxt SE-ResNet-50.caffemodel -o out/
       cd out && python -c 'import se_resnet_50; m = se_resnet_50.build("se_resnet_50.pth")'
       caffe2torch convert SE-ResNet-50.prototxt --output classifier -o logits/
-      caffe2torch convert SE-ResNet-50.prototxt --as senet --input-format torchvision
+      caffe2torch convert SE-ResNet-50.prototxt --as senet --input-format torchvision \\
+          --fold-input --class-order torchvision --format safetensors
     """
     input_file(net, "prototxt")
     caffemodel = find_weights(net, weights, no_weights)
     if as_ == "senet":
         from caffe_bridge.models.senet_export import convert_senet
 
+        if outputs:
+            raise click.UsageError("--output does not apply to --as senet (it returns logits)")
+        if fold_input and input_format in (None, "caffe"):
+            raise click.UsageError("--fold-input needs --input-format bgr255, rgb255 or "
+                                   "torchvision")
         paths = convert_senet(net, caffemodel, outdir, class_order or "caffe",
-                              input_format or "caffe", force)
+                              input_format or "caffe", force, fold=fold_input,
+                              formats=formats or ("pth",))
         click.echo("wrote " + " and ".join(str(p) for p in paths))
         return
-    if class_order is not None or input_format is not None:
-        raise click.UsageError("--class-order and --input-format need --as senet")
+    if class_order is not None or input_format is not None or fold_input or formats:
+        raise click.UsageError("--class-order, --input-format, --fold-input and --format "
+                               "need --as senet")
     _quiet_gc_import()
     from caffe_bridge.codegen import write_module_files
 
