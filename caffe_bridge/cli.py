@@ -96,7 +96,8 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings=CONTEXT)
-@click.version_option(package_name="caffe-bridge", prog_name="caffe2torch")
+@click.version_option(None, "-V", "--version", package_name="caffe-bridge",
+                      prog_name="caffe2torch")
 def main() -> None:
     """Read Caffe models (.prototxt + .caffemodel) without Caffe; convert them to exact PyTorch.
 
@@ -107,6 +108,7 @@ def main() -> None:
       caffe2torch convert SE-ResNet-50.prototxt -o out/
       caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
       caffe2torch verify SE-ResNet-50.prototxt --reference opencv
+      caffe2torch verify squeezenet.prototxt --random-weights    # only a prototxt
       caffe2torch eval SE-ResNet-50.prototxt --val-dir val/ --labels ILSVRC2017_val.txt
 
     Exit codes: 0 ok, 1 verify found a mismatch, 2 error.

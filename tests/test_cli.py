@@ -59,17 +59,18 @@ def _extra(command: str) -> list[str]:
     return ["--onnx", "out.onnx"] if command == "export" else []
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "layers"])
+@pytest.mark.parametrize("command", [*COMMANDS, "layers", "eval", "demo"])
 def test_help_explains_with_example(command: str) -> None:
     res = run(command, "--help")
     assert res.exit_code == 0
-    assert "Example" in res.output
+    assert "Example" in res.output and f"caffe2torch {command}" in res.output
 
 
 def test_group_help_and_version() -> None:
     assert "Exit codes" in run("--help").output
-    res = run("--version")
-    assert res.exit_code == 0 and "caffe2torch" in res.output
+    for flag in ("--version", "-V"):
+        res = run(flag)
+        assert res.exit_code == 0 and "caffe2torch" in res.output
 
 
 @pytest.mark.parametrize("command", COMMANDS)
