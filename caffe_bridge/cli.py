@@ -25,7 +25,11 @@ from caffe_bridge.cli_common import (
     quiet_option,
 )
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.options import mean_callback, preprocess_options
+from caffe_bridge.options import (
+    check_preprocess_conflicts,
+    mean_callback,
+    preprocess_options,
+)
 
 # ------------------------------------------------------------------ plumbing
 
@@ -434,6 +438,7 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
 
     from caffe_bridge import verify as V
 
+    check_preprocess_conflicts(preprocess)
     _verify_preflight(net, reference, input_path, images, device, allow_tf32, plot_path,
                       json_path, force)
     bars = Progress(quiet)

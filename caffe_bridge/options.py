@@ -42,3 +42,9 @@ def preprocess_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def check_preprocess_conflicts(preprocess: dict[str, Any]) -> None:
+    """Conflicting preprocessing flags are usage errors (before any work)."""
+    if preprocess.get("mean") is not None and preprocess.get("mean_file") is not None:
+        raise click.UsageError("give either --mean or --mean-file, not both")

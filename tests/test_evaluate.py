@@ -516,3 +516,10 @@ def test_eval_truncated_jpeg_is_an_error_naming_it(tiny: TinySet, tmp_path: Path
             str(labels), "--workers", "0"]
     code, out, err = run_eval(args)
     assert code == 2 and "truncated image" in err and "cut.jpg" in err
+
+
+def test_conflicting_mean_options_are_a_usage_error(tiny: TinySet, tmp_path: Path) -> None:
+    mean_file = tmp_path / "m.binaryproto"
+    mean_file.write_bytes(b"x")
+    code, _, err = run_eval([*base_args(tiny), "--mean", "1,2,3", "--mean-file", str(mean_file)])
+    assert code == 2 and err.startswith("Usage: ") and "not both" in err
