@@ -21,25 +21,8 @@ from caffe_bridge.models import (
     senet154,
 )
 from caffe_bridge.models import senet as S
-from caffe_bridge.models.senet_caffe import from_caffe, to_caffe
+from caffe_bridge.models.senet_caffe import from_caffe
 from caffe_bridge.numeric import rel_err
-
-
-@pytest.fixture(scope="module")
-def caffe_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """SE-BN-Inception (the smallest released architecture), seeded, in the released layout."""
-    d = tmp_path_factory.mktemp("net")
-    torch.manual_seed(0)
-    model = se_bn_inception()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.normal_(0, 0.1)
-    proto, weights = d / "SE-BN-Inception.prototxt", d / "SE-BN-Inception.caffemodel"
-    to_caffe(model.eval(), proto, weights)
-    return proto, weights
 
 
 def _torchvision_images(n: int = 2) -> torch.Tensor:
