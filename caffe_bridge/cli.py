@@ -141,15 +141,18 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON (layers, inputs, outputs, dropped layers, "
                    "inputs made from data layers, weights report).")
+@click.option("--no-weights", is_flag=True,
+              help="Do not check NET.caffemodel beside the prototxt.")
 @input_shape_option
 @handle_errors
-def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
+def inspect_command(net: str, weights: str | None, as_json: bool, no_weights: bool) -> None:
     """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
 
     Parameters count every blob Caffe stores (BatchNorm statistics included). FLOPs are
     2 x multiply-accumulates of Convolution, Deconvolution and InnerProduct at the batch size
-    of the definition; other layers count 0. With WEIGHTS, also list caffemodel layers the
-    prototxt lacks (unused), parameter layers without weights (missing) and blob mismatches.
+    of the definition; other layers count 0. With WEIGHTS (default: NET.caffemodel beside the
+    prototxt when there is one, as in every command), also list caffemodel layers the prototxt
+    lacks (unused), parameter layers without weights (missing) and blob mismatches.
 
     \b
     Example:
@@ -158,8 +161,8 @@ def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
     from caffe_bridge.summary import inspect_files
 
     input_file(net, "prototxt")
-    if weights is not None:
-        input_file(weights, "caffemodel")
+    if weights is not None or no_weights or Path(net).with_suffix(".caffemodel").is_file():
+        weights = find_weights(net, weights, no_weights)  # optional here: none is no error
     summary = inspect_files(net, weights)
     if as_json:
         from caffe_bridge.summary import summary_json

@@ -112,8 +112,16 @@ def test_unreadable_prototxt(work: Path) -> None:
     assert_one_line_error(run("inspect", "tiny.prototxt"), "tiny.prototxt")
 
 
-def test_inspect_table_and_totals(work: Path) -> None:
+def test_inspect_finds_the_caffemodel_beside(work: Path) -> None:
+    """Like every command: no WEIGHTS means NET.caffemodel when it is there."""
     res = run("inspect", "tiny.prototxt")
+    assert res.exit_code == 0 and "weights: tiny.caffemodel" in res.output
+    alone = run("inspect", "tiny.prototxt", "--no-weights")
+    assert alone.exit_code == 0 and "weights:" not in alone.output
+
+
+def test_inspect_table_and_totals(work: Path) -> None:
+    res = run("inspect", "tiny.prototxt", "--no-weights")
     assert res.exit_code == 0, res.output
     assert "conv 1x4x6x6" in res.output and "fc 1x3" in res.output
     assert "total: 3 layers, 547 parameters" in res.output  # 4*27+4 + 3*144+3
