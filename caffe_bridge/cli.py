@@ -509,6 +509,8 @@ def _print_verify_report(report: Any) -> None:
                       {2, 3, 4}))
     if report.skipped:
         click.echo(f"skipped (not in the net): {', '.join(_show(s) for s in report.skipped)}")
+    for line in report.detections:
+        click.echo(_show(line))
     first = report.first_divergent
     if first is None:
         click.echo(f"all {len(report.rows)} blobs within rtol {report.rtol:g}")

@@ -50,8 +50,9 @@ DROP_TYPES = frozenset({
     "HDF5Output",
     # SSD (weiliu89/caffe) and Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)
     "MultiBoxLoss", "DetectionEvaluate", "SmoothL1Loss",
-    # segmentation forks (DeepLab, SegNet, PSPNet training nets)
-    "SegAccuracy", "SoftmaxWithLossWeighted",
+    # segmentation forks (DeepLab, SegNet, PSPNet training nets); DeepLab's MatWrite writes
+    # blobs to .mat files and has no top
+    "SegAccuracy", "SoftmaxWithLossWeighted", "MatWrite",
     # OCR, face and others
     "CtcLoss", "CTCLoss", "WarpCTCLoss", "CenterLoss", "FocalLoss", "TripletLoss", "L1Loss",
 })

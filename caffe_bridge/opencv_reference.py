@@ -13,6 +13,9 @@ with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
   buffer (cosine ~0 against the concat's own slice, which agrees with Caffe to 1e-7). Fusion is
   switched off (``net.enableFusion(False)``) so that every retrieved blob is real.
 * OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
+* OpenCV keeps only the first output of a layer asked for by name: a Slice's later tops come
+  back as memory that later layers reused (ShuffleNet v2: every second Slice top wrong by
+  ~100%). Layers with such tops are read in a forward pass of their own that stops there.
 * OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
   TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
   Caffe instantiates in the TEST phase (level 0, no stages).
@@ -131,6 +134,15 @@ def _rejected(err: Exception, path: str, what: str) -> CaffeBridgeError:
     return CaffeBridgeError(f"OpenCV {what}: {short}", file=path, layer=layer)
 
 
+def _forward(net: Any, arrays: Mapping[str, np.ndarray], i: int, names: list[str]) -> list[Any]:
+    """Sample ``i`` through an OpenCV net; the outputs of the layers ``names`` (if any)."""
+    if not names:
+        return []
+    for name, a in arrays.items():
+        net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
+    return list(net.forwardAndRetrieve(names))
+
+
 def opencv_forward(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str] | Weights,
@@ -224,15 +236,22 @@ def _read_opencv(path: str, proto_cv: str, model_path: str, winograd: bool,
 
 def _run_per_sample(net: Any, arrays: Mapping[str, np.ndarray], batch: int, layers: list[str],
                     picks: list[tuple[int, int]], path: str) -> list[np.ndarray]:
-    """Run OpenCV one sample at a time (it runs at the Input's batch); stack each pick."""
+    """Run OpenCV one sample at a time (it runs at the Input's batch); stack each pick.
+
+    OpenCV keeps only the first output of a requested layer: its later outputs (a Slice's
+    second top) come back as memory reused by later layers. Such layers are read in a run of
+    their own, which stops there.
+    """
     cv2 = import_cv2("the OpenCV reference", dnn=True)
+    later = {layers[p] for p, k in picks if k > 0}
+    first = [n for n in layers if n not in later]
     per_sample: list[list[np.ndarray]] = []
     for i in range(batch):
         try:
-            for name, a in arrays.items():
-                net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
-            outs = net.forwardAndRetrieve(layers)
+            by_name = dict(zip(first, _forward(net, arrays, i, first), strict=True))
+            for name in later:
+                by_name[name] = _forward(net, arrays, i, [name])[0]
         except cv2.error as err:
             raise _rejected(err, path, "fails to run the net") from None
-        per_sample.append([np.array(outs[p][k], dtype=np.float32) for p, k in picks])
+        per_sample.append([np.array(by_name[layers[p]][k], dtype=np.float32) for p, k in picks])
     return [np.concatenate([s[j] for s in per_sample], axis=0) for j in range(len(picks))]

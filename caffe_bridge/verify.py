@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from caffe_bridge.build import build_module
+from caffe_bridge.detection_report import compare_detections
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net, load_net
 from caffe_bridge.numeric import rel_err
@@ -56,6 +57,7 @@ class VerifyReport:
     rtol: float
     rows: tuple[BlobDiff, ...]
     skipped: tuple[str, ...] = ()  # reference blobs the net does not have
+    detections: tuple[str, ...] = ()  # readable lines for DetectionOutput tops (row matching)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +77,7 @@ class VerifyReport:
             "blobs": [{k: (_finite(v) if isinstance(v, float) else v)
                        for k, v in asdict(r).items()} for r in self.rows],
             "skipped": list(self.skipped),
+            "detections": list(self.detections),
         }
 
 
@@ -133,13 +136,30 @@ def compare_blobs(net: Net, ours: Mapping[str, np.ndarray], reference: Mapping[s
                   rtol: float, reference_name: str, skipped: Sequence[str] = ()) -> VerifyReport:
     """Compare the blobs of ``reference`` with ours, in network order."""
     order, _ = network_order(net, list(reference))
-    rows = []
+    rows, det_lines = [], []
     for blob in order:
         a, b = np.asarray(ours[blob]), np.asarray(reference[blob])
+        if net.layer(net.blobs[net.value(blob)].producer).type == "DetectionOutput":
+            row, lines = detection_row(net, blob, a, b, rtol)
+            rows.append(row)
+            det_lines += lines
+            continue
         max_abs, rel, cos = compare(a, b)
         rows.append(BlobDiff(blob, net.blobs[net.value(blob)].producer, tuple(a.shape),
                              tuple(b.shape), max_abs, rel, cos, bool(rel <= rtol)))
-    return VerifyReport(reference_name, rtol, tuple(rows), tuple(skipped))
+    return VerifyReport(reference_name, rtol, tuple(rows), tuple(skipped), tuple(det_lines))
+
+
+def detection_row(net: Net, blob: str, ours: np.ndarray, ref: np.ndarray, rtol: float
+                  ) -> tuple[BlobDiff, list[str]]:
+    """A DetectionOutput top compared as a set of rows (see detection_report): max_abs_err is
+    the largest box coordinate difference, rel_err the largest relative score difference,
+    cosine the worst IoU of matched boxes; ok when every row matches within ``rtol``."""
+    rep = compare_detections(ours, ref)
+    ok = rep.same and rep.worst_score_rel <= rtol and rep.worst_box_diff <= rtol
+    row = BlobDiff(blob, net.blobs[net.value(blob)].producer, tuple(ours.shape),
+                   tuple(ref.shape), rep.worst_box_diff, rep.worst_score_rel, rep.worst_iou, ok)
+    return row, [f"{blob}: {line}" for line in rep.lines()]
 
 
 def check_inputs(net: Net, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

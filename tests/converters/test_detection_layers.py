@@ -1,0 +1,223 @@
+"""SSD layers (weiliu89/caffe ssd) against the numpy reference: Permute, Normalize, PriorBox,
+DetectionOutput (ties, eta, code types, unshared locations, no detection, batches)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.fx
+
+import caffe_bridge.converters  # noqa: F401  (registers the SSD shape rules before the registry API merge)
+import reference
+from caffe_bridge.build import build_module
+from caffe_bridge.errors import CaffeBridgeError
+from layer_check import check_batch, check_layer, layer_text, net_from_text, net_text, rel_err
+
+COVERS = {"Permute", "Normalize", "PriorBox", "DetectionOutput", "ReLU6"}
+
+
+def test_relu6() -> None:
+    check_layer(net_text(layer_text("ReLU6"), (2, 3, 4, 4)),
+                inputs={"data": np.linspace(-9, 9, 96, dtype=np.float32).reshape(2, 3, 4, 4)})
+
+
+@pytest.mark.parametrize("order,shape", [
+    ("order: 0 order: 2 order: 3 order: 1", (2, 3, 4, 5)),
+    ("order: 3", (2, 3, 4, 5)),                 # unlisted axes follow: (3, 0, 1, 2)
+    ("order: 1 order: 0", (2, 3, 4)),
+    ("", (2, 3, 4)),                             # identity
+])
+def test_permute(order: str, shape: tuple[int, ...]) -> None:
+    check_layer(net_text(layer_text("Permute", f"permute_param {{ {order} }}"), shape))
+
+
+def test_permute_rejects_repeated_axis() -> None:
+    with pytest.raises(CaffeBridgeError, match="repeats"):
+        net_from_text(net_text(layer_text("Permute", "permute_param { order: 1 order: 1 }"),
+                               (2, 3, 4)))
+
+
+@pytest.mark.parametrize("body,shape", [
+    ("", (2, 3, 4, 5)),
+    ("across_spatial: false channel_shared: false", (2, 6, 3, 3)),
+    ("across_spatial: false", (3, 4, 2, 2)),
+    ("channel_shared: false eps: 0.5", (2, 3, 2, 2)),   # eps large enough to matter
+])
+def test_normalize(body: str, shape: tuple[int, ...]) -> None:
+    check_layer(net_text(layer_text("Normalize", f"norm_param {{ {body} }}"), shape))
+
+
+def test_normalize_eps_is_inside_the_root() -> None:
+    """x / (||x|| + eps) (a common port) is off when eps is comparable to ||x||^2."""
+    text = net_text(layer_text("Normalize", "norm_param { eps: 1 }"), (1, 2, 1, 1))
+    net = net_from_text(text)
+    x = np.array([[[[0.6]], [[0.8]]]], np.float32)  # ||x|| = 1: Caffe divides by sqrt(2)
+    with torch.no_grad():
+        y = build_module(net)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y.ravel(), x.ravel() / np.sqrt(2), rtol=1e-6)
+
+
+def test_normalize_batch() -> None:
+    check_batch(layer_text("Normalize", "norm_param { across_spatial: true }"), (1, 3, 2, 2))
+
+
+PRIORS = {
+    "mobilenet-ssd": "min_size: 60 max_size: 105 aspect_ratio: 2 aspect_ratio: 3 flip: true "
+                     "clip: false variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 "
+                     "offset: 0.5",
+    "pelee-fractional": "min_size: 21.28 max_size: 45.6 aspect_ratio: 2 aspect_ratio: 3 "
+                        "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2",
+    "two-sizes-no-flip": "min_size: 10 min_size: 30 max_size: 20 max_size: 50 "
+                         "aspect_ratio: 2 aspect_ratio: 2 flip: false clip: true",
+    "steps-img-hw": "min_size: 16 aspect_ratio: 0.5 img_h: 120 img_w: 200 step_h: 13 "
+                    "step_w: 21 offset: 0 clip: true variance: 0.2",
+    "img-size-step": "min_size: 32 img_size: 96 step: 24 offset: 0.25",
+}
+
+
+@pytest.mark.parametrize("body", PRIORS.values(), ids=PRIORS.keys())
+def test_prior_box(body: str) -> None:
+    layer = layer_text("PriorBox", f"prior_box_param {{ {body} }}", n_bottoms=2)
+    check_layer(net_text(layer, (1, 8, 5, 7), (2, 3, 100, 140)), rtol=1e-6)
+
+
+def test_prior_box_truncates_sizes_to_int() -> None:
+    """Caffe reads min_size 21.9 as 21: a float port is off by 0.9 pixels."""
+    layer = layer_text("PriorBox", "prior_box_param { min_size: 21.9 }", n_bottoms=2)
+    net = net_from_text(net_text(layer, (1, 1, 1, 1), (1, 3, 100, 100)))
+    with torch.no_grad():
+        out = build_module(net)(torch.zeros(1, 1, 1, 1), torch.zeros(1, 3, 100, 100)).numpy()
+    np.testing.assert_allclose(out[0, 0], [0.395, 0.395, 0.605, 0.605], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- DetectionOutput
+
+def do_net(body: str, n: int, p: int, c: int, loc_classes: int = 1) -> str:
+    dims = [(n, p * loc_classes * 4), (n, p * c), (1, 2, p * 4)]
+    shapes = " ".join("shape {" + "".join(f" dim: {d}" for d in s) + " }" for s in dims)
+    return ('name: "t"\nlayer { name: "in" type: "Input" top: "loc" top: "conf" top: "prior" '
+            f"input_param {{ {shapes} }} }}\n"
+            'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
+            f'bottom: "prior" top: "out" detection_output_param {{ {body} }} }}\n')
+
+
+def do_inputs(seed: int, n: int, p: int, c: int, loc_classes: int = 1, levels: int = 0
+              ) -> dict[str, np.ndarray]:
+    """Priors on a coarse grid (many overlaps), small offsets; ``levels`` > 0 quantises the
+    scores to that many values (ties)."""
+    rng = np.random.default_rng(seed)
+    ctr = rng.integers(0, 4, (p, 2)) / 4 + 0.125
+    size = rng.choice([0.2, 0.3, 0.5], (p, 2))
+    prior = np.concatenate([ctr - size / 2, ctr + size / 2], 1).reshape(-1)
+    var = np.tile([0.1, 0.1, 0.2, 0.2], p)
+    conf = rng.uniform(0, 1, (n, p * c))
+    if levels:
+        conf = np.round(conf * levels) / levels
+    return {"loc": rng.normal(0, 0.5, (n, p * loc_classes * 4)).astype(np.float32),
+            "conf": conf.astype(np.float32),
+            "prior": np.stack([prior, var])[None].astype(np.float32)}
+
+
+def run_both(text: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    net = net_from_text(text)
+    ref = reference.run_net(net, feeds)["out"]
+    model = build_module(net)
+    with torch.no_grad():
+        got = model(*(torch.from_numpy(feeds[k]) for k in ("loc", "conf", "prior"))).numpy()
+    return got, ref
+
+
+def assert_rows(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    np.testing.assert_array_equal(got[..., :3], ref[..., :3].astype(np.float32))
+    np.testing.assert_allclose(got[..., 3:], ref[..., 3:], atol=1e-6)
+
+
+NMS = "nms_param { nms_threshold: 0.45 top_k: 12 }"
+CASES = {
+    "center-size-keep-top-k": (f"num_classes: 4 code_type: CENTER_SIZE keep_top_k: 9 "
+                               f"confidence_threshold: 0.2 {NMS}", 2, 40, 4, 1, 0),
+    "ties": (f"num_classes: 3 code_type: CENTER_SIZE keep_top_k: 7 confidence_threshold: 0.1 "
+             f"{NMS}", 2, 40, 3, 1, 4),
+    "eta": ("num_classes: 3 code_type: CENTER_SIZE confidence_threshold: 0.05 "
+            "nms_param { nms_threshold: 0.8 eta: 0.9 }", 1, 40, 3, 1, 0),
+    "unshared-corner-size-no-bg": ("num_classes: 3 share_location: false background_label_id: -1"
+                                   " code_type: CORNER_SIZE confidence_threshold: 0.3 "
+                                   "variance_encoded_in_target: true nms_param { "
+                                   "nms_threshold: 0.3 }", 2, 30, 3, 3, 0),
+    "corner-no-threshold": ("num_classes: 2 background_label_id: 1 nms_param { nms_threshold: "
+                            "0.5 top_k: 400 }", 1, 25, 2, 1, 0),
+}
+
+
+@pytest.mark.parametrize("body,n,p,c,lc,levels", CASES.values(), ids=CASES.keys())
+def test_detection_output(body: str, n: int, p: int, c: int, lc: int, levels: int) -> None:
+    for seed in range(3):
+        got, ref = run_both(do_net(body, n, p, c, lc), do_inputs(seed, n, p, c, lc, levels))
+        assert ref.shape[2] > n  # real detections, not the empty rows
+        assert_rows(got, ref)
+
+
+def test_detection_output_no_detection_rows() -> None:
+    text = do_net("num_classes: 3 confidence_threshold: 0.99 " + NMS, 3, 10, 3)
+    feeds = do_inputs(0, 3, 10, 3)
+    feeds["conf"][:] = 0.5
+    got, ref = run_both(text, feeds)
+    assert_rows(got, ref)
+    np.testing.assert_array_equal(got[0, 0], [[i] + [-1] * 6 for i in range(3)])
+
+
+def test_detection_output_empty_image_has_no_row_when_others_detect() -> None:
+    text = do_net("num_classes: 3 confidence_threshold: 0.5 " + NMS, 2, 10, 3)
+    feeds = do_inputs(1, 2, 10, 3)
+    feeds["conf"][1] = 0.1
+    got, ref = run_both(text, feeds)
+    assert_rows(got, ref)
+    assert set(got[0, 0, :, 0]) == {0.0}
+
+
+def test_nms_ties_and_threshold_equality() -> None:
+    """Equal scores keep prior order (std::stable_sort) and an overlap exactly at the threshold
+    is kept (``<=``): torchvision-style NMS (``>=`` suppression) would drop box 1."""
+    text = do_net("num_classes: 2 code_type: CORNER nms_param { nms_threshold: 0.3333333333 }",
+                  1, 3, 2)
+    prior = np.array([[0, 0, .5, .25], [.25, 0, .75, .25], [0, 0, .5, .25]], np.float32)
+    feeds = {"loc": np.zeros((1, 12), np.float32),
+             "conf": np.array([[0, .5, 0, .5, 0, .5]], np.float32),
+             "prior": np.stack([prior.reshape(-1), np.full(12, 0.1)])[None].astype(np.float32)}
+    got, ref = run_both(text, feeds)
+    assert_rows(got, ref)
+    np.testing.assert_allclose(got[0, 0, :, 3], [0, 0.25])  # boxes 0 and 1; 2 duplicates 0
+
+
+def test_detection_output_retraces_and_batches() -> None:
+    body, n, p, c, lc, lv = CASES["center-size-keep-top-k"]
+    net = net_from_text(do_net(body, 1, p, c))
+    model = torch.fx.symbolic_trace(build_module(net))
+    feeds = do_inputs(5, 3, p, c)
+    big = net_from_text(do_net(body, 3, p, c))
+    ref = reference.run_net(big, feeds)["out"]
+    with torch.no_grad():
+        got = model(*(torch.from_numpy(feeds[k]) for k in ("loc", "conf", "prior"))).numpy()
+    assert_rows(got, ref)
+    assert sorted(set(got[0, 0, :, 0])) == [0, 1, 2]
+
+
+def test_detection_output_refuses_to_be_traced_for_export() -> None:
+    net = net_from_text(do_net("num_classes: 3 " + NMS, 1, 10, 3))
+    feeds = do_inputs(0, 1, 10, 3)
+    args = tuple(torch.from_numpy(feeds[k]) for k in ("loc", "conf", "prior"))
+    with pytest.raises(CaffeBridgeError, match="DetectionOutput layer 'det' cannot be exported"):
+        torch.jit.trace(build_module(net), args, check_trace=False)
+
+
+def test_detection_output_rejects_extra_inputs() -> None:
+    text = do_net("num_classes: 3", 1, 4, 3).replace('bottom: "prior"',
+                                                     'bottom: "prior" bottom: "loc"')
+    with pytest.raises(CaffeBridgeError, match="not the SSD layer"):
+        net_from_text(text)
+
+
+def test_rel_err_helper_sanity() -> None:
+    assert rel_err(np.ones(2), np.ones(2)) == 0
