@@ -747,6 +747,24 @@ def _check_layer(attr: str, name: str, original: nn.Module, expr: str,
                            file=net.source, layer=name)
 
 
+def _init_lines(net: Net, gm: fx.GraphModule, renderer: _Renderer, stmts: list[_Statement],
+                check: bool, progress: Progress | None) -> list[str]:
+    """``self.<attr> = <constructor call>`` per submodule, each rebuilt and checked if asked."""
+    shapes = {s.attr: [net.blobs[a].shape for a in s.args] for s in stmts}
+    names = caffe_layer_names(gm)
+    children = list(gm.named_children())
+    lines = []
+    for k, (attr, module) in enumerate(children):
+        expr = renderer.module(module)
+        if check:
+            _check_layer(attr, names.get(attr, attr), module, expr,
+                         renderer.emitter.namespace(), shapes.get(attr, []), net)
+        lines.append(_init_line(attr, expr, names.get(attr, attr)))
+        if progress is not None:
+            progress("render", k + 1, len(children))
+    return lines
+
+
 def render_module(
     net: Net,
     gm: fx.GraphModule,
@@ -765,20 +783,10 @@ def render_module(
 
     reserved = {"build", "SOURCES", "NET_NAME", "annotations"}
     emitter = _Emitter(reserved)
-    renderer = _Renderer(emitter, records)
     inputs, stmts, outputs = _graph_statements(gm, net)
-    shapes = {s.attr: [net.blobs[a].shape for a in s.args] for s in stmts}
     names = caffe_layer_names(gm)
     children = list(gm.named_children())
-    init_lines = []
-    for k, (attr, module) in enumerate(children):
-        expr = renderer.module(module)
-        if check:
-            _check_layer(attr, names.get(attr, attr), module, expr, emitter.namespace(),
-                         shapes.get(attr, []), net)
-        init_lines.append(_init_line(attr, expr, names.get(attr, attr)))
-        if progress is not None:
-            progress("render", k + 1, len(children))
+    init_lines = _init_lines(net, gm, _Renderer(emitter, records), stmts, check, progress)
     class_name = _class_name(net, stem, set(emitter.bound) | reserved)
     emitter.reserved.add(class_name)
     single = len(outputs) == 1

@@ -296,6 +296,35 @@ class SEResNeXtBottleneck(Bottleneck):
 BottleneckType = type[SEBottleneck] | type[SEResNetBottleneck] | type[SEResNeXtBottleneck]
 
 
+def _senet_stem(inplanes: int, input_3x3: bool) -> nn.Sequential:
+    """``layer0``: one 7x7 conv (or SENet-154's three 3x3 convs), BatchNorm, ReLU, max pool."""
+    stem: list[tuple[str, nn.Module]]
+    if input_3x3:
+        # Caffe (SENet-154): conv1_1/3x3_s2 (64), conv1_2/3x3 (64), conv1_3/3x3 (128).
+        stem = [
+            ("conv1", nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)),
+            ("bn1", _bn(64)),
+            ("relu1", nn.ReLU(inplace=True)),
+            ("conv2", nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False)),
+            ("bn2", _bn(64)),
+            ("relu2", nn.ReLU(inplace=True)),
+            ("conv3", nn.Conv2d(64, inplanes, kernel_size=3, stride=1, padding=1, bias=False)),
+            ("bn3", _bn(inplanes)),
+            ("relu3", nn.ReLU(inplace=True)),
+        ]
+    else:
+        # Caffe: conv1/7x7_s2, 64 outputs, pad 3, no bias.
+        stem = [
+            ("conv1", nn.Conv2d(3, inplanes, kernel_size=7, stride=2, padding=3, bias=False)),
+            ("bn1", _bn(inplanes)),
+            ("relu1", nn.ReLU(inplace=True)),
+        ]
+    # Caffe: pool1/3x3_s2 is MAX 3x3/2 with no pad; CEIL rounding gives 112 -> 56 (FLOOR: 55).
+    # Named `layer0.pool` as in pretrainedmodels (timm calls it `pool0`; no parameters).
+    stem.append(("pool", _stem_max_pool()))
+    return nn.Sequential(OrderedDict(stem))
+
+
 class SENet(TimmInterface, nn.Module):
     """SE-ResNet / SE-ResNeXt / SENet-154 (the legacy ``pretrainedmodels`` layout).
 
@@ -333,31 +362,7 @@ class SENet(TimmInterface, nn.Module):
         # Optional conversion of other image layouts to Caffe input (see ``CaffeInput``).
         self.input_transform: nn.Module | None = None
         self._set_input_format(input_format)
-        stem: list[tuple[str, nn.Module]]
-        if input_3x3:
-            # Caffe (SENet-154): conv1_1/3x3_s2 (64), conv1_2/3x3 (64), conv1_3/3x3 (128).
-            stem = [
-                ("conv1", nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)),
-                ("bn1", _bn(64)),
-                ("relu1", nn.ReLU(inplace=True)),
-                ("conv2", nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False)),
-                ("bn2", _bn(64)),
-                ("relu2", nn.ReLU(inplace=True)),
-                ("conv3", nn.Conv2d(64, inplanes, kernel_size=3, stride=1, padding=1, bias=False)),
-                ("bn3", _bn(inplanes)),
-                ("relu3", nn.ReLU(inplace=True)),
-            ]
-        else:
-            # Caffe: conv1/7x7_s2, 64 outputs, pad 3, no bias.
-            stem = [
-                ("conv1", nn.Conv2d(3, inplanes, kernel_size=7, stride=2, padding=3, bias=False)),
-                ("bn1", _bn(inplanes)),
-                ("relu1", nn.ReLU(inplace=True)),
-            ]
-        # Caffe: pool1/3x3_s2 is MAX 3x3/2 with no pad; CEIL rounding gives 112 -> 56 (FLOOR: 55).
-        # Named `layer0.pool` as in pretrainedmodels (timm calls it `pool0`; no parameters).
-        stem.append(("pool", _stem_max_pool()))
-        self.layer0 = nn.Sequential(OrderedDict(stem))
+        self.layer0 = _senet_stem(inplanes, input_3x3)
         # Caffe: conv2_1's projection is always 1x1/1; SENet-154 uses 3x3/2 pad 1 from conv3_1 on.
         self.layer1 = self._make_layer(block, 64, layers[0], groups, reduction)
         self.layer2 = self._make_layer(
