@@ -93,6 +93,26 @@ def _fork_bn(layer: Layer, x: torch.Tensor, rng: np.random.Generator, tail: bool
     return [np.asarray(b, dtype=np.float32) for b in blobs]
 
 
+def _dense_block(layer: Layer, rng: np.random.Generator) -> list[np.ndarray]:
+    """caffe_ocr's DenseBlock (blob groups of numTransition, see converters/ocr.py): He-scaled
+    filters, BN scale ~ U(0.5, 1.5), shift and mean ~ N(0, 0.1), variance ~ U(0.5, 1.5) (it
+    must stay positive), and 0 for the last scalar, as GPU training leaves it."""
+    n_t = max(layer.param.denseblock_param.numTransition, 1)
+    blobs = []
+    for i, shape in enumerate(layer.param_shapes):
+        group = i // n_t
+        if len(shape) == 1:
+            arr = np.zeros(shape)
+        elif group in (0, 5):
+            arr = rng.standard_normal(shape) * np.sqrt(2.0 / _fan_in(shape))
+        elif group in (1, 4, 6, 9):
+            arr = rng.uniform(0.5, 1.5, shape)
+        else:
+            arr = rng.standard_normal(shape) * 0.1
+        blobs.append(arr.astype(np.float32))
+    return blobs
+
+
 def random_inputs(net: Net, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
     """Seeded N(0, 1) inputs for every net input (optionally with another batch size)."""
     rng = np.random.default_rng(seed)
@@ -137,6 +157,8 @@ def random_weights(
                          np.array([bn_factor], dtype=np.float32)]
             elif layer.type == "BN":
                 blobs = _fork_bn(layer, args[0].double(), rng, layer.name in tails)
+            elif layer.type == "DenseBlock":
+                blobs = _dense_block(layer, rng)
             else:
                 blobs = _draw(layer, rng, layer.name in tails)
             weights[layer.name] = blobs

@@ -22,6 +22,7 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     resample,
     shape_ops,
     volumetric,
+    yolo,
 )
 from caffe_bridge.converters.registry import (
     REGISTRY,

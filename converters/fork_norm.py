@@ -157,11 +157,11 @@ class MeanVarNorm(nn.Module):
         self.start, self.normalize_variance, self.eps = start, normalize_variance, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(*x.shape[:self.start], -1)
+        flat = x.unsqueeze(-1).flatten(self.start)  # also for a 2-D bottom
         y = flat - flat.mean(dim=-1, keepdim=True)
         if self.normalize_variance:
             y = y / ((y * y).mean(dim=-1, keepdim=True).sqrt() + self.eps)
-        return y.reshape(x.shape)
+        return y.reshape_as(x)
 
 
 def mvn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:

@@ -14,6 +14,17 @@ The data-dependent cores are ``torch.fx.wrap``-ed functions: a re-traced graph c
 single nodes. The proposal layer returns as many rows as survive NMS, as Caffe does (the IR's
 shape is the upper bound ``post_nms_topn``); NMS is greedy over kept boxes only: a loop of at
 most ``post_nms_topn`` vectorised steps, each suppressing against one kept box.
+
+NMS follows lib/nms/py_cpu_nms.py (areas with +1; a box survives IoU <= thresh), as does the
+GPU kernel py-faster-rcnn uses by default; its Cython cpu_nms.pyx would also drop IoU == thresh.
+Tie order: numpy's default argsort is only stable on short arrays (<= 16 items); beyond that its
+tie order is unspecified, and we take the stable one. Batches (py-faster-rcnn takes one image)
+give each image's proposals in turn, with the image index in column 0. The bbox decoding
+follows bbox_transform_inv literally: zero deltas on the anchor (0, 0, 15, 15) give
+(0, 0, 16, 16).
+
+OpenCV's ``Proposal`` type is read with the same semantics. OpenCV itself differs: it skips the
+min-size filter and pads rois/scores with zero rows up to ``post_nms_topn``.
 """
 
 from __future__ import annotations
@@ -66,15 +77,17 @@ def _roi_bins(rois: torch.Tensor, scale: float, pooled: tuple[int, int], hw: tup
     return (rois[:, 0].long(), *edges)
 
 
-def _max_table(x: torch.Tensor) -> torch.Tensor:
+def _max_table(x: torch.Tensor, max_h: int, max_w: int) -> torch.Tensor:
     """Sparse table (LW, LH, N, H, W, C): entry [b, a, n, h, w] = max of x[n, :, h:h+2^a,
-    w:w+2^b] (entries whose window overhangs the map are never read)."""
+    w:w+2^b] for 2^a <= max_h, 2^b <= max_w (entries whose window overhangs the map are
+    never read)."""
     h, w = x.shape[-2:]
 
     def doubling(t: torch.Tensor, dim: int, size: int) -> list[torch.Tensor]:
         levels = [t]
         step = 1
-        while 2 * step <= size:
+        limit = min(size, max_h if dim == 1 else max_w)
+        while 2 * step <= limit:
             prev = levels[-1]
             nxt = prev.clone()
             nxt.narrow(dim, 0, size - step).copy_(torch.maximum(
@@ -83,7 +96,7 @@ def _max_table(x: torch.Tensor) -> torch.Tensor:
             step *= 2
         return levels
 
-    cols = doubling(x.permute(0, 2, 3, 1), 2, w)
+    cols = doubling(x.permute(0, 2, 3, 1).contiguous(), 2, w)
     return torch.stack([torch.stack(doubling(t, 1, h)) for t in cols])
 
 
@@ -97,7 +110,9 @@ def roi_max_pool(x: torch.Tensor, rois: torch.Tensor, pooled_h: int, pooled_w: i
     empty = (he <= hs)[:, :, None] | (we <= ws)[:, None, :]  # (R, PH, PW)
     lh, lw = (he - hs).clamp_min(1), (we - ws).clamp_min(1)
     kh, kw = _floor_log2(lh, h), _floor_log2(lw, w)
-    table = _max_table(x)
+    # Only the levels the longest bins need (a data-dependent size: this function is wrapped).
+    longest = (int(lh.max()), int(lw.max())) if lh.numel() else (1, 1)
+    table = _max_table(x, *longest)
     n_lh = table.shape[1]
     flat = table.reshape(-1, c)
     hs2, ws2 = (he - (1 << kh)).clamp_min(0), (we - (1 << kw)).clamp_min(0)
@@ -344,10 +359,10 @@ class RPNProposal(nn.Module):
     """py-faster-rcnn's RPN proposal layer: bottoms (cls_prob, bbox_pred, im_info); tops rois
     (R x 5: batch index, x1, y1, x2, y2) and optionally scores (R x 1), R data-dependent."""
 
-    def __init__(self, anchors: np.ndarray, feat_stride: float, pre_nms: int, post_nms: int,
+    def __init__(self, anchors: torch.Tensor, feat_stride: float, pre_nms: int, post_nms: int,
                  nms_thresh: float, min_size: float, n_tops: int) -> None:
         super().__init__()
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
+        self.register_buffer("anchors", anchors.to(torch.float32))
         self.feat_stride, self.pre_nms, self.post_nms = feat_stride, pre_nms, post_nms
         self.nms_thresh, self.min_size, self.n_tops = nms_thresh, min_size, n_tops
 
@@ -387,7 +402,8 @@ def _python_proposal_cfg(p: object) -> dict[str, object]:
     cfg = parse_param_str(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("the proposal layer's param_str needs 'feat_stride'")
-    return {"anchors": generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32)))),
+    anchors = generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32))))
+    return {"anchors": torch.from_numpy(anchors),
             "feat_stride": float(cfg["feat_stride"]), "pre_nms": TEST_PRE_NMS,
             "post_nms": TEST_POST_NMS, "nms_thresh": TEST_NMS_THRESH, "min_size": TEST_MIN_SIZE}
 
@@ -396,7 +412,7 @@ def _opencv_proposal_cfg(p: object) -> dict[str, object]:
     pp = p.proposal_param
     anchors = generate_anchors(pp.base_size, tuple(pp.ratio) or (0.5, 1, 2),
                                tuple(pp.scale) or (8, 16, 32))
-    return {"anchors": anchors, "feat_stride": float(pp.feat_stride),
+    return {"anchors": torch.from_numpy(anchors), "feat_stride": float(pp.feat_stride),
             "pre_nms": pp.pre_nms_topn, "post_nms": pp.post_nms_topn,
             "nms_thresh": pp.nms_thresh, "min_size": pp.min_size}
 

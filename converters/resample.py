@@ -150,7 +150,8 @@ class MaskUnpool2d(nn.Module):
 
 
 @register("Upsample", shape=upsample_shape,
-          fork="alexgkendall/caffe-segnet (mask); YOLO ports (nearest)")
+          fork="alexgkendall/caffe-segnet, TimoSaemann/caffe-enet (mask); "
+               "eric612/MobileNet-YOLO (nearest)")
 def convert_upsample(layer: Layer, net: Net) -> nn.Module:
     """Upsample: max-unpooling by a mask bottom (SegNet/ENet) or nearest by scale (YOLO ports)."""
     x = net.blobs[layer.bottoms[0]].shape

@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                 rss[name].append(peak)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                   flush=True)
-        ours_pth = out / f"{prototxt.stem}.pth"
+        from caffe_bridge.codegen import module_name
+
+        ours_pth = out / f"{module_name(prototxt.stem)}.pth"
         sizes = {"caffemodel": caffemodel.stat().st_size, "convert .pth": ours_pth.stat().st_size,
                  "floor .pth": floor_pth.stat().st_size}
     base_rss = min(rss.pop("baseline RSS"))

@@ -91,7 +91,7 @@ SEGNET_BASIC = Rewrite("segnet_basic_inference.prototxt", (1, 3, 40, 64),
                        replace_types=("DenseImageData",))
 ENET = Rewrite("enet_deploy_final.prototxt", (1, 3, 64, 96))
 # 473 -> a 60 x 60 feature map pooled by 60/30/20/10; 89 -> 12 x 12 pooled by 12/6/4/2.
-PSPNET = Rewrite("pspnet50_ADE20K_473.prototxt", (1, 3, 89, 89), subs=(
+PSPNET = Rewrite("pspnet50_ade20k_473.prototxt", (1, 3, 89, 89), subs=(
     ("kernel_size: 60\n    stride: 60", "kernel_size: 12\n    stride: 12"),
     ("kernel_size: 30\n    stride: 30", "kernel_size: 6\n    stride: 6"),
     ("kernel_size: 20\n    stride: 20", "kernel_size: 4\n    stride: 4"),

@@ -106,3 +106,36 @@ def test_mvn_eps_on_std_trap():
 
 def test_mvn_2d():
     check_layer(net_text(layer_text("MVN", "mvn_param { across_channels: true }"), (3, 6)))
+
+
+def test_tsn_blobs_stored_2d():
+    """yjxiong/caffe (TSN) stores the four blobs as 1 x C: accepted by count."""
+    text = net_text(layer_text("BN", "bn_param { frozen: true }"), (2, 3, 4, 4))
+    rng = np.random.default_rng(0)
+    blobs = [rng.uniform(0.5, 1.5, (1, 3)).astype(np.float32) for _ in range(4)]
+    check_layer(text, weights={"l": blobs})
+
+
+@pytest.mark.parametrize(("body", "tops"), [("bn_param { axis: 3 }", ("out",)),
+                                            ("bn_param { bn_mode: LEARN }", ("out", "mean"))])
+def test_bn_refusals(body, tops):
+    """axis other than 1/2 (initial variant), SegNet's batch mean/variance tops (training)."""
+    with pytest.raises(CaffeBridgeError):
+        net_from_text(net_text(layer_text("BN", body, tops=tops), (1, 2, 3, 3)))
+
+
+def test_modules_retrace_with_fx():
+    """Every module here re-traces with torch.fx and runs at another batch size."""
+    text = net_text("""
+layer { name: "a" type: "BN" bottom: "data" top: "a" bn_param { bn_mode: LEARN } }
+layer { name: "b" type: "BN" bottom: "a" top: "b" bn_param { bn_mode: INFERENCE } }
+layer { name: "c" type: "BN" bottom: "b" top: "c" bn_param { axis: 2 } }
+layer { name: "d" type: "BN" bottom: "c" top: "d" bn_param { frozen: true } }
+layer { name: "e" type: "MVN" bottom: "d" top: "e" }
+layer { name: "f" type: "Interp" bottom: "e" top: "f" interp_param { zoom_factor: 2 } }
+layer { name: "g" type: "Upsample" bottom: "f" top: "g" upsample_param { scale: 2 } }
+""", (2, 3, 4, 4))
+    net = net_from_text(text)
+    from caffe_bridge.random_weights import random_weights
+    gm = torch.fx.symbolic_trace(build_module(with_weights(net, random_weights(net, 0))))
+    assert gm(torch.randn(3, 3, 4, 4)).shape == (3, 3, 14, 14)

@@ -10,6 +10,7 @@ import torch
 import caffe_bridge.converters  # noqa: F401  (registers the shape rules)
 import reference
 from caffe_bridge.build import build_module
+from caffe_bridge.converters.rcnn import roi_max_pool
 from layer_check import check_layer, layer_text, net_from_text, net_text, rel_err
 
 COVERS = {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"}
@@ -212,6 +213,19 @@ def test_tied_scores_enter_nms_lowest_index_first() -> None:
     assert len(top) == 1 and top[0, 1] == 104.0
 
 
+def test_python_layer_registered_like_a_plugin() -> None:
+    """The Python layer is found under its public plugin key, Python:<module>.<layer>."""
+    from caffe_bridge import converters
+
+    assert "Python:rpn.proposal_layer.ProposalLayer" in converters.REGISTRY
+    other = PY_PROPOSAL.format(extra="", param="'feat_stride': 16").replace("ProposalLayer",
+                                                                            "Other")
+    from caffe_bridge.errors import CaffeBridgeError
+
+    with pytest.raises(CaffeBridgeError, match="Python:rpn.proposal_layer.Other"):
+        net_from_text(net_text(other, (1, 18, 2, 2), (1, 36, 2, 2), (1, 3)))
+
+
 def test_proposal_rejects_bad_param_str() -> None:
     from caffe_bridge.errors import CaffeBridgeError
 
@@ -245,3 +259,34 @@ def test_fast_rcnn_dropout_scale_train(body: str) -> None:
         out = build_module(net)(x)
     want = 1.0 if "true" in body else 1 - float(body.split()[3])
     assert out[0, 0].item() == pytest.approx(want, rel=1e-6)
+
+
+def test_proposal_batch_runs_each_image() -> None:
+    """py-faster-rcnn takes one image; a batch here gives each image's proposals in turn, with
+    its index in column 0 (the reference, run per image, writes 0)."""
+    one = [proposal_feeds((4, 5), 9, seed) for seed in (11, 12)]
+    feeds = {k: np.concatenate([f[k] for f in one]) for k in ("data", "b1", "b2")}
+    feeds["b2"][1] = (50, 70, 1.5)
+    one[1]["b2"][0] = feeds["b2"][1]
+    layer = PY_PROPOSAL.format(extra=' top: "scores"', param="'feat_stride': 16")
+    net = net_from_text(net_text(layer, *(feeds[k].shape for k in ("data", "b1", "b2"))))
+    with torch.no_grad():
+        rois, scores = build_module(net)(*(torch.from_numpy(feeds[k])
+                                           for k in ("data", "b1", "b2")))
+    parts = [run_proposal(layer, f)[1] for f in one]
+    want_rois = np.concatenate([np.c_[np.full(len(r), i), r[:, 1:]]
+                                for i, (r, _) in enumerate(parts)])
+    want_scores = np.concatenate([s for _, s in parts])
+    assert rel_err(rois.numpy(), want_rois) <= 1e-6
+    assert rel_err(scores.numpy(), want_scores) <= 1e-6
+
+
+def test_no_proposal_survives_then_no_roi() -> None:
+    """Every box under the min size (16 * im_info[2]): py-faster-rcnn outputs 0 x 5 rois; ROI
+    pooling of no rois is 0 x C x PH x PW."""
+    feeds = proposal_feeds((3, 4), 9, 13, im_info=(48.0, 64.0, 100.0))
+    layer = PY_PROPOSAL.format(extra=' top: "scores"', param="'feat_stride': 16")
+    got, want = run_proposal(layer, feeds)
+    assert got[0].shape == want[0].shape == (0, 5) and got[1].shape == (0, 1)
+    x = torch.randn(1, 3, 4, 4)
+    assert roi_max_pool(x, torch.from_numpy(got[0]), 2, 2, 1.0).shape == (0, 3, 2, 2)

@@ -3,6 +3,8 @@ Deconvolution against the numpy reference, with the traps of the naive PyTorch m
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,18 @@ def test_interp_traps_of_the_naive_mapping():
     assert not torch.allclose(got, naive)
     assert torch.allclose(got, F.interpolate(x[:, :, 1:4, 1:5], size=(6, 6), mode="bilinear",
                                              align_corners=True))
+
+
+@pytest.mark.parametrize(("shape", "out"), [((1, 2, 4, 5), (1, 1)), ((1, 2, 1, 1), (3, 4)),
+                                           ((1, 2, 1, 5), (1, 9)), ((1, 2, 4, 5), (4, 5))])
+def test_interp_degenerate_sizes_agree_with_align_corners(shape, out):
+    """Where Caffe's formula has special cases (1-pixel output: r = 0, the top-left corner;
+    1-pixel input; same size: a copy) PyTorch's align_corners=True agrees with the reference."""
+    body = f"interp_param {{ height: {out[0]} width: {out[1]} }}"
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    check_layer(net_text(layer_text("Interp", body), shape), inputs={"data": x}, rtol=1e-6)
+    torch_y = F.interpolate(torch.from_numpy(x), size=out, mode="bilinear", align_corners=True)
+    assert torch.allclose(torch_y[..., 0, 0], torch.from_numpy(x)[..., 0, 0])
 
 
 @pytest.mark.parametrize("param", ["pad_beg: 1 zoom_factor: 2", "height: 3",
@@ -190,3 +204,71 @@ def test_deconvolution_as_fixed_bilinear_upsampling():
     want = 0.75 * 0.75 * x[0, :, 1, 1] + 0.25 * 0.75 * (x[0, :, 2, 1] + x[0, :, 1, 2]) \
         + 0.25 * 0.25 * x[0, :, 2, 2]
     assert np.allclose(yy[:, 3, 3], want, atol=1e-6)  # output 3 ~ input 1.25
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="OpenCV is not installed")
+def test_opencv_interp_traps(tmp_path):
+    """OpenCV's Interp matches the source for zoom_factor and height/width, but ignores
+    pad_beg/pad_end (no crop: a larger output) and cannot size a shrink_factor output.
+    The source decides; the converter crops and shrinks as interp_layer.cpp does."""
+    from caffe_bridge.opencv_reference import opencv_forward
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 6)).astype(np.float32)
+
+    def both(param: str):
+        text = net_text(layer_text("Interp", f"interp_param {{ {param} }}"), x.shape)
+        path = tmp_path / "interp.prototxt"
+        path.write_text(text)
+        ours = build_module(net_from_text(text))(torch.from_numpy(x)).detach().numpy()
+        return ours, opencv_forward(path, {}, {"data": x})["out"]
+
+    ours, cv = both("zoom_factor: 4")
+    assert ours.shape == cv.shape == (1, 2, 17, 21) and np.abs(ours - cv).max() < 1e-5
+    ours, cv = both("zoom_factor: 2 pad_beg: -1 pad_end: -1")
+    assert ours.shape == (1, 2, 5, 7) and cv.shape == (1, 2, 9, 11)
+    with pytest.raises(CaffeBridgeError):
+        both("shrink_factor: 2")
+
+
+def test_interp_random_geometries():
+    """Seeded sweep: sizes 1..9, every way of giving the output size, crops."""
+    rng = np.random.default_rng(11)
+    done = 0
+    while done < 25:
+        h, w = (int(v) for v in rng.integers(1, 10, 2))
+        beg, end = (int(v) for v in -rng.integers(0, 3, 2))
+        if h + beg + end < 1 or w + beg + end < 1:
+            continue
+        kind = done % 4
+        param = [f"zoom_factor: {rng.integers(1, 5)}", f"shrink_factor: {rng.integers(1, 4)}",
+                 f"height: {rng.integers(1, 12)} width: {rng.integers(1, 12)}",
+                 f"shrink_factor: {rng.integers(1, 4)} zoom_factor: {rng.integers(1, 4)}"][kind]
+        body = f"interp_param {{ {param} pad_beg: {beg} pad_end: {end} }}"
+        check_layer(net_text(layer_text("Interp", body), (2, 2, h, w)), seed=done)
+        done += 1
+
+
+def test_pooling_mask_random_geometries_with_ties():
+    """Seeded sweep of MAX pooling with a mask top on small-integer (tie-rich) inputs."""
+    rng = np.random.default_rng(12)
+    for i in range(20):
+        k = int(rng.integers(1, 4))
+        s, p = int(rng.integers(1, 4)), int(rng.integers(0, k))
+        h, w = (int(v) for v in rng.integers(k, 9, 2))
+        x = rng.integers(-2, 2, (2, 2, h, w)).astype(np.float32)
+        text = layer_text("Pooling", f"pooling_param {{ pool: MAX kernel_size: {k} stride: {s} "
+                          f"pad: {p} }}", tops=("out", "mask"))
+        check_layer(net_text(text, x.shape), inputs={"data": x}, rtol=0, seed=i)
+
+
+def test_pool_unpool_random_overlapping_windows_with_ties():
+    """Pooling mask straight into Upsample of the pooled input's size: overlapping windows
+    and ties make duplicate indices, where the later input must win."""
+    rng = np.random.default_rng(13)
+    for i in range(12):
+        k, s = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        h, w = (int(v) for v in rng.integers(k + 1, 9, 2))
+        x = rng.integers(-2, 2, (1, 2, h, w)).astype(np.float32)
+        text = net_text(POOL_UNPOOL.format(pool=f"kernel_size: {k} stride: {s}",
+                                           up=f"upsample_h: {h} upsample_w: {w}", c=2), x.shape)
+        check_layer(text, inputs={"data": x}, seed=i)

@@ -121,7 +121,9 @@ def pooling(layer: Any, inputs: list[Array]) -> list[Array]:
 def max_mask(x: Array, out: tuple[int, ...], kernel: tuple[int, int],
              stride: tuple[int, int], pad: tuple[int, int]) -> Array:
     """Caffe's MAX mask top (floats): flat index h * W + w of the window's first strict
-    maximum over the image part (scan row by row from -FLT_MAX); -1 when nothing beats it."""
+    maximum over the image part (scan row by row from -FLT_MAX); -1 when nothing beats it.
+    BVLC src/caffe/layers/pooling_layer.cpp; the same loop in alexgkendall/caffe-segnet and
+    TimoSaemann/caffe-enet, whose Upsample consumes the mask."""
     n, c, h, w = x.shape
     mask = np.full((n, c, *out), -1.0)
     for i in range(out[0]):
