@@ -422,12 +422,16 @@ def export_command(net: str, weights: str | None, onnx_path: str | None, opset: 
 @click.option("--random-weights", is_flag=True,
               help="No caffemodel: write seeded random weights (--seed) to a temporary "
                    "caffemodel that both sides read.")
+@click.option("--exact", is_flag=True,
+              help="With --images: only the exact model (every blob is always compared on it); "
+                   "by default the net outputs of the fast model that `eval` runs are compared "
+                   "too, as rows '<blob> (fast)'.")
 @input_shape_option
 @handle_errors
 def verify_command(net: str, weights: str | None, reference: str, input_path: str | None,
                    images: str | None, device: str, allow_tf32: bool, rtol: float, seed: int,
                    json_path: str | None, plot_path: str | None, force: bool, quiet: bool,
-                   random_weights: bool, **preprocess: Any) -> None:
+                   random_weights: bool, exact: bool, **preprocess: Any) -> None:
     """Compare every blob with a reference and name the first one that diverges.
 
     Blobs are compared in network order at their value after the last in-place layer. Exit
@@ -463,7 +467,8 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
         try:
             if images is not None:
                 report = V.verify_images(net, caffemodel, images, reference=reference,
-                                         device=device, rtol=rtol, progress=bars, **preprocess)
+                                         device=device, rtol=rtol, progress=bars, exact=exact,
+                                         **preprocess)
             else:
                 report = V.verify(net, caffemodel, reference=reference, inputs=input_path,
                                   device=device, rtol=rtol, seed=seed, progress=bars)

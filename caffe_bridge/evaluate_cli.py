@@ -59,6 +59,7 @@ class EvalOptions:
     mean_file: str | None
     scale: float | None
     channel_order: str
+    exact: bool = False  # Caffe's order of operations instead of the fast default
 
 
 def _class_order(order: str, classes: int) -> np.ndarray | None:
@@ -194,6 +195,10 @@ def run_eval(o: EvalOptions) -> EvalResult:
                 "meaningless)", err=True)
             net = net_with_random_weights(net, seed=0)
         model = build_module(net, [o.output] if o.output else None)
+        if not o.exact:
+            from caffe_bridge.fast import make_fast
+
+            model = make_fast(model)
         result = evaluate(model, ImageDataset(_samples(o, classes), pre),
                           batch_size=o.batch_size, workers=o.workers, device=dev,
                           limit=o.limit, class_order_perm=perm, progress=True)
@@ -241,6 +246,10 @@ def run_eval(o: EvalOptions) -> EvalResult:
 @click.option("--random-weights", is_flag=True,
               help="Score seeded random weights (a smoke test of the pipeline; the accuracy "
                    "is meaningless) instead of WEIGHTS / NET.caffemodel.")
+@click.option("--exact", is_flag=True,
+              help="Run the exact model (Caffe's order of operations) instead of the default "
+                   "fast form (BatchNorm folded into convolutions, channels-last; within "
+                   "float32 rounding of the exact model).")
 @handle_errors
 def eval_command(**opts: Any) -> None:
     """Top-1/top-5 of NET on a labelled image set, preprocessed exactly as Caffe does.

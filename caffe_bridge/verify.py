@@ -240,10 +240,13 @@ def verify_arrays(
     rtol: float = DEFAULT_RTOL,
     net: Net | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    fast: bool = False,
 ) -> VerifyReport:
     """Verify on given input arrays (input name -> N x C x H x W); the hook for image folders.
 
     ``reference`` is "opencv", "caffe", or a label for ``reference_blobs`` (blob -> array).
+    Every blob is compared on the exact model; with ``fast`` the net outputs of the default
+    (fast) model that ``convert`` returns are compared too, as rows named ``<blob> (fast)``.
     ``progress(stage, done, total)`` hears of the three steps: reference, ours, comparison.
     """
     step = progress or (lambda stage, done, total: None)
@@ -269,8 +272,38 @@ def verify_arrays(
     ours = run_blobs(net, feeds, order, device)
     step("verify", 2, 3)
     report = compare_blobs(net, ours, reference_blobs, rtol, reference, unknown)
+    if fast:
+        report = _with_fast_rows(net, feeds, reference_blobs, report, device)
     step("verify", 3, 3)
     return report
+
+
+@torch.no_grad()
+def _with_fast_rows(net: Net, feeds: Mapping[str, np.ndarray],
+                    reference: Mapping[str, np.ndarray], report: VerifyReport,
+                    device: str) -> VerifyReport:
+    """``report`` plus one row per net output of the fast model (``caffe_bridge.fast``)."""
+    from dataclasses import replace
+
+    from caffe_bridge.fast import make_fast
+
+    outs = [net.blobs[v].caffe_name for v in net.outputs]
+    outs = [b for b in outs if b in reference]
+    if not outs:
+        return report
+    model = make_fast(build_module(net, outputs=outs)).to(device)
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[n], dtype=np.float32)).to(device)
+            for n in net.inputs]
+    got = model(*args)
+    got = got if isinstance(got, tuple) else (got,)
+    rows = list(report.rows)
+    for blob, t in zip(outs, got, strict=True):
+        a, b = t.detach().cpu().numpy(), np.asarray(reference[blob])
+        max_abs, rel, cos = compare(a, b)
+        rows.append(BlobDiff(f"{blob} (fast)", net.blobs[net.value(blob)].producer,
+                             tuple(a.shape), tuple(b.shape), max_abs, rel, cos,
+                             bool(rel <= report.rtol)))
+    return replace(report, rows=tuple(rows))
 
 
 def verify(
@@ -317,9 +350,13 @@ def verify_images(
     device: str = "cpu",
     rtol: float = DEFAULT_RTOL,
     progress: Callable[[str, int, int], None] | None = None,
+    exact: bool = False,
     **preprocess: Any,
 ) -> VerifyReport:
     """Verify on a folder of real images, preprocessed exactly as ``eval`` does.
+
+    Every blob is compared on the exact model; unless ``exact``, the net outputs of the default
+    (fast) model are compared too (rows ``<blob> (fast)``), as ``eval`` runs that model.
 
     ``preprocess`` takes :func:`caffe_bridge.data.preprocess_images`'s options (resize, crop,
     mean, mean_file, scale, channel_order). A damaged image is an error naming the file.
@@ -334,7 +371,7 @@ def verify_images(
     label = reference if blobs is None else Path(reference).name
     return verify_arrays(prototxt, caffemodel, {next(iter(net.inputs)): batch},
                          reference=label, reference_blobs=blobs, device=device, rtol=rtol,
-                         net=net, progress=progress)
+                         net=net, progress=progress, fast=not exact)
 
 
 def write_seeded_caffemodel(prototxt: str | os.PathLike[str], path: str | os.PathLike[str],

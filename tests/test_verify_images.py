@@ -47,12 +47,23 @@ def test_verify_images_agrees_with_opencv(tmp_path: Path) -> None:
                                        "--resize", "32", "--crop", "28", "--mean", "104,117,123",
                                        "--rtol", "1e-5", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    assert "all 4 blobs within rtol" in result.output  # conv (after its ReLU), pool, fc, prob
-    assert "prob  3x5" in result.output  # the three images, one batch
+    # conv (after its ReLU), pool, fc, prob on the exact model; prob of the default fast model
+    assert "all 5 blobs within rtol" in result.output
+    assert "prob         3x5" in result.output  # the three images, one batch
+    assert "prob (fast)  3x5" in result.output
     import json
 
     report = json.loads(out.read_text())
     assert report["ok"] and max(row["rel_err"] for row in report["blobs"]) <= 1e-5
+
+
+def test_verify_images_exact_compares_the_exact_model_only(tmp_path: Path) -> None:
+    proto, model, images = _files(tmp_path)
+    result = CliRunner().invoke(main, ["verify", str(proto), str(model), "--images", str(images),
+                                       "--resize", "32", "--crop", "28", "--rtol", "1e-5",
+                                       "--exact"])
+    assert result.exit_code == 0, result.output
+    assert "all 4 blobs within rtol" in result.output and "(fast)" not in result.output
 
 
 def test_verify_images_and_input_are_exclusive(tmp_path: Path) -> None:
