@@ -11,6 +11,7 @@ output change when each input value moves by one ulp).
   ``converters/norm.py``). Caffe rounds after each of convolution, mean, divide, scale and shift;
   the folded form rounds the convolution's sum only, so it is as close to the exact real-number
   result as Caffe's own order, usually closer.
+* **ReLU in place** where nothing else reads its input (bit-for-bit the same).
 * **Channels-last weights**, so oneDNN runs its NHWC kernels and the activations stay NHWC
   (the first convolution converts its input).
 
@@ -97,9 +98,29 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
     return count
 
 
+def relu_in_place(gm: fx.GraphModule) -> int:
+    """Let every ReLU overwrite its input where nothing else reads that value; return how many.
+
+    Bit-for-bit the same result, one allocation and one pass over memory fewer.
+    """
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in gm.graph.nodes:
+        relu = modules.get(node.target) if node.op == "call_module" else None
+        if type(relu) is not nn.ReLU or relu.inplace or len(node.args) != 1:
+            continue
+        (arg,) = node.args
+        if (isinstance(arg, fx.Node) and arg.op in ("call_module", "call_function")
+                and len(arg.users) == 1):
+            relu.inplace = True
+            count += 1
+    return count
+
+
 def make_fast(model: fx.GraphModule) -> fx.GraphModule:
     """Turn a converted model into its fast form, in place (no copy of the weights); return it."""
     fold_batch_norm(model)
+    relu_in_place(model)
     model.eval()
     return model.to(memory_format=torch.channels_last)
 

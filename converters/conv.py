@@ -150,7 +150,7 @@ def convert_deconvolution(layer: Layer, net: Net) -> nn.Module:
     return _conv_family(layer, net, deconv=True)
 
 
-MAX_BLOCKS = 128  # InnerProduct: partial dot products summed at the end (see BlockedLinear)
+MAX_BLOCKS = 32  # InnerProduct: partial dot products summed at the end (see BlockedLinear)
 
 
 def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -158,8 +158,9 @@ def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.
 
     For one row PyTorch's CPU ``linear`` is a matrix-vector product that sums each output's
     terms in long float32 chains: ResNet-50's classifier at batch 1 put its softmax 1.0e-6 from
-    the float64 result where OpenCV's is 4.5e-7 (mean of 6 inputs). Partial sums over 128 blocks
-    (one ``bmm``, then ``sum``) bring it to 3.3e-7, at any batch size.
+    the float64 result where OpenCV's is 4.5e-7 (mean of 6 inputs). Partial sums over 32 blocks
+    (one ``bmm``, then ``sum``) bring it to 3.6e-7 at any batch size (128 blocks: 3.3e-7, but
+    the bmm of tiny blocks and the longer sum cost time in every SE block).
     """
     out, k = weight.shape
     parts = x.reshape(-1, blocks, k // blocks).transpose(0, 1)

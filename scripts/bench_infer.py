@@ -113,7 +113,7 @@ def bench_net(key: str, batches: list[int], args: argparse.Namespace, gemm: floa
     exact, fast = convert(net, exact=True), convert(net)
     out: dict[str, object] = {"gflop_per_image": round(flops / 1e9, 3)}
     for batch in batches:
-        x = random_inputs(net, args.seed + 1, batch=batch)[net.inputs[0]]
+        x = random_inputs(net, args.seed + 1, batch=batch)[next(iter(net.inputs))]
         t = torch.from_numpy(x)
         with torch.inference_mode():
             want = exact(t).numpy()
@@ -149,7 +149,7 @@ def profile(tmp: Path, seed: int, rows: int = 25) -> None:
     net = load_net(NETS["SE-ResNet-50"])
     net = with_weights(net, random_weights(net, seed))
     fast = convert(net)
-    t = torch.from_numpy(random_inputs(net, seed + 1, batch=1)[net.inputs[0]])
+    t = torch.from_numpy(random_inputs(net, seed + 1, batch=1)[next(iter(net.inputs))])
     with torch.inference_mode():
         for _ in range(2):
             fast(t)
@@ -224,7 +224,7 @@ def main() -> None:
           flush=True)
     results: dict[str, object] = {"threads": args.threads, "repeats": args.repeats,
                                   "gemm_gflops": round(gemm, 1), "copy_GBps": round(bw, 1)}
-    batches = [int(b) for b in args.idiomatices.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp_name:
         tmp = Path(tmp_name)
         for key in args.nets.split(","):

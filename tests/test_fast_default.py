@@ -174,3 +174,69 @@ def test_fast_as_close_to_float64_as_opencv(key: str, figures: Callable[[str], F
     if f.opencv is None:
         pytest.skip("OpenCV (cv2) is not installed")
     assert f.fast <= f.opencv, f
+
+
+CONV_BN_RELU = """
+name: "t"
+input: "data" input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+        inner_product_param { num_output: 5 } }
+"""
+
+
+def _tiny(tmp_path: Path) -> tuple[object, torch.Tensor]:
+    path = tmp_path / "t.prototxt"
+    path.write_text(CONV_BN_RELU)
+    net = load_net(path)
+    net = with_weights(net, random_weights(net, 3))
+    return net, torch.from_numpy(random_inputs(net, 4, batch=2)["data"])
+
+
+def test_fast_folds_batch_norm_and_keeps_the_input(tmp_path: Path) -> None:
+    net, x = _tiny(tmp_path)
+    exact, fast = convert(net, exact=True), convert(net)
+    kinds = [type(m).__name__ for m in fast.modules()]
+    assert "BatchNorm2d" in [type(m).__name__ for m in exact.modules()]
+    assert "BatchNorm2d" not in kinds
+    relu = next(m for m in fast.modules() if isinstance(m, torch.nn.ReLU))
+    assert relu.inplace  # its input (the folded conv's output) has no other reader
+    before = x.clone()
+    with torch.no_grad():
+        y, y_fast = exact(x), fast(x)
+    assert torch.equal(x, before)
+    assert rel_err(y_fast.numpy(), y.numpy()) < 1e-5
+    assert fast.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_keeps_a_requested_intermediate_blob(tmp_path: Path) -> None:
+    """A BatchNorm whose input is itself an output is not folded (the blob must exist)."""
+    net, x = _tiny(tmp_path)
+    path = tmp_path / "t2.prototxt"
+    path.write_text(CONV_BN_RELU.replace('bottom: "data" top: "conv"', 'bottom: "data" top: "c0"')
+                    .replace('type: "BatchNorm" bottom: "conv"', 'type: "BatchNorm" bottom: "c0"'))
+    net2 = with_weights(load_net(path), random_weights(load_net(path), 3))
+    exact = convert(net2, exact=True, outputs=["c0", "fc"])
+    fast = convert(net2, outputs=["c0", "fc"])
+    with torch.no_grad():
+        (c0, fc), (c0_fast, fc_fast) = exact(x), fast(x)
+    assert torch.equal(c0, c0_fast)
+    assert rel_err(fc_fast.numpy(), fc.numpy()) < 1e-5
+    relu = next(m for m in fast.modules() if isinstance(m, torch.nn.ReLU))
+    assert relu.inplace
+
+
+def test_blocked_inner_product_matches_linear(tmp_path: Path) -> None:
+    """InnerProduct sums its dot products in blocks: the same function as nn.Linear."""
+    from caffe_bridge.converters.conv import BlockedLinear
+
+    net, x = _tiny(tmp_path)
+    fc = convert(net, exact=True).fc[1]  # after the Flatten
+    assert isinstance(fc, BlockedLinear) and fc.blocks == 4  # gcd(4 * 7 * 7, 32)
+    z = torch.randn(3, 196, dtype=torch.float64)
+    want = torch.nn.functional.linear(z, fc.weight.double(), fc.bias.double())
+    assert torch.allclose(fc.double()(z), want, rtol=1e-12, atol=1e-12)
