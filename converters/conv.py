@@ -196,10 +196,11 @@ class BlockedPointwiseConv2d(nn.Conv2d):
         self.blocks = blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = blocked_matmul(x.movedim(1, -1), self.weight.flatten(1), self.blocks)
+        # explicit permutations: ONNX export rejects movedim's negative axes
+        y = blocked_matmul(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.blocks)
         if self.bias is not None:
             y = y + self.bias
-        return y.movedim(-1, 1)
+        return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, blocks={self.blocks}"
