@@ -125,22 +125,30 @@ def compile_tree(root: Path) -> None:
                        stdout=subprocess.DEVNULL)
 
 
+# Linux keeps a child's peak RSS across exec, so a child forked by this (large) process would
+# report at least our own size: a small launcher forks the measured command instead.
+LAUNCHER = r"""
+import os, resource, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stdout.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall time (s) and peak RSS (bytes, ``os.wait4``'s rusage) of one subprocess, which must
-    succeed."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        # cwd: not the repository, whose caffe_bridge/ would shadow a baseline's (python -c)
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                cwd=tempfile.gettempdir())
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n"
-                             f"{err.read().decode(errors='replace')}")
-    return wall, usage.ru_maxrss * 1024  # Linux: KiB
+    """Wall time (s) and peak RSS (bytes, the launcher's ``os.wait4``) of one subprocess, which
+    must succeed."""
+    t0 = time.perf_counter()
+    # cwd: not the repository, whose caffe_bridge/ would shadow a baseline's (python -c)
+    proc = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *argv], capture_output=True,
+                          text=True, env=env, cwd=tempfile.gettempdir())
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n{proc.stderr}")
+    return wall, int(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
