@@ -121,7 +121,7 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     geo = shapes.conv_geometry(cp, n_sp)
     channels, group = x[axis], cp.group
     cls, extra = _DECONV[n_sp] if deconv else _CONV[n_sp], {}
-    if not deconv and _pointwise_classifier(x, geo, group, axis, len(layer.bottoms)):
+    if not deconv and _pointwise_classifier(layer, net, geo):
         cls, extra = BlockedPointwiseConv2d, {"blocks": math.gcd(channels, MAX_BLOCKS)}
     make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
     conv = make(cls, channels, cp.num_output, geo.kernel, stride=geo.stride,
@@ -206,12 +206,19 @@ class BlockedPointwiseConv2d(nn.Conv2d):
         return f"{super().extra_repr()}, blocks={self.blocks}"
 
 
-def _pointwise_classifier(x: tuple[int, ...], geo: shapes.ConvGeometry, group: int,
-                          axis: int, n_bottoms: int) -> bool:
-    """A 1x1 convolution over a 1x1 blob: a matrix-vector product at batch 1."""
-    return (len(x) == 4 and axis == 1 and n_bottoms == 1 and group == 1
-            and all(v == 1 for v in (*x[2:], *geo.kernel, *geo.stride))
-            and not any(geo.pad) and math.gcd(x[1], MAX_BLOCKS) > 1)
+def _pointwise_classifier(layer: Layer, net: Net, geo: shapes.ConvGeometry) -> bool:
+    """A 1x1 convolution over a 1x1 blob (a matrix-vector product at batch 1) whose result is
+    the net's output or read only by a Softmax: a classifier. (Not the SE blocks' 1x1
+    convolutions: their errors are damped by the gate, and blocking would cost time in each.)"""
+    x = net.blobs[layer.bottoms[0]].shape
+    cp = layer.param.convolution_param
+    if not (len(x) == 4 and len(layer.bottoms) == 1 and cp.group == 1 and not any(geo.pad)
+            and shapes.canonical_axis(cp.axis, 4) == 1 and math.gcd(x[1], MAX_BLOCKS) > 1
+            and all(v == 1 for v in (*x[2:], *geo.kernel, *geo.stride))):
+        return False
+    top = layer.tops[0]
+    readers = [other.type for other in net.layers if top in other.bottoms]
+    return top in net.outputs or (bool(readers) and set(readers) <= {"Softmax"})
 
 
 @register("InnerProduct", shape=shapes.inner_product_shapes)
