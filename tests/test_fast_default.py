@@ -19,13 +19,13 @@ fast / OpenCV: mean distance to float64 over three inputs, and ours / OpenCV):
 =================  ========  =====  ========  ========  ========  =====  =====
 net                floor     ratio  exact     fast      OpenCV    ex/cv  fa/cv
 =================  ========  =====  ========  ========  ========  =====  =====
-SE-ResNet-50       2.86e-07   1.00  2.96e-07  6.17e-07  3.82e-07   0.77   1.61
-SE-ResNeXt-50      3.95e-07   1.40  4.69e-07  4.60e-07  5.56e-07   0.84   0.83
-SE-BN-Inception    5.09e-06   1.44  5.17e-06  5.68e-06  4.77e-06   1.08   1.19
-SE-ResNet-101      5.90e-07   1.29  4.56e-07  5.84e-07  7.32e-07   0.62   0.80
-SE-ResNeXt-101     5.01e-07   1.00  5.36e-07  6.33e-07  4.81e-07   1.11   1.32
-SE-ResNet-152      6.26e-07   1.20  7.44e-07  5.26e-07  6.79e-07   1.09   0.77
-SENet-154          7.97e-07   0.77  3.98e-07  7.36e-07  5.59e-07   0.71   1.32
+SE-ResNet-50       2.86e-07   1.75  2.49e-07  6.59e-07  3.56e-07   0.70   1.85
+SE-ResNeXt-50      4.74e-07   1.08  4.21e-07  4.49e-07  5.12e-07   0.82   0.88
+SE-BN-Inception    5.51e-06   1.19  5.10e-06  6.10e-06  4.49e-06   1.14   1.36
+SE-ResNet-101      5.90e-07   1.57  5.16e-07  6.78e-07  8.82e-07   0.58   0.77
+SE-ResNeXt-101     6.26e-07   0.70  5.47e-07  5.76e-07  5.88e-07   0.93   0.98
+SE-ResNet-152      5.64e-07   1.11  5.47e-07  4.38e-07  5.65e-07   0.97   0.78
+SENet-154          6.13e-07   1.20  5.23e-07  7.04e-07  7.68e-07   0.68   0.92
 nsfw               4.16e-07   1.00  2.50e-07  1.01e-07  1.99e-07   1.26   0.51
 squeezenet_v1.0    2.47e-07   1.00  1.88e-07  1.46e-07  6.18e-07   0.30   0.24
 squeezenet_v1.1    7.34e-08   1.00  1.19e-07  1.15e-07  5.60e-07   0.21   0.21
@@ -40,9 +40,9 @@ Ranking two float32 implementations by these distances is noisy: the ratio ours 
 by tens of percent between input sets (exact model, SE-ResNet-50: 0.74 over six other inputs,
 0.93 over three others; SE-ResNet-152: 0.87 on a single input), so the tests allow ``TIE`` = 1.3
 and catch systematic losses such as the one below (3x). ResNet-50's fast model is at the 2x
-limit (2.00) on this input. The fast model is a few tenths further
-than OpenCV on three SENets (``FAST_BEHIND``: fast vs OpenCV 1.3-1.6x, still within 2x the
-floor of the exact model); those are marked xfail.
+limit (2.00) on this input. The fast model is further than OpenCV
+beyond that allowance on two SENets (``FAST_BEHIND``: SE-ResNet-50 1.85x, SE-BN-Inception
+1.36x; still within 2x the floor of the exact model): marked xfail.
 
 Before the InnerProduct fix (``converters/conv.py``: ``blocked_matmul``) the exact model's
 single-input distances were 1.19e-06 (SE-ResNet-50) and 1.04e-06 (ResNet-50), 3x OpenCV's.
@@ -72,7 +72,7 @@ FLOOR_SEEDS = (100, 101, 102)
 SAMPLES = 3  # inputs whose mean distance to the float64 reference is compared
 FAST_FACTOR = 2.0
 TIE = 1.3  # ours / OpenCV below this counts as "no further" (the statistic's own spread)
-FAST_BEHIND = {"SE-ResNet-50", "SE-ResNeXt-101", "SENet-154"}  # fast / OpenCV 1.3-1.6x
+FAST_BEHIND = {"SE-ResNet-50", "SE-BN-Inception"}  # fast / OpenCV 1.85x and 1.36x
 ULP = 2.0**-23
 
 NETS = {
@@ -181,7 +181,7 @@ def test_exact_as_close_to_float64_as_opencv(key: str, figures: Callable[[str], 
 FAST_KEYS = [
     pytest.param(k, id=k, marks=[
         *([pytest.mark.slow] if k in SLOW else []),
-        *([pytest.mark.xfail(reason="fast model 1.3-1.6x OpenCV's distance (within 2x the "
+        *([pytest.mark.xfail(reason="fast model 1.4-1.9x OpenCV's distance (within 2x the "
                                     "exact model's floor)", strict=False)]
           if k in FAST_BEHIND else [])])
     for k in NETS]
