@@ -51,6 +51,18 @@ NETS = {
 MEMORY_BOUND = {"MobileNet-v2"}
 
 
+def prototxt_path(folder: Path) -> Path:
+    """The released SE-ResNet-50 definition, else the same layout generated from the model."""
+    if PROTOTXT.is_file():
+        return PROTOTXT
+    from caffe_bridge.models import senet
+    from caffe_bridge.models.senet_caffe import caffe_prototxt_text
+
+    path = folder / "SE-ResNet-50.prototxt"
+    path.write_text(caffe_prototxt_text(senet.se_resnet50(), "SE-ResNet-50"), encoding="utf-8")
+    return path
+
+
 def best_of(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Fastest wall time of ``repeats`` calls, in seconds, after ``warmup`` calls."""
     for _ in range(warmup):
@@ -88,13 +100,18 @@ def bytes_moved(net: Net, batch: int) -> int:
 
 
 def _opencv(fixed: Path, caffemodel: Path, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """OpenCV dnn on ``x``, one image at a time (its SENet import fails on batches > 1:
+    ``total(): expected end <= dims``), which is how ``opencv_forward`` runs it too."""
     import cv2
 
     cvnet = cv2.dnn.readNetFromCaffe(str(fixed), str(caffemodel))
 
     def run() -> np.ndarray:
-        cvnet.setInput(x)
-        return cvnet.forward()
+        outs = []
+        for i in range(len(x)):
+            cvnet.setInput(x[i : i + 1])
+            outs.append(np.array(cvnet.forward()))
+        return np.concatenate(outs)
 
     return run
 
