@@ -11,8 +11,9 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from caffe_bridge.errors import CaffeBridgeError
 
@@ -78,6 +79,16 @@ def _interrupts_deferred() -> Iterator[None]:
         yield
     finally:
         block(signal.SIG_SETMASK, old)
+
+
+def write_stream(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], object], *, force: bool = False
+) -> None:
+    """Atomically write a binary file: ``write(f)`` fills it, then it is synced and moved in."""
+    with atomic_outputs([path], force=force) as (tmp,), open(tmp, "xb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike[str], text: str, *, force: bool = False) -> None:

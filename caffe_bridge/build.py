@@ -8,12 +8,14 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import fx, nn
 
 from caffe_bridge.errors import CaffeBridgeWarning, ShapeError
 from caffe_bridge.ir import Layer, Net, load_net
+
+CAFFE_LAYER = "caffe_layer"  # node.meta key: the Caffe layer a call_module node computes
 
 
 def safe_identifier(name: str, taken: set[str]) -> str:
@@ -63,7 +65,6 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
     taken: set[str] = set()
-    caffe_names: dict[str, str] = {}
     layers = list(net.layers)
     i = 0
     while i < len(layers):
@@ -86,8 +87,8 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
             module = registry.convert(layer, net)
         attr = safe_identifier(produced.name, taken)
         root.add_module(attr, module)
-        caffe_names[attr] = produced.name
         node = graph.call_module(attr, tuple(env[b] for b in layer.bottoms))
+        node.meta[CAFFE_LAYER] = produced.name
         if len(produced.tops) == 1:
             env[produced.tops[0]] = node
         else:
@@ -99,10 +100,16 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
         raise ShapeError(f"requested outputs {missing} are not computed", file=net.source)
     result = env[out_values[0]] if len(out_values) == 1 else tuple(env[v] for v in out_values)
     graph.output(result)
+    graph.lint()
     gm = fx.GraphModule(root, graph, class_name=_class_name(net))
-    gm.caffe_layer_names = caffe_names  # attr -> Caffe layer name, for reports
     gm.eval()
     return gm
+
+
+def caffe_layer_names(gm: fx.GraphModule) -> dict[str, str]:
+    """Submodule name -> the Caffe layer it computes (from ``node.meta``), in graph order."""
+    return {node.target: node.meta[CAFFE_LAYER] for node in gm.graph.nodes
+            if node.op == "call_module" and CAFFE_LAYER in node.meta}
 
 
 def _class_name(net: Net) -> str:
@@ -115,13 +122,16 @@ def convert(
     caffemodel: str | os.PathLike[str] | None = None,
     *,
     outputs: Sequence[str] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> fx.GraphModule:
     """Convert a Caffe definition (and weights) to an eval-mode ``torch.fx.GraphModule``.
 
     ``forward`` takes the net's inputs (NCHW float32) in declaration order and returns its output
-    blob, a tuple when there are several, or the blobs named in ``outputs``.
+    blob, a tuple when there are several, or the blobs named in ``outputs``. ``input_shapes``
+    is passed to :func:`caffe_bridge.load_net` (shapes of data layers' tops in train/test files).
     """
-    net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel)
+    net = prototxt if isinstance(prototxt, Net) else load_net(prototxt, caffemodel,
+                                                               input_shapes=input_shapes)
     warn_unused_weights(net, caffemodel)
     return build_module(net, outputs)
 
@@ -149,6 +159,5 @@ def optimize_for_inference(model: fx.GraphModule) -> fx.GraphModule:
     import torch
     from torch.fx.experimental.optimization import fuse
 
-    fused = fuse(model.eval())
-    fused.caffe_layer_names = getattr(model, "caffe_layer_names", {})
+    fused = fuse(model.eval())  # keeps each surviving node's meta (its Caffe layer name)
     return fused.to(memory_format=torch.channels_last)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from caffe_bridge.atomic import write_stream
 from caffe_bridge.errors import CaffemodelError
 
 __all__ = [
@@ -128,6 +128,7 @@ class _Scanner:
         self.layer: str | None = None
         self.layer_type: str | None = None
         self.record = -1
+        self.top_level = True  # scanning the NetParameter itself: an overrun there = truncation
         self._u8: np.ndarray | None = None
 
     # -- errors -------------------------------------------------------------------------------
@@ -175,6 +176,12 @@ class _Scanner:
     def length(self, pos: int, end: int, what: str) -> tuple[int, int]:
         """Read a length prefix; return (payload start, payload end) within ``end``."""
         n, start = self.varint(pos, end)
+        if n > end - start and self.top_level:
+            raise self.error(
+                f"truncated file: expected at least {start + n:,} bytes (where its {what} "
+                f"ends), actual size {self.size:,} bytes",
+                pos,
+            )
         if n > end - start:
             raise self.error(
                 f"{what}: length {n} runs past the end of its enclosing message "
@@ -251,6 +258,7 @@ class _Scanner:
                     records.append((field, start, pos))
             else:
                 pos = self.skip(wire, pos, end, field)
+        self.top_level = False
         return name, records
 
     def layer_v2(self, start: int, end: int) -> CaffemodelLayer:
@@ -651,38 +659,11 @@ def write_caffemodel(
 
 
 def _atomic_write(path: str, write: Any) -> None:
+    """:func:`caffe_bridge.atomic.write_stream` (overwriting), its failures as CaffemodelError."""
     folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    tmp = ""
+    if not os.path.isdir(folder):
+        raise CaffemodelError(f"cannot create a file next to it: no folder {folder!r}", file=path)
     try:
-        while True:
-            tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
-            try:
-                fd = os.open(tmp, flags, 0o666)
-                break
-            except FileExistsError:
-                continue
-    except OSError as exc:
-        raise CaffemodelError(f"cannot create a file next to it: {exc}", file=path) from exc
-    try:
-        f = os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    try:
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise CaffemodelError(f"cannot write: {exc}", file=path) from exc
-        if isinstance(exc, (ValueError, TypeError)):
-            raise CaffemodelError(f"cannot write: {exc}", file=path) from exc
-        raise
+        write_stream(path, write, force=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CaffemodelError(f"cannot write: {exc}", file=path) from exc

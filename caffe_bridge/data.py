@@ -39,12 +39,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch.utils.data
 
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.opencv_import import import_cv2
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -73,15 +73,6 @@ _LABEL = re.compile(r"[+-]?[0-9]+")
 
 class DataError(CaffeBridgeError):
     """An image, label file or mean file that cannot be used."""
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise DataError("OpenCV is required for image preprocessing: install "
-                        "opencv-python-headless") from None
-    return cv2
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -153,6 +144,27 @@ def read_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
 # -- preprocessing -----------------------------------------------------------------------------
 
 
+def check_complete(path: str) -> None:
+    """Raise DataError for a truncated JPEG or PNG, which OpenCV decodes without an error.
+
+    libjpeg fills the missing rows with grey and only prints "Premature end of JPEG file" on
+    stderr; a score or a comparison on such an image would silently be wrong. A JPEG is complete
+    when an end-of-image marker follows its last start-of-scan (entropy-coded data stuffs every
+    0xFF, so neither marker can occur inside it); a PNG when its IEND chunk is there.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\xff\xd8":
+        complete = data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        complete = data.rfind(b"IEND") >= len(data) - 64
+    else:
+        return
+    if not complete:
+        raise DataError(f"truncated image ({len(data):,} bytes; its end marker is missing)",
+                        file=path)
+
+
 @dataclass(frozen=True, eq=False)
 class Preprocess:
     """One image file -> ``3 x crop x crop`` float32, as described in the module docstring.
@@ -173,13 +185,16 @@ class Preprocess:
     @staticmethod
     def decode(path: str | os.PathLike[str]) -> np.ndarray:
         """Decode as Caffe does: BGR uint8 ``HxWx3``."""
-        cv2 = _cv2()
+        cv2 = import_cv2("image preprocessing", error=DataError)
         spath = os.fspath(path)
+        if os.path.isfile(spath):
+            check_complete(spath)  # before libjpeg decodes a cut-off file with a stderr line only
         img = cv2.imread(spath, cv2.IMREAD_COLOR)
         if img is None:
             what = "no such image file" if not os.path.isfile(spath) else "cannot decode image"
             raise DataError(what, file=spath)
         return img
+
 
     def from_bgr(self, img: np.ndarray, what: str = "<image>") -> np.ndarray:
         """Resize, crop, subtract, scale and reorder a decoded ``HxWx3`` BGR uint8 image."""
@@ -187,7 +202,7 @@ class Preprocess:
             h, w = img.shape[:2]
             nh, nw = resized_size(h, w, self.resize)
             if (nh, nw) != (h, w):
-                cv2 = _cv2()
+                cv2 = import_cv2("image preprocessing", error=DataError)
                 img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
         out = _centre_crop(img, self.crop, what).astype(np.float32)
         if self.mean is not None:

@@ -2,12 +2,13 @@
 
 Steps: the released SE-ResNet-50 definition is written from the idiomatic model
 (``models.se_resnet50`` through ``to_caffe``'s layout), seeded random weights are drawn for it
-(:func:`caffe_bridge.testing.random_weights`: BatchNorm statistics calibrated on seeded inputs
-so activations stay O(1), stored with a moving-average factor != 1 as real caffemodels do), and
-the two Caffe files are read back twice: by the generic converter (``caffe_bridge.convert``,
+(:func:`caffe_bridge.random_weights.random_weights`: BatchNorm statistics calibrated on seeded
+inputs so activations stay O(1), stored with a moving-average factor != 1 as real caffemodels
+do), and the two Caffe files are read back twice: by the generic converter
+(``caffe_bridge.convert``,
 one module per layer) and by ``models.from_caffe`` (the idiomatic model). Both are compared on
 the logits with an independent reference, OpenCV's own Caffe importer (with its Axpy and
-Winograd traps corrected, :func:`caffe_bridge.references.opencv_forward`), when OpenCV is
+Winograd traps corrected, :func:`caffe_bridge.opencv_reference.opencv_forward`), when OpenCV is
 installed; without it only the two conversions are compared, which the report says.
 
 Exit codes: 0 every agreement within the tolerance (1e-5 relative), 1 one is not, 2 error.
@@ -23,9 +24,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
+from caffe_bridge.cli_common import CONTEXT, EXIT_MISMATCH, handle_errors
 from caffe_bridge.errors import CaffeBridgeError
 
 __all__ = [
@@ -41,8 +44,6 @@ __all__ = [
 ARCH = "SE-ResNet-50"
 TOLERANCE = 1e-5
 BATCH = 2
-EXIT_MISMATCH = 1
-EXIT_ERROR = 2
 
 
 @dataclass
@@ -85,12 +86,12 @@ class DemoResult:
 
 def _opencv_missing() -> str | None:
     """Why OpenCV's Caffe importer cannot serve as the reference, or None when it can."""
+    from caffe_bridge.opencv_import import import_cv2
+
     try:
-        import cv2
-    except ImportError as err:
-        return f"OpenCV (the cv2 module) is not installed ({err})"
-    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
-        return f"this OpenCV ({cv2.__version__}) has no cv2.dnn.readNetFromCaffe"
+        import_cv2("the reference", dnn=True)
+    except CaffeBridgeError as err:
+        return str(err)
     return None
 
 
@@ -112,6 +113,80 @@ def _workdir(out: str | os.PathLike[str] | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+class _Steps:
+    """Announce each step on ``say`` and time it."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.timings: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, label: str, message: str) -> Iterator[None]:
+        self.say(message)
+        start = time.perf_counter()
+        yield
+        self.timings.append((label, time.perf_counter() - start))
+
+
+def _write_files(proto: Path, caffemodel: Path, seed: int, force: bool, step: _Steps) -> Any:
+    """Write the SE-ResNet-50 definition and seeded weights (atomically); return the Net."""
+    from caffe_bridge.atomic import atomic_outputs
+    from caffe_bridge.caffemodel import write_caffemodel
+    from caffe_bridge.ir import load_net
+    from caffe_bridge.models.senet_caffe import ARCHITECTURES, caffe_prototxt_text
+    from caffe_bridge.random_weights import random_weights
+
+    with step("build", f"building {ARCH} (caffe_bridge.models.se_resnet50) ..."):
+        text = caffe_prototxt_text(ARCHITECTURES[ARCH]())
+    with atomic_outputs([proto, caffemodel], force=force) as (tmp_proto, tmp_model):
+        tmp_proto.write_text(text, encoding="utf-8")
+        net = load_net(tmp_proto)
+        with step("weights", f"drawing seeded random weights (seed {seed}), calibrating "
+                  "BatchNorm ..."):
+            weights = random_weights(net, seed=seed)
+        with step("write", f"writing {proto.name} and {caffemodel.name} ..."):
+            types = {layer.name: layer.type for layer in net.layers}
+            write_caffemodel(tmp_model, weights, net.name, types={k: types[k] for k in weights})
+    return net
+
+
+def _logits(proto: Path, caffemodel: Path, x: Any, opencv: bool,
+            step: _Steps) -> tuple[dict[str, Any], Any, Any]:
+    """Logits of the generic and idiomatic conversions (and OpenCV's): (logits, both models)."""
+    import torch
+
+    from caffe_bridge.build import convert
+    from caffe_bridge.models.senet_caffe import from_caffe
+
+    with step("convert", "converting back: generic (caffe_bridge.convert) ..."):
+        generic = convert(proto, caffemodel, outputs=["classifier"])
+    with step("from_caffe", "converting back: idiomatic (models.from_caffe) ..."):
+        idiomatic = from_caffe(proto, caffemodel)
+    with torch.no_grad():
+        with step("run generic", "running the generic conversion ..."):
+            logits = {"generic": generic(torch.from_numpy(x)).numpy()}
+        with step("run idiomatic", "running the idiomatic model ..."):
+            logits["idiomatic"] = idiomatic(torch.from_numpy(x)).numpy()
+    if opencv:
+        from caffe_bridge.opencv_reference import opencv_forward
+
+        with step("OpenCV", "running OpenCV's Caffe importer (the reference) ..."):
+            got = opencv_forward(proto, caffemodel, {"data": x}, ["classifier"])
+            logits["OpenCV"] = got["classifier"].reshape(BATCH, -1)
+    return logits, generic, idiomatic
+
+
+def _agree(logits: dict[str, Any], a: str, b: str) -> Agreement:
+    import numpy as np
+
+    from caffe_bridge.numeric import rel_err
+
+    ours, ref = logits[a].astype(np.float64), logits[b].astype(np.float64)
+    top_a, top_b = np.argsort(-ours, axis=1)[:, :5], np.argsort(-ref, axis=1)[:, :5]
+    same = int(np.all(top_a == top_b, axis=1).sum())
+    return Agreement(a, b, rel_err(ours, ref), same, ours.shape[0])
+
+
 def run_demo(
     seed: int = 0,
     out: str | os.PathLike[str] | None = None,
@@ -126,75 +201,21 @@ def run_demo(
     replaced unless ``force``); by default they live in a temporary folder removed afterwards.
     ``use_opencv=False`` skips the OpenCV reference even when it is installed.
     """
-    import numpy as np
-    import torch
+    from caffe_bridge.atomic import check_target
+    from caffe_bridge.models.senet_caffe import recognise
+    from caffe_bridge.random_weights import BN_FACTOR, random_inputs
 
-    from caffe_bridge.atomic import atomic_outputs, check_target
-    from caffe_bridge.build import convert
-    from caffe_bridge.caffemodel import write_caffemodel
-    from caffe_bridge.ir import load_net
-    from caffe_bridge.models.senet_caffe import (
-        ARCHITECTURES,
-        caffe_prototxt_text,
-        from_caffe,
-        recognise,
-    )
-    from caffe_bridge.testing import BN_FACTOR, random_inputs, random_weights
-
-    say = progress or (lambda _msg: None)
-    timings: list[tuple[str, float]] = []
-
-    @contextlib.contextmanager
-    def step(label: str, message: str) -> Iterator[None]:
-        say(message)
-        start = time.perf_counter()
-        yield
-        timings.append((label, time.perf_counter() - start))
-
+    step = _Steps(progress or (lambda _msg: None))
     if out is not None and Path(out).is_dir():  # refuse to clobber before any work
         for suffix in (".prototxt", ".caffemodel"):
             check_target(Path(out) / f"{ARCH}{suffix}", force=force)
     missing = _opencv_missing() if use_opencv else "the OpenCV reference was switched off"
-
     with _workdir(out) as where:
         proto, caffemodel = where / f"{ARCH}.prototxt", where / f"{ARCH}.caffemodel"
-        with step("build", f"building {ARCH} (caffe_bridge.models.se_resnet50) ..."):
-            text = caffe_prototxt_text(ARCHITECTURES[ARCH]())
-        with atomic_outputs([proto, caffemodel], force=force) as (tmp_proto, tmp_model):
-            tmp_proto.write_text(text, encoding="utf-8")
-            net = load_net(tmp_proto)
-            with step("weights", f"drawing seeded random weights (seed {seed}), calibrating "
-                      "BatchNorm ..."):
-                weights = random_weights(net, seed=seed)
-            with step("write", f"writing {proto.name} and {caffemodel.name} ..."):
-                types = {layer.name: layer.type for layer in net.layers}
-                write_caffemodel(tmp_model, weights, net.name,
-                                 types={k: types[k] for k in weights})
+        net = _write_files(proto, caffemodel, seed, force, step)
         sizes = {proto.name: proto.stat().st_size, caffemodel.name: caffemodel.stat().st_size}
         x = random_inputs(net, seed=seed + 2, batch=BATCH)["data"]
-        with step("convert", "converting back: generic (caffe_bridge.convert) ..."):
-            generic = convert(proto, caffemodel, outputs=["classifier"])
-        with step("from_caffe", "converting back: idiomatic (models.from_caffe) ..."):
-            idiomatic = from_caffe(proto, caffemodel)
-        with torch.no_grad():
-            with step("run generic", "running the generic conversion ..."):
-                logits = {"generic": generic(torch.from_numpy(x)).numpy()}
-            with step("run idiomatic", "running the idiomatic model ..."):
-                logits["idiomatic"] = idiomatic(torch.from_numpy(x)).numpy()
-        if missing is None:
-            from caffe_bridge.references import opencv_forward
-
-            with step("OpenCV", "running OpenCV's Caffe importer (the reference) ..."):
-                got = opencv_forward(proto, caffemodel, {"data": x}, ["classifier"])
-                logits["OpenCV"] = got["classifier"].reshape(BATCH, -1)
-
-    def agree(a: str, b: str) -> Agreement:
-        ours, ref = logits[a].astype(np.float64), logits[b].astype(np.float64)
-        rel = float(np.abs(ours - ref).max() / max(np.abs(ref).max(), np.finfo(np.float64).tiny))
-        top_a, top_b = np.argsort(-ours, axis=1)[:, :5], np.argsort(-ref, axis=1)[:, :5]
-        same = int(np.all(top_a == top_b, axis=1).sum())
-        return Agreement(a, b, rel, same, ours.shape[0])
-
+        logits, generic, idiomatic = _logits(proto, caffemodel, x, missing is None, step)
     pairs = [("generic", "OpenCV"), ("idiomatic", "OpenCV")] if missing is None else []
     pairs.append(("generic", "idiomatic"))
     return DemoResult(
@@ -209,8 +230,8 @@ def run_demo(
         bn_factor=BN_FACTOR,
         reference=None if missing else "OpenCV",
         no_reference_reason=missing,
-        agreements=[agree(a, b) for a, b in pairs],
-        timings=timings,
+        agreements=[_agree(logits, a, b) for a, b in pairs],
+        timings=step.timings,
     )
 
 
@@ -264,14 +285,14 @@ def format_report(r: DemoResult, kept: bool) -> str:
     return "\n".join(lines)
 
 
-@click.command("demo", context_settings={"help_option_names": ["-h", "--help"],
-                                         "max_content_width": 100})
+@click.command("demo", context_settings=CONTEXT)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random weights and inputs.")
 @click.option("--out", "out", metavar="DIR", type=click.Path(file_okay=False),
               help="Keep the .prototxt and .caffemodel in DIR (created if missing).")
 @click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+@handle_errors
 def demo_command(seed: int, out: str | None, force: bool, quiet: bool) -> None:
     """Build SE-ResNet-50, write it as Caffe files, convert them back two ways, check them.
 
@@ -288,15 +309,7 @@ def demo_command(seed: int, out: str | None, force: bool, quiet: bool) -> None:
         if not quiet:
             click.echo(message, err=True)
 
-    try:
-        result = run_demo(seed, out, force=force, progress=progress)
-    except CaffeBridgeError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(EXIT_ERROR)
-    except OSError as err:
-        click.echo(f"error: {err.filename + ': ' if err.filename else ''}"
-                   f"{err.strerror or err}", err=True)
-        sys.exit(EXIT_ERROR)
+    result = run_demo(seed, out, force=force, progress=progress)
     click.echo(format_report(result, kept=out is not None))
     if not result.ok:
         sys.exit(EXIT_MISMATCH)

@@ -24,7 +24,8 @@ from caffe_bridge.atomic import atomic_outputs
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net
-from caffe_bridge.testing import random_inputs
+from caffe_bridge.numeric import rel_err
+from caffe_bridge.random_weights import random_inputs
 
 Progress = Callable[[str, int, int], None]
 DEFAULT_OPSET = 17
@@ -42,24 +43,6 @@ class ExportResult:
     format: str  # "onnx", "torchscript" or "pt2"
     path: Path
     max_rel_err: float
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """``max|ours - ref| / max|ref|`` in float64 (the absolute error when ref is all zero)."""
-    ours = np.asarray(ours, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if ours.shape != ref.shape:
-        return float("inf")
-    nan = np.isnan(ours) | np.isnan(ref)
-    if nan.any():
-        if not np.array_equal(np.isnan(ours), np.isnan(ref)):
-            return float("inf")
-        ours, ref = ours[~nan], ref[~nan]
-    if ref.size == 0:
-        return 0.0
-    diff = float(np.max(np.abs(ours - ref)))
-    scale = float(np.max(np.abs(ref)))
-    return diff / scale if scale else diff
 
 
 @contextlib.contextmanager

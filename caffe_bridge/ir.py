@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -11,9 +14,32 @@ import numpy as np
 from google.protobuf import message as pb_message
 
 from caffe_bridge import shapes
-from caffe_bridge.errors import CaffemodelError, ShapeError, UnsupportedLayerError
+from caffe_bridge.deploy import CreatedInput, DroppedLayer, to_deploy
+from caffe_bridge.errors import (
+    CaffeBridgeError,
+    CaffeBridgeWarning,
+    CaffemodelError,
+    PrototxtError,
+    ShapeError,
+    UnsupportedLayerError,
+)
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.upgrade import RawLayer, upgrade
+
+# Input shapes the command line gives (``--input-shape``) for every load_net in its scope.
+_DEFAULT_INPUT_SHAPES: contextvars.ContextVar[Mapping[str, tuple[int, ...]] | None] = (
+    contextvars.ContextVar("caffe_bridge_input_shapes", default=None))
+
+
+@contextlib.contextmanager
+def default_input_shapes(shapes: Mapping[str, Sequence[int]] | None) -> Iterator[None]:
+    """Within this block, ``load_net`` calls without ``input_shapes`` use ``shapes``."""
+    token = _DEFAULT_INPUT_SHAPES.set(
+        {k: tuple(int(d) for d in v) for k, v in shapes.items()} if shapes else None)
+    try:
+        yield
+    finally:
+        _DEFAULT_INPUT_SHAPES.reset(token)
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,8 @@ class Net:
     outputs: tuple[str, ...]
     unused_weights: tuple[str, ...] = ()
     source: str = "<string>"
+    dropped: tuple[DroppedLayer, ...] = ()  # training/evaluation layers left out (train/test)
+    created_inputs: tuple[CreatedInput, ...] = ()  # inputs made from data layers
     _last_value: Mapping[str, str] = field(default_factory=dict, repr=False)
     _by_name: Mapping[str, Layer] = field(default_factory=dict, repr=False)
 
@@ -81,6 +109,7 @@ class Net:
                              file=self.source) from None
 
     def layer(self, name: str) -> Layer:
+        """The layer named ``name`` (the last one, as Caffe's layer_by_name, if repeated)."""
         try:
             return self._by_name[name]
         except KeyError:
@@ -115,11 +144,118 @@ def _read_weights(caffemodel: str | os.PathLike[str] | None) -> dict[str, tuple[
     weights: dict[str, tuple[np.ndarray, ...]] = {}
     for rec in read_caffemodel_layers(caffemodel):
         if rec.name in weights and weights[rec.name] and rec.blobs:
-            raise CaffemodelError(f"layer {rec.name!r} appears twice with weights",
-                                  file=os.fspath(caffemodel))
+            # Caffe's CopyTrainedLayersFrom copies every record in turn: the last one wins.
+            warnings.warn(f"{os.fspath(caffemodel)}: layer {rec.name!r} appears twice with "
+                          f"weights; the later record is used, as in Caffe",
+                          CaffeBridgeWarning, stacklevel=3)
         if rec.blobs or rec.name not in weights:
             weights[rec.name] = tuple(rec.blobs)
     return weights
+
+
+def _check_record(raw: RawLayer, source: str) -> dict[str, object]:
+    """Name/type checks of one layer record; the location kwargs of its errors."""
+    p = raw.param
+    where: dict[str, object] = {"file": source, "line": raw.line, "layer": p.name,
+                                "layer_type": p.type}
+    if not p.name:
+        raise PrototxtError("layer has no name", file=source, line=raw.line,
+                            layer_type=p.type or None)
+    if not p.type:
+        raise PrototxtError("layer has no type", **where)  # type: ignore[arg-type]
+    return where
+
+
+def _warn_repeated_names(layers: Sequence[Layer], source: str) -> None:
+    """One warning naming every layer name used more than once, with its lines."""
+    lines: dict[str, list[str]] = {}
+    for layer in layers:
+        lines.setdefault(layer.name, []).append(str(layer.loc.line or "?"))
+    repeated = {n: ls for n, ls in lines.items() if len(ls) > 1}
+    if repeated:
+        listed = "; ".join(f"{n!r} at lines {', '.join(ls)}" for n, ls in repeated.items())
+        warnings.warn(f"{source}: layer names used more than once: {listed}. Caffe accepts "
+                      f"this; weights of a name go to the first layer so named only (net.cpp "
+                      f"CopyTrainedLayersFrom)", CaffeBridgeWarning, stacklevel=4)
+
+
+def _infer(raw: RawLayer, in_shapes: list[tuple[int, ...]], where: dict) -> shapes.LayerShapes:
+    p = raw.param
+    try:
+        result = shapes.infer(p, in_shapes)
+    except KeyError:
+        if p.type in shapes.known_types():
+            raise
+        raise _unsupported(p, where) from None
+    except shapes.ShapeRuleError as err:
+        raise ShapeError(f"{err} (bottom shapes {in_shapes})", **where) from err
+    except CaffeBridgeError as err:  # raised by a converter run for its shapes
+        if err.layer is not None:
+            raise
+        raise type(err)(err.message, **where) from err
+    if len(result.tops) != len(p.top):
+        raise ShapeError(f"{p.type} produces {len(result.tops)} top(s), the definition "
+                         f"names {len(p.top)}", **where)
+    return result
+
+
+def _unsupported(p: pb_message.Message, where: dict) -> UnsupportedLayerError:
+    if p.type == "Python":
+        pp = p.python_param
+        key = f"Python:{pp.module}.{pp.layer}"
+        return UnsupportedLayerError(
+            f"Python layer class {pp.layer!r} of module {pp.module!r} has no converter; "
+            f"register one for {key!r} (caffe_bridge.converters.registry.register, "
+            f"see the README's plugin section)", **where)
+    return UnsupportedLayerError(
+        f"layer type {p.type!r} is not supported; supported types: "
+        f"{', '.join(sorted(shapes.known_types()))}", **where)
+
+
+def _layer_weights(
+    raw: RawLayer, result: shapes.LayerShapes, given: Sequence[np.ndarray] | None,
+    first: bool, where: dict, source: str, weights_source: str, have_weights: bool,
+) -> tuple[np.ndarray, ...]:
+    """The blobs of one layer, checked against Caffe's shapes (by name, first layer of a name)."""
+    if given is not None and len(given) and first:
+        if not result.params:
+            raise ShapeError(f"the weights file has {len(given)} blob(s) for this layer, "
+                             f"which takes none", **where)
+        if len(given) != len(result.params):
+            raise ShapeError(f"the weights file has {len(given)} blob(s), Caffe expects "
+                             f"{len(result.params)} {list(result.params)}", **where)
+        return tuple(_normalise_blob(np.asarray(a), s, i, raw, source)
+                     for i, (a, s) in enumerate(zip(given, result.params, strict=False)))
+    if have_weights and result.params:
+        if given is not None and len(given):
+            raise CaffemodelError(
+                "a second layer of this name: Caffe copies the weights of a name into the "
+                "first layer so named only, and leaves this one at its random initialisation, "
+                "which cannot be reproduced; rename one of the layers", **where)
+        raise CaffemodelError(f"no weights for this layer in {weights_source}", **where)
+    return ()
+
+
+class _Values:
+    """Caffe blob names -> unique value names (in-place tops get ``name@k``)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+        self.versions: dict[str, int] = {}
+        self.blobs: dict[str, Blob] = {}
+
+    def new(self, top: str, shape: tuple[int, ...], producer: str) -> str:
+        if top in self.last:
+            self.versions[top] = self.versions.get(top, 0) + 1
+            value = f"{top}@{self.versions[top]}"
+            while value in self.blobs:
+                self.versions[top] += 1
+                value = f"{top}@{self.versions[top]}"
+        else:
+            value = top
+        self.blobs[value] = Blob(value, top, tuple(int(d) for d in shape), producer)
+        self.last[top] = value
+        return value
 
 
 def build_net(
@@ -129,11 +265,16 @@ def build_net(
     source: str = "<string>",
     weights: Mapping[str, Sequence[np.ndarray]] | None = None,
     weights_source: str = "<weights>",
+    hidden: frozenset[str] = frozenset(),
+    dropped: tuple[DroppedLayer, ...] = (),
+    created_inputs: tuple[CreatedInput, ...] = (),
 ) -> Net:
-    """Rename in-place tops, infer shapes and attach weights (by layer name)."""
-    last: dict[str, str] = {}  # caffe blob name -> current value name
-    versions: dict[str, int] = {}
-    blobs: dict[str, Blob] = {}
+    """Rename in-place tops, infer shapes and attach weights (by layer name, as Caffe).
+
+    ``hidden`` names Caffe blobs that are not outputs even when no layer reads them (blobs a
+    dropped ``Silence`` layer read).
+    """
+    values = _Values()
     layers: list[Layer] = []
     seen_names: set[str] = set()
     consumed: set[str] = set()
@@ -141,74 +282,35 @@ def build_net(
     weights = weights or {}
     for raw in raw_layers:
         p = raw.param
-        loc = SourceLoc(source, raw.line)
-        where = {"file": source, "line": raw.line, "layer": p.name, "layer_type": p.type}
-        if not p.name:
-            raise ShapeError("layer has no name", file=source, line=raw.line,
-                             layer_type=p.type or None)
-        if p.name in seen_names:
-            raise ShapeError("duplicate layer name", **where)
+        where = _check_record(raw, source)
+        first = p.name not in seen_names
         seen_names.add(p.name)
-        if not p.type:
-            raise ShapeError("layer has no type", **where)
         bottoms: list[str] = []
         for b in p.bottom:
-            if b not in last:
+            if b not in values.last:
                 raise ShapeError(f"bottom {b!r} is not produced by any earlier layer", **where)
-            bottoms.append(last[b])
+            bottoms.append(values.last[b])
         consumed.update(bottoms)
-        in_shapes = [blobs[b].shape for b in bottoms]
-        try:
-            result = shapes.infer(p, in_shapes)
-        except KeyError:
-            if p.type in shapes.known_types():
-                raise
-            raise UnsupportedLayerError(
-                f"layer type {p.type!r} is not supported; supported types: "
-                f"{', '.join(sorted(shapes.known_types()))}", **where,
-            ) from None
-        except shapes.ShapeRuleError as err:
-            raise ShapeError(f"{err} (bottom shapes {in_shapes})", **where) from None
-        if len(result.tops) != len(p.top):
-            raise ShapeError(f"{p.type} produces {len(result.tops)} top(s), the definition "
-                             f"names {len(p.top)}", **where)
-        tops: list[str] = []
-        for t, shape in zip(p.top, result.tops, strict=True):
-            if t in last:
-                versions[t] = versions.get(t, 0) + 1
-                value = f"{t}@{versions[t]}"
-                while value in blobs:
-                    versions[t] += 1
-                    value = f"{t}@{versions[t]}"
-            else:
-                value = t
-            blobs[value] = Blob(value, t, tuple(int(d) for d in shape), p.name)
-            last[t] = value
-            tops.append(value)
+        result = _infer(raw, [values.blobs[b].shape for b in bottoms], where)
+        tops = [values.new(t, shape, p.name) for t, shape in zip(p.top, result.tops, strict=True)]
         if p.type == "Input":
             for t, value in zip(p.top, tops, strict=True):
-                inputs[t] = blobs[value].shape
-        layer_blobs: tuple[np.ndarray, ...] = ()
-        given = weights.get(p.name)
-        if given is not None and len(given):
-            if not result.params:
-                raise ShapeError(f"the weights file has {len(given)} blob(s) for this layer, "
-                                 f"which takes none", **where)
-            if len(given) != len(result.params):
-                raise ShapeError(f"the weights file has {len(given)} blob(s), Caffe expects "
-                                 f"{len(result.params)} {list(result.params)}", **where)
-            layer_blobs = tuple(_normalise_blob(np.asarray(a), s, i, raw, source)
-                                for i, (a, s) in enumerate(zip(given, result.params, strict=False)))
-        elif weights and result.params:
-            raise CaffemodelError(f"no weights for this layer in {weights_source}", **where)
+                inputs[t] = values.blobs[value].shape
+        layer_blobs = _layer_weights(raw, result, weights.get(p.name), first, where, source,
+                                     weights_source, bool(weights))
         layers.append(Layer(p.name, p.type, tuple(bottoms), tuple(tops), p, layer_blobs,
-                            tuple(result.params), loc, tuple(p.bottom), tuple(p.top)))
+                            tuple(result.params), SourceLoc(source, raw.line),
+                            tuple(p.bottom), tuple(p.top)))
+    _warn_repeated_names(layers, source)
+    blobs = values.blobs
     outputs = tuple(v for v in blobs if v not in consumed and blobs[v].producer
-                    and not _is_input(layers, v))
+                    and not _is_input(layers, v)
+                    and blobs[v].caffe_name not in hidden)
     unused = tuple(n for n, b in weights.items() if n not in seen_names and len(b))
     by_name = {layer.name: layer for layer in layers}
     return Net(name, tuple(layers), MappingProxyType(blobs), MappingProxyType(inputs), outputs,
-               unused, source, MappingProxyType(dict(last)), MappingProxyType(by_name))
+               unused, source, dropped, created_inputs, MappingProxyType(dict(values.last)),
+               MappingProxyType(by_name))
 
 
 def _is_input(layers: Sequence[Layer], value: str) -> bool:
@@ -216,14 +318,25 @@ def _is_input(layers: Sequence[Layer], value: str) -> bool:
 
 
 def load_net(
-    prototxt: str | os.PathLike[str], caffemodel: str | os.PathLike[str] | None = None
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Net:
-    """Parse a definition (any generation), upgrade it, infer shapes, attach weights."""
+    """Parse a definition (any generation, deploy or train/test), upgrade it, infer shapes,
+    attach weights.
+
+    ``input_shapes`` maps input (or data layer top) names to shapes; it is needed for data
+    layers whose parameters do not state their shape, and overrides stated shapes.
+    """
+    if input_shapes is None:
+        input_shapes = _DEFAULT_INPUT_SHAPES.get()
     parsed = parse_prototxt(prototxt)
-    raw = upgrade(parsed)
+    form = to_deploy(upgrade(parsed), parsed.path, input_shapes)
     weights = _read_weights(caffemodel)
-    return build_net(raw, name=parsed.net.name, source=parsed.path, weights=weights,
-                     weights_source=os.fspath(caffemodel) if caffemodel else "<weights>")
+    return build_net(form.layers, name=parsed.net.name, source=parsed.path, weights=weights,
+                     weights_source=os.fspath(caffemodel) if caffemodel else "<weights>",
+                     hidden=form.hidden, dropped=form.dropped, created_inputs=form.created)
 
 
 def with_weights(net: Net, weights: Mapping[str, Sequence[np.ndarray]]) -> Net:
@@ -231,8 +344,10 @@ def with_weights(net: Net, weights: Mapping[str, Sequence[np.ndarray]]) -> Net:
     import dataclasses
 
     layers = []
+    seen: set[str] = set()
     for layer in net.layers:
-        given = weights.get(layer.name)
+        given = weights.get(layer.name) if layer.name not in seen else None
+        seen.add(layer.name)
         if given is None:
             layers.append(layer)
             continue

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from google.protobuf import message as pb_message
-from google.protobuf import text_format
 
-from caffe_bridge import schema
-from caffe_bridge.errors import PrototxtError
+from caffe_bridge import schema, textparse
+from caffe_bridge.errors import CaffeBridgeWarning, PrototxtError
 
 
 @dataclass(frozen=True)
@@ -21,88 +23,68 @@ class ParsedPrototxt:
     layer_lines: tuple[int | None, ...]  # one per entry of net.layer (V2)
     layers_lines: tuple[int | None, ...]  # one per entry of net.layers (V1/V0)
     field_lines: dict[str, int]  # first line of selected net-level fields (input, input_dim, ...)
+    # V1 records whose ``type`` is an enum value our schema lacks (fork types): index -> name.
+    v1_type_names: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    # V1 records' fields that V1LayerParameter lacks but LayerParameter has (fork *_param
+    # blocks in V1 files): index -> a LayerParameter holding them.
+    v1_extras: Mapping[int, pb_message.Message] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 _TRACKED_FIELDS = ("input", "input_dim", "input_shape", "name")
 
 
-def _scan_top_level(text: str) -> tuple[list[int], list[int], dict[str, int]]:
-    """Find the line of every top-level ``layer``/``layers`` record (brace depth 0).
+def _record_name(net: pb_message.Message, owner_field: str | None, owner: int | None) -> str:
+    if owner_field is None or owner is None:
+        return ""
+    record = getattr(net, owner_field)[owner]
+    if owner_field == "layers" and not record.name and record.HasField("layer"):
+        return record.layer.name
+    return getattr(record, "name", "")
 
-    A small tokenizer that honours ``#`` comments and quoted strings, so braces inside names
-    do not confuse it. Text format syntax errors are left to protobuf's parser.
-    """
-    layer_lines: list[int] = []
-    layers_lines: list[int] = []
-    fields: dict[str, int] = {}
-    depth = 0
-    line = 1
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-            i += 1
-        elif c == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif c in "\"'":
-            i += 1
-            while i < n and text[i] != c:
-                if text[i] == "\\":
-                    i += 1
-                elif text[i] == "\n":
-                    line += 1
-                i += 1
-            i += 1
-        elif c in "{<":
-            depth += 1
-            i += 1
-        elif c in "}>":
-            depth -= 1
-            i += 1
-        elif c.isalpha() or c == "_":
-            j = i
-            while j < n and (text[j].isalnum() or text[j] == "_"):
-                j += 1
-            word = text[i:j]
-            if depth == 0:
-                if word == "layer":
-                    layer_lines.append(line)
-                elif word == "layers":
-                    layers_lines.append(line)
-                elif word in _TRACKED_FIELDS and word not in fields:
-                    fields[word] = line
-            i = j
+
+def _warn_skipped(result: textparse.ParseResult, net: pb_message.Message, path: str) -> None:
+    """One CaffeBridgeWarning per distinct skipped field path / enum value."""
+    for item in result.skipped.values():
+        layer = _record_name(net, item.owner_field, item.owner)
+        where = f"{path}:{item.line}: " + (f"layer {layer!r}: " if layer else "")
+        more = f" (and {item.count - 1} more time(s))" if item.count > 1 else ""
+        if item.enum_value is not None:
+            what = (f"unknown value {item.enum_value} of enum field {item.path} ignored "
+                    f"(the field keeps its default)")
         else:
-            i += 1
-    return layer_lines, layers_lines, fields
+            what = f"unknown field {item.path} skipped (not in our caffe.proto)"
+        warnings.warn(where + what + more, CaffeBridgeWarning, stacklevel=4)
+    for fpath, line in result.repeated_singular.items():
+        warnings.warn(f"{path}:{line}: field {fpath} given more than once; the last value is "
+                      f"used (messages are merged)", CaffeBridgeWarning, stacklevel=4)
 
 
 def parse_prototxt_text(text: str, path: str = "<string>") -> ParsedPrototxt:
-    """Parse prototxt ``text``; errors name ``path`` and the offending line."""
+    """Parse prototxt ``text``; errors name ``path`` and the offending line.
+
+    Fields, messages and enum values our schema lacks (fork extensions) are skipped with one
+    :class:`CaffeBridgeWarning` per distinct field path; only malformed text is an error.
+    """
     net = schema.NetParameter()
     try:
-        text_format.Parse(text, net)
-    except text_format.ParseError as err:
-        line = err.GetLine() if hasattr(err, "GetLine") else None
-        msg = str(err)
-        # protobuf prefixes "line:col : "; we lead with file:line ourselves.
-        head, sep, rest = msg.partition(" : ")
-        if sep and head.replace(":", "").isdigit():
-            col = head.split(":")[-1]
-            msg = f"column {col}: {rest}"
-        raise PrototxtError(f"syntax error: {msg}", file=path, line=line) from None
+        result = textparse.parse_text(text, net, {"layers": schema.LayerParameter})
+    except textparse.TextSyntaxError as err:
+        raise PrototxtError(f"syntax error: {err}", file=path, line=err.line) from None
     except (ValueError, TypeError, RecursionError, UnicodeError) as err:
         raise PrototxtError(f"cannot parse definition: {err}", file=path) from None
-    layer_lines, layers_lines, fields = _scan_top_level(text)
-    if len(layer_lines) != len(net.layer) or len(layers_lines) != len(net.layers):
-        # The scanner disagrees with protobuf (exotic syntax): fall back to unknown lines.
-        return ParsedPrototxt(
-            path, net, (None,) * len(net.layer), (None,) * len(net.layers), fields
-        )
-    return ParsedPrototxt(path, net, tuple(layer_lines), tuple(layers_lines), fields)
+    _warn_skipped(result, net, path)
+    layer_lines = result.record_lines.get("layer", [])
+    layers_lines = result.record_lines.get("layers", [])
+    fields = {k: v for k, v in result.field_lines.items() if k in _TRACKED_FIELDS}
+    if "input_shape" in result.record_lines:
+        fields["input_shape"] = result.record_lines["input_shape"][0]
+    v1_types = {index: value for (owner_field, index, fname), value in result.record_enums.items()
+                if owner_field == "layers" and fname == "type"}
+    extras = {index: extra for (owner_field, index), extra in result.record_extras.items()
+              if owner_field == "layers"}
+    return ParsedPrototxt(path, net, tuple(layer_lines), tuple(layers_lines), fields,
+                          MappingProxyType(v1_types), MappingProxyType(extras))
 
 
 def parse_prototxt(path: str | os.PathLike[str]) -> ParsedPrototxt:

@@ -1,8 +1,10 @@
 """Caffe's shape formulas: the only place that knows them.
 
-One rule per layer family, registered by type: ``rule(param, in_shapes) -> LayerShapes``, giving
-the top shapes and the parameter-blob shapes Caffe expects. Converters and the code generator
-ask the helpers here (``conv_geometry``, ``pool_geometry``, ...) instead of re-deriving sizes.
+One rule per layer family, ``rule(param, in_shapes) -> LayerShapes``, giving the top shapes and
+the parameter-blob shapes Caffe expects; each is registered together with its converter
+(``register("Type", shape=rule)``), so a layer type has one registration. Converters and the
+code generator ask the helpers here (``conv_geometry``, ``pool_geometry``, ...) instead of
+re-deriving sizes.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
 
+from caffe_bridge import schema
+
 Shape = tuple[int, ...]
 
 
 class ShapeRuleError(ValueError):
-    """Raised by a rule; ``ir.load_net`` re-raises it as a ShapeError naming file/line/layer."""
+    """Raised by a rule or a converter; re-raised as a ShapeError naming file, line and layer."""
 
 
 @dataclass(frozen=True)
@@ -27,38 +31,37 @@ class LayerShapes:
 
 
 Rule = Callable[[pb_message.Message, Sequence[Shape]], LayerShapes]
-_RULES: dict[str, Rule] = {}
-
-
-def shape_rule(*types: str) -> Callable[[Rule], Rule]:
-    """Register the shape rule of layer ``types`` (public: fork layers need one too)."""
-
-    def deco(fn: Rule) -> Rule:
-        for t in types:
-            _RULES[t] = fn
-        return fn
-
-    return deco
-
-
-def known_types() -> frozenset[str]:
-    return frozenset(_RULES)
-
-
-MAX_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
 
 
 def infer(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
-    """Shapes of one layer's tops and parameter blobs (KeyError if the type has no rule).
+    """Shapes of one layer's tops and parameter blobs (KeyError if no converter handles it).
 
-    Like Caffe, a blob may hold at most ``MAX_COUNT`` values: larger tops or parameter blobs
-    are a :class:`ShapeRuleError` here, before anything is allocated.
+    The rule is the one registered with the layer's converter (``register(..., shape=rule)``);
+    a converter registered without one has its tops inferred by running its module on meta
+    tensors. Like Caffe, a blob may hold at most ``MAX_COUNT`` values: larger tops or parameter
+    blobs are a :class:`ShapeRuleError` here, before anything is allocated.
     """
-    result = _RULES[param.type](param, in_shapes)
+    if param.type == "Input":
+        result = input_shapes(param, in_shapes)
+    else:
+        from caffe_bridge import converters
+
+        converters.load_plugins()
+        result = converters.REGISTRY.infer_shapes(param, in_shapes)
     for what, group in (("top", result.tops), ("parameter blob", result.params)):
         for i, shape in enumerate(group):
             check_count(shape, f"{what} {i}")
     return result
+
+
+def known_types() -> frozenset[str]:
+    """The layer types that load: ``Input`` and every registered converter's."""
+    from caffe_bridge import converters
+
+    return frozenset({"Input", *converters.REGISTRY.types()})
+
+
+MAX_COUNT = 2**31 - 1  # Caffe's Blob::Reshape: "blob size exceeds INT_MAX"
 
 
 def check_count(shape: Shape, what: str) -> None:
@@ -89,8 +92,7 @@ def _count(shape: Sequence[int]) -> int:
 # ---------------------------------------------------------------- Input
 
 
-@shape_rule("Input")
-def _input(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def input_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     shapes = [tuple(int(d) for d in s.dim) for s in p.input_param.shape]
     n = len(p.top)
     if len(shapes) == 1 and n > 1:
@@ -186,8 +188,7 @@ def _conv_common(p: pb_message.Message, ins: Sequence[Shape]) -> tuple[
     return cp, x, axis, geo
 
 
-@shape_rule("Convolution")
-def _convolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def convolution_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     cp, x, axis, geo = _conv_common(p, ins)
     spatial = []
     for size, k, s, pd, d in zip(x[axis + 1:], geo.kernel, geo.stride, geo.pad, geo.dilation,
@@ -204,8 +205,7 @@ def _convolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tuple(top for _ in ins), tuple(params))
 
 
-@shape_rule("Deconvolution")
-def _deconvolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def deconvolution_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     cp, x, axis, geo = _conv_common(p, ins)
     spatial = []
     for size, k, s, pd, d in zip(x[axis + 1:], geo.kernel, geo.stride, geo.pad, geo.dilation,
@@ -221,8 +221,7 @@ def _deconvolution(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tuple(top for _ in ins), tuple(params))
 
 
-@shape_rule("InnerProduct")
-def _inner_product(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def inner_product_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     ip = p.inner_product_param
     x = ins[0]
@@ -254,7 +253,7 @@ def pool_ceil_mode(pp: pb_message.Message) -> bool:
     """CEIL unless FLOOR is asked: upstream ``round_mode`` or the forks' ``ceil_mode`` bool."""
     if pp.HasField("ceil_mode"):  # fork spelling; wins when present
         return bool(pp.ceil_mode)
-    return pp.round_mode == 0  # RoundMode.CEIL = 0
+    return pp.round_mode == schema.PoolingParameter.CEIL
 
 
 def pooled_size(size: int, k: int, s: int, pd: int, ceil: bool) -> int:
@@ -306,15 +305,14 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
     return PoolGeometry(kernel, stride, pad, ceil, gp, out)
 
 
-@shape_rule("Pooling")
-def _pooling(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def pooling_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
     if len(x) != 4:
         raise ShapeRuleError(f"Pooling needs a 4-D bottom, got {x}")
     geo = pool_geometry(p.pooling_param, x[2:])
     n_tops = len(p.top)
-    if p.pooling_param.pool == 0 and n_tops > 1:  # MAX can emit a mask top
+    if p.pooling_param.pool == schema.PoolingParameter.MAX and n_tops > 1:  # the mask top
         raise ShapeRuleError("the MAX pooling mask top is not supported")
     return LayerShapes(((x[0], x[1], *geo.out),))
 
@@ -322,34 +320,39 @@ def _pooling(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 # ---------------------------------------------------------------- shape-preserving layers
 
 
-@shape_rule("ReLU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "ELU",
-       "Dropout", "Softmax", "LRN", "Swish", "Clip")
-def _same(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def same_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    """One bottom, one top of the same shape (neuron layers)."""
     _need(ins, 1)
-    if p.type == "Softmax":
-        canonical_axis(p.softmax_param.axis, len(ins[0]))
-    if p.type == "LRN":
-        size = p.lrn_param.local_size
-        if size % 2 == 0:
-            raise ShapeRuleError("LRN local_size must be odd")
-        _int_sized(local_size=(size,))
-        x = ins[0]
-        if p.lrn_param.norm_region == 0 and len(x) > 1:  # ACROSS_CHANNELS pads the channels
-            check_count((*x[:1], x[1] + size - 1, *x[2:]), f"LRN local_size {size}: its "
-                        f"channel-padded buffer")
     return LayerShapes((ins[0],))
 
 
-@shape_rule("PReLU")
-def _prelu(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def softmax_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    _need(ins, 1)
+    canonical_axis(p.softmax_param.axis, len(ins[0]))
+    return LayerShapes((ins[0],))
+
+
+def lrn_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    _need(ins, 1)
+    size = p.lrn_param.local_size
+    if size % 2 == 0:
+        raise ShapeRuleError("LRN local_size must be odd")
+    _int_sized(local_size=(size,))
+    x = ins[0]
+    if p.lrn_param.norm_region == schema.LRNParameter.ACROSS_CHANNELS and len(x) > 1:  # pads C
+        check_count((*x[:1], x[1] + size - 1, *x[2:]), f"LRN local_size {size}: its "
+                    f"channel-padded buffer")
+    return LayerShapes((ins[0],))
+
+
+def prelu_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
     channels = x[1] if len(x) > 1 else 1
     return LayerShapes((x,), ((1,) if p.prelu_param.channel_shared else (channels,),))
 
 
-@shape_rule("BatchNorm")
-def _batch_norm(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def batch_norm_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
     c = x[1] if len(x) > 1 else 1
@@ -375,8 +378,7 @@ def broadcast_axis(x: Shape, y: Shape, axis_field: int) -> int:
     return axis
 
 
-@shape_rule("Scale", "Bias")
-def _scale(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def scale_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1, 2)
     x = ins[0]
     sp = p.scale_param if p.type == "Scale" else p.bias_param
@@ -395,8 +397,7 @@ def _scale(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 # ---------------------------------------------------------------- multi-input
 
 
-@shape_rule("Eltwise")
-def _eltwise(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def eltwise_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 2, -1)
     if any(s != ins[0] for s in ins):
         raise ShapeRuleError(f"Eltwise bottoms differ in shape: {list(ins)}")
@@ -408,8 +409,7 @@ def _eltwise(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((ins[0],))
 
 
-@shape_rule("Axpy")
-def _axpy(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def axpy_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     # SENet's Axpy: bottoms (a, X, Y) -> a * X + Y, a being N x C (x 1 x 1).
     _need(ins, 3)
     a, x, y = ins
@@ -420,8 +420,7 @@ def _axpy(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((x,))
 
 
-@shape_rule("Concat")
-def _concat(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def concat_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1, -1)
     cp = p.concat_param
     axis_field = cp.concat_dim if cp.HasField("concat_dim") else cp.axis
@@ -454,22 +453,19 @@ def slice_sizes(p: pb_message.Message, x: Shape) -> tuple[int, list[int]]:
     return axis, [dim // n_tops] * n_tops
 
 
-@shape_rule("Slice")
-def _slice(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def slice_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
     axis, sizes = slice_sizes(p, x)
     return LayerShapes(tuple((*x[:axis], s, *x[axis + 1:]) for s in sizes))
 
 
-@shape_rule("Split")
-def _split(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def split_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     return LayerShapes(tuple(ins[0] for _ in p.top))
 
 
-@shape_rule("Flatten")
-def _flatten(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def flatten_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
     fp = p.flatten_param
@@ -522,8 +518,7 @@ def reshape_target(p: pb_message.Message, x: Shape) -> Shape:
     return tuple(full)
 
 
-@shape_rule("Reshape")
-def _reshape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def reshape_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     return LayerShapes((reshape_target(p, ins[0]),))
 
@@ -547,8 +542,7 @@ def crop_offsets(p: pb_message.Message, x: Shape, ref: Shape) -> tuple[int, list
     return axis, offs
 
 
-@shape_rule("Crop")
-def _crop(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def crop_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 2)
     x, ref = ins
     if len(x) != len(ref):
@@ -557,8 +551,7 @@ def _crop(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(((*x[:axis], *ref[axis:]),))
 
 
-@shape_rule("ArgMax")
-def _argmax(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def argmax_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     _need(ins, 1)
     x = ins[0]
     ap = p.argmax_param

@@ -17,7 +17,7 @@ def _cell(text: str) -> str:
 
 
 def support_table(registry: Registry | None = None) -> str:
-    """A Markdown table of the registered layer types: type, converter module, summary.
+    """A Markdown table of the registered layer types: type, fork, converter module, summary.
 
     Defaults to the built-in registry with the entry-point plugins loaded, as ``convert`` sees it.
     """
@@ -26,7 +26,8 @@ def support_table(registry: Registry | None = None) -> str:
 
         converters.load_plugins()
         registry = converters.REGISTRY
-    rows = ["| Caffe type | Converter | Summary |", "| --- | --- | --- |"]
+    rows = ["| Caffe type | Semantics from | Converter | Summary |", "| --- | --- | --- | --- |"]
     for info in registry:
-        rows.append(f"| `{_cell(info.type)}` | `{_cell(info.origin)}` | {_cell(info.summary)} |")
+        rows.append(f"| `{_cell(info.type)}` | {_cell(info.fork)} | `{_cell(info.origin)}` | "
+                    f"{_cell(info.summary)} |")
     return "\n".join(rows) + "\n\n" + INPUT_NOTE + "\n"

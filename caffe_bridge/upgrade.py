@@ -55,23 +55,26 @@ class RawLayer:
     line: int | None
 
 
-def _rule_met(rule: pb_message.Message) -> bool:
-    """Caffe's StateMeetsRule for the deploy state: phase TEST, level 0, no stages."""
+def _rule_met(rule: pb_message.Message, stages: frozenset[str] = frozenset()) -> bool:
+    """Caffe's Net::StateMeetsRule for the state we build: phase TEST, level 0, and the stages
+    of the file's own ``state { stage: ... }`` (Caffe adds caller stages to them; we add none).
+    """
     if rule.HasField("phase") and rule.phase != TEST_PHASE:
         return False
     if rule.HasField("min_level") and rule.min_level > 0:
         return False
     if rule.HasField("max_level") and rule.max_level < 0:
         return False
-    # No stage is set at deploy time: a rule requiring one fails; not_stage always holds.
-    return not list(rule.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    return not any(s in stages for s in rule.not_stage)
 
 
-def keep_in_test(param: pb_message.Message) -> bool:
+def keep_in_test(param: pb_message.Message, stages: frozenset[str] = frozenset()) -> bool:
     """Whether Caffe instantiates this layer (V1 or V2 message) in the TEST phase (FilterNet)."""
     if param.include:
-        return any(_rule_met(r) for r in param.include)
-    return not any(_rule_met(r) for r in param.exclude)
+        return any(_rule_met(r, stages) for r in param.include)
+    return not any(_rule_met(r, stages) for r in param.exclude)
 
 
 def _copy_same_named_params(src: pb_message.Message, dst: pb_message.Message) -> None:
@@ -125,24 +128,49 @@ def _upgrade_v0(v0: pb_message.Message, path: str, line: int | None) -> pb_messa
     return out
 
 
-def _upgrade_v1(v1: pb_message.Message, path: str, line: int | None) -> pb_message.Message:
-    """One V1LayerParameter (possibly wrapping V0) -> LayerParameter."""
+def v1_type_name(enum_name: str) -> str:
+    """The V2 type of a V1 enum name: Caffe's table, else a known V2 type spelled the same
+    without underscores and case (fork enums such as ``BATCH_NORM``, ``INTERP``), else the
+    enum name itself (the layer then fails as unsupported, by that name, unless it is data).
+    """
+    if enum_name in V1_TYPE_NAMES:
+        return V1_TYPE_NAMES[enum_name]
+    from caffe_bridge import deploy, shapes
+
+    key = enum_name.replace("_", "").lower()
+    known = set(shapes.known_types()) | deploy.DATA_TYPES | deploy.DROP_TYPES
+    for name in sorted(known):
+        if name.lower() == key:
+            return name
+    return enum_name
+
+
+def _upgrade_v1(
+    v1: pb_message.Message, path: str, line: int | None, fork_type: str | None = None,
+    extra: pb_message.Message | None = None,
+) -> pb_message.Message:
+    """One V1LayerParameter (possibly wrapping V0) -> LayerParameter.
+
+    ``fork_type`` is the V1 enum identifier when our schema lacks it (a fork's own type);
+    ``extra`` a LayerParameter with the record's fields V1LayerParameter lacks (fork params).
+    """
     if v1.HasField("layer"):
         out = _upgrade_v0(v1.layer, path, line)
     else:
         out = schema.LayerParameter()
         out.name = v1.name
         enum = v1.DESCRIPTOR.fields_by_name["type"].enum_type
-        enum_name = enum.values_by_number[v1.type].name if v1.type in enum.values_by_number \
-            else str(v1.type)
-        v2type = V1_TYPE_NAMES.get(enum_name)
-        if v2type is None:
-            raise PrototxtError(
-                f"V1 layer type {enum_name} has no V2 equivalent", file=path, line=line,
-                layer=v1.name,
-            )
-        out.type = v2type
+        if fork_type is not None:
+            enum_name = fork_type
+        elif not v1.HasField("type") or v1.type == 0:
+            raise PrototxtError("V1 layer has no type", file=path, line=line,
+                                layer=v1.name or None)
+        else:
+            enum_name = enum.values_by_number[v1.type].name
+        out.type = v1_type_name(enum_name)
         _copy_same_named_params(v1, out)
+        if extra is not None:
+            out.MergeFrom(extra)
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     out.include.extend(v1.include)
@@ -217,10 +245,18 @@ def upgrade(parsed: ParsedPrototxt) -> list[RawLayer]:
         raise PrototxtError("definition mixes V2 'layer' and V1 'layers' records", file=path,
                             line=parsed.layers_lines[0])
     if net.layers:
-        records = _merge_v0_padding(list(zip(net.layers, parsed.layers_lines, strict=True)), path)
-        raw = [RawLayer(_upgrade_v1(v1, path, ln), ln) for v1, ln in records]
+        forks, extras = parsed.v1_type_names, parsed.v1_extras
+        records = [(v1, ln, i) for i, (v1, ln)
+                   in enumerate(zip(net.layers, parsed.layers_lines, strict=True))]
+        merged = _merge_v0_padding([(v1, ln) for v1, ln, _ in records], path)
+        if len(merged) == len(records):
+            raw = [RawLayer(_upgrade_v1(v1, path, ln, forks.get(i), extras.get(i)), ln)
+                   for (v1, ln), (_, _, i) in zip(merged, records, strict=True)]
+        else:  # V0 (padding layers folded): no fork enums there
+            raw = [RawLayer(_upgrade_v1(v1, path, ln), ln) for v1, ln in merged]
     else:
         raw = [RawLayer(lp, ln) for lp, ln in zip(net.layer, parsed.layer_lines, strict=True)]
-    kept = [r for r in raw if keep_in_test(r.param)]
+    stages = frozenset(net.state.stage)
+    kept = [r for r in raw if keep_in_test(r.param, stages)]
     header = _input_layer(parsed, {r.param.name for r in kept})
     return ([header] if header else []) + kept

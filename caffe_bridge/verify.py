@@ -6,8 +6,9 @@ absolute error, relative error ``max|ours - ref| / max|ref|`` and cosine similar
 diverges when its relative error exceeds ``rtol``. The first divergent blob in network order
 is where to look.
 
-:func:`verify_arrays` is the entry point for callers with their own inputs (e.g. preprocessed
-images): it takes the input arrays and returns a :class:`VerifyReport`.
+:func:`verify` takes files; :func:`verify_arrays` is the entry point for callers with their own
+inputs; :func:`verify_images` preprocesses a folder of images as ``eval`` does. Each returns a
+:class:`VerifyReport`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import torch
 from caffe_bridge.build import build_module
 from caffe_bridge.detection_report import compare_detections
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.export import rel_err
 from caffe_bridge.ir import Net, load_net
-from caffe_bridge.testing import random_inputs
+from caffe_bridge.numeric import rel_err
+from caffe_bridge.random_weights import random_inputs
 
 Progress = Callable[[str, int, int], None]
 REFERENCES = ("opencv", "caffe")
@@ -253,7 +254,7 @@ def verify_arrays(
             raise CaffeBridgeError(f"the {reference} reference needs a caffemodel")
         wanted, _ = network_order(net, [net.blobs[v].caffe_name for v in net.blobs])
         if reference == "opencv":
-            from caffe_bridge.references import opencv_forward
+            from caffe_bridge.opencv_reference import opencv_forward
 
             reference_blobs = opencv_forward(prototxt, caffemodel, feeds, wanted)
         elif reference == "caffe":
@@ -305,6 +306,70 @@ def verify(
         feeds = random_inputs(net, seed)
     return verify_arrays(prototxt, caffemodel, feeds, reference=label, reference_blobs=blobs,
                          device=device, rtol=rtol, net=net, progress=progress)
+
+
+def verify_images(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None,
+    images: str | os.PathLike[str],
+    *,
+    reference: str = "opencv",
+    device: str = "cpu",
+    rtol: float = DEFAULT_RTOL,
+    progress: Callable[[str, int, int], None] | None = None,
+    **preprocess: Any,
+) -> VerifyReport:
+    """Verify on a folder of real images, preprocessed exactly as ``eval`` does.
+
+    ``preprocess`` takes :func:`caffe_bridge.data.preprocess_images`'s options (resize, crop,
+    mean, mean_file, scale, channel_order). A damaged image is an error naming the file.
+    """
+    from caffe_bridge.data import preprocess_images
+
+    net = load_net(prototxt, caffemodel)
+    if len(net.inputs) != 1:
+        raise CaffeBridgeError("--images needs a net with exactly one input", file=net.source)
+    batch = preprocess_images(images, **preprocess)
+    blobs = None if reference in REFERENCES else load_npz_reference(reference)
+    label = reference if blobs is None else Path(reference).name
+    return verify_arrays(prototxt, caffemodel, {next(iter(net.inputs)): batch},
+                         reference=label, reference_blobs=blobs, device=device, rtol=rtol,
+                         net=net, progress=progress)
+
+
+def write_seeded_caffemodel(prototxt: str | os.PathLike[str], path: str | os.PathLike[str],
+                            seed: int = 0) -> str:
+    """Write seeded random weights for ``prototxt`` (BatchNorm calibrated) to ``path``.
+
+    For a user with only a definition: both sides of a comparison then read the same file.
+    """
+    from caffe_bridge.caffemodel import write_caffemodel
+    from caffe_bridge.random_weights import random_weights
+
+    net = load_net(prototxt)
+    weights = random_weights(net, seed=seed)
+    types = {layer.name: layer.type for layer in net.layers}
+    write_caffemodel(path, weights, net.name, types={k: types[k] for k in weights})
+    return os.fspath(path)
+
+
+def write_report_files(report: VerifyReport, json_path: str | None, plot_path: str | None,
+                       *, force: bool = False) -> None:
+    """Write the report as JSON and/or a plot, atomically (all or nothing)."""
+    import json
+
+    from caffe_bridge.atomic import atomic_outputs
+
+    outputs = [p for p in (json_path, plot_path) if p is not None]
+    if not outputs:
+        return
+    with atomic_outputs(outputs, force=force) as temps:
+        tmp = dict(zip(outputs, temps, strict=True))
+        if json_path is not None:
+            tmp[json_path].write_text(json.dumps(report.to_json(), indent=2) + "\n",
+                                      encoding="utf-8")
+        if plot_path is not None:
+            plot_report(report, tmp[plot_path])
 
 
 def plot_report(report: VerifyReport, path: str | os.PathLike[str]) -> None:

@@ -8,12 +8,17 @@ entry-point group (see ``registry.load_plugins``).
 from caffe_bridge.converters import (  # noqa: F401  (imported for their registrations)
     activation,
     axpy,
+    bvlc_extra,
     conv,
     detection,
+    efficient,
     elementwise,
     norm,
+    ocr,
     pooling,
+    recurrent,
     shape_ops,
+    volumetric,
 )
 from caffe_bridge.converters.registry import (
     REGISTRY,

@@ -10,57 +10,26 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
-from caffe_bridge.converters.shape_ops import shape_rule
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import canonical_axis
+from caffe_bridge.numeric import f32 as _f32
+from caffe_bridge.shapes import canonical_axis, same_shape
 
 PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
 
 
-def _f32(value: float) -> float:
-    """A proto float field as the float32 Caffe holds (protobuf hands out the double)."""
-    return float(torch.tensor(value, dtype=torch.float32))
-
-
-class LeakyReLU(nn.Module):
-    """``max(x, 0) + negative_slope * min(x, 0)``."""
-
-    def __init__(self, negative_slope: float) -> None:
-        super().__init__()
-        self.negative_slope = negative_slope
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.negative_slope == 0.0:
-            return torch.relu(x)
-        return F.leaky_relu(x, self.negative_slope)
-
-    def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}"
-
-
-@register("ReLU")
+@register("ReLU", shape=same_shape)
 def convert_relu(layer: Layer, net: Net) -> nn.Module:
     """ReLU, with Caffe's ``negative_slope`` (leaky) when set."""
-    return LeakyReLU(_f32(layer.param.relu_param.negative_slope))
+    slope = _f32(layer.param.relu_param.negative_slope)
+    return nn.LeakyReLU(slope) if slope else nn.ReLU()
 
 
-class PReLU(nn.Module):
-    """Learned slope for negative inputs: one (channel_shared) or one per channel (axis 1)."""
-
-    def __init__(self, slope: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(slope.reshape(-1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.prelu(x, self.weight)
-
-
-@register("PReLU")
+@register("PReLU", shape=shapes.prelu_shapes)
 def convert_prelu(layer: Layer, net: Net) -> nn.Module:
     """PReLU; ``channel_shared`` gives one slope for all channels."""
     (shape,) = layer.param_shapes
@@ -72,41 +41,19 @@ def convert_prelu(layer: Layer, net: Net) -> nn.Module:
         if pp.HasField("filler"):
             if pp.filler.type != "constant":
                 raise UnsupportedLayerError(
-                    f"PReLU without weights needs a constant filler, not {pp.filler.type!r}",
-                    **layer.error_kwargs())
+                    f"PReLU without weights needs a constant filler, not {pp.filler.type!r}")
             value = _f32(pp.filler.value)
         slope = torch.full(shape, value, dtype=torch.float32)
-    return PReLU(slope)
+    prelu = nn.PReLU(slope.numel())
+    with torch.no_grad():
+        prelu.weight.copy_(slope.reshape(-1))
+    return prelu
 
 
-class ELU(nn.Module):
-    """``max(x, 0) + alpha * (exp(min(x, 0)) - 1)``."""
-
-    def __init__(self, alpha: float) -> None:
-        super().__init__()
-        self.alpha = alpha
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(x, self.alpha)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
-
-
-@register("ELU")
+@register("ELU", shape=same_shape)
 def convert_elu(layer: Layer, net: Net) -> nn.Module:
     """ELU with Caffe's ``alpha`` (default 1)."""
-    return ELU(_f32(layer.param.elu_param.alpha))
-
-
-class Sigmoid(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(x)
-
-
-class TanH(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x)
+    return nn.ELU(_f32(layer.param.elu_param.alpha))
 
 
 class AbsVal(nn.Module):
@@ -114,19 +61,19 @@ class AbsVal(nn.Module):
         return torch.abs(x)
 
 
-@register("Sigmoid")
+@register("Sigmoid", shape=same_shape)
 def convert_sigmoid(layer: Layer, net: Net) -> nn.Module:
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
-    return Sigmoid()
+    return nn.Sigmoid()
 
 
-@register("TanH")
+@register("TanH", shape=same_shape)
 def convert_tanh(layer: Layer, net: Net) -> nn.Module:
     """Hyperbolic tangent."""
-    return TanH()
+    return nn.Tanh()
 
 
-@register("AbsVal")
+@register("AbsVal", shape=same_shape)
 def convert_absval(layer: Layer, net: Net) -> nn.Module:
     """Absolute value ``|x|``."""
     return AbsVal()
@@ -167,7 +114,7 @@ class Constant(nn.Module):
         return f"value={self.value}"
 
 
-@register("Power")
+@register("Power", shape=same_shape)
 def convert_power(layer: Layer, net: Net) -> nn.Module:
     """Power ``(shift + scale * x) ^ power``; a constant when ``power * scale == 0``."""
     p = layer.param.power_param
@@ -199,12 +146,11 @@ def _log_base(layer: Layer, base: float) -> float:
     if base == -1.0:
         return 1.0
     if not base > 0.0 or math.isinf(base):
-        raise PrototxtError(f"base must be strictly positive or -1 (e), got {base}",
-                            **layer.error_kwargs())
+        raise PrototxtError(f"base must be strictly positive or -1 (e), got {base}")
     return _f32(math.log(base))
 
 
-@register("Exp")
+@register("Exp", shape=same_shape)
 def convert_exp(layer: Layer, net: Net) -> nn.Module:
     """Exp ``base ^ (shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.exp_param
@@ -238,13 +184,13 @@ class ScaledLog(nn.Module):
         return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
 
 
-@register("Log")
+@register("Log", shape=same_shape)
 def convert_log(layer: Layer, net: Net) -> nn.Module:
     """Log ``log_base(shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.log_param
     ln_base = _log_base(layer, _f32(p.base))
     if ln_base == 0.0:
-        raise PrototxtError("Log base 1 has no logarithm", **layer.error_kwargs())
+        raise PrototxtError("Log base 1 has no logarithm")
     return ScaledLog(_f32(p.scale), _f32(p.shift), _f32(1.0 / ln_base))
 
 
@@ -255,7 +201,7 @@ class BNLL(nn.Module):
         return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
 
 
-@register("BNLL")
+@register("BNLL", shape=same_shape)
 def convert_bnll(layer: Layer, net: Net) -> nn.Module:
     """BNLL (softplus) ``log(1 + exp(x))``, exact for large |x|."""
     return BNLL()
@@ -275,34 +221,31 @@ class Threshold(nn.Module):
         return f"threshold={self.threshold}"
 
 
-@register("Threshold")
+@register("Threshold", shape=same_shape)
 def convert_threshold(layer: Layer, net: Net) -> nn.Module:
     """Threshold: 1 where ``x > threshold`` (strictly), else 0."""
     return Threshold(_f32(layer.param.threshold_param.threshold))
 
 
-@register("Dropout")
+@register("Dropout", shape=same_shape)
 def convert_dropout(layer: Layer, net: Net) -> nn.Module:
-    """Dropout: the identity at test time (Caffe scales while training)."""
-    return nn.Identity()
+    """Dropout: the identity at test time; ``scale_train: false`` (py-faster-rcnn) scales."""
+    p = layer.param.dropout_param
+    if p.scale_train:
+        return nn.Identity()
+    # rbgirshick/caffe-fast-rcnn src/caffe/layers/dropout_layer.cpp: at test time the copy is
+    # scaled by 1 / scale_, with threshold_ and scale_ = 1 / (1 - threshold_) held as float.
+    scale = _f32(1.0 / (1.0 - _f32(p.dropout_ratio)))
+    return Power(1.0, _f32(1.0 / scale), 0.0)
 
 
-class Softmax(nn.Module):
-    """Softmax along ``axis``."""
-
-    def __init__(self, axis: int) -> None:
-        super().__init__()
-        self.axis = axis
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(x, dim=self.axis)
-
-    def extra_repr(self) -> str:
-        return f"axis={self.axis}"
-
-
-@register("Softmax")
+@register("Softmax", shape=shapes.softmax_shapes)
 def convert_softmax(layer: Layer, net: Net) -> nn.Module:
     """Softmax along ``axis`` (default 1, not the last axis)."""
-    ndim = len(net.blobs[layer.bottoms[0]].shape)
-    return Softmax(shape_rule(layer, canonical_axis, layer.param.softmax_param.axis, ndim))
+    shape = net.blobs[layer.bottoms[0]].shape
+    axis = canonical_axis(layer.param.softmax_param.axis, len(shape))
+    if axis < len(shape) - 1 and math.prod(shape[axis + 1:]) == 1:
+        # N x C x 1 x 1: PyTorch's kernel for a dim that is not the last one sums in sequence
+        # in float32; over the last dim it is as close to the exact result as Caffe's own.
+        return nn.Sequential(nn.Flatten(axis), nn.Softmax(-1), nn.Unflatten(axis, shape[axis:]))
+    return nn.Softmax(axis)

@@ -15,6 +15,7 @@ from torch import nn
 
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.shapes import axpy_shapes
 
 
 class Axpy(nn.Module):
@@ -30,7 +31,7 @@ class Axpy(nn.Module):
         return torch.addcmul(y, gate, x)
 
 
-@register("Axpy")
+@register("Axpy", shape=axpy_shapes, fork="hujie-frank/SENet")
 def convert_axpy(layer: Layer, net: Net) -> nn.Module:
     """Axpy (SENet): bottoms (a, X, Y) -> a * X + Y, a per sample and channel."""
     return Axpy(len(net.blobs[layer.bottoms[1]].shape) - 2)

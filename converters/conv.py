@@ -66,13 +66,12 @@ def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
     if not layer.blobs:
         return
     if len(layer.blobs) != len(params):
-        raise ShapeError(f"{len(layer.blobs)} weight blob(s), expected {len(params)}",
-                         **layer.error_kwargs())
+        raise ShapeError(f"{len(layer.blobs)} weight blob(s), expected {len(params)}")
     with torch.no_grad():
         for (name, dst), arr in zip(params.items(), layer.blobs, strict=True):
             if arr.size != dst.numel():
                 raise ShapeError(f"weight blob {name!r} has {arr.size} values, expected "
-                                 f"{dst.numel()}", **layer.error_kwargs())
+                                 f"{dst.numel()}")
             dst.copy_(_source(arr, tuple(dst.shape)))
 
 
@@ -112,18 +111,13 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     cp = layer.param.convolution_param
     x = net.blobs[layer.bottoms[0]].shape
     if any(net.blobs[b].shape != x for b in layer.bottoms[1:]):
-        raise ShapeError("bottoms of a shared-weight convolution differ in shape",
-                         **layer.error_kwargs())
-    try:
-        axis = shapes.canonical_axis(cp.axis, len(x))
-        n_sp = len(x) - axis - 1
-        if n_sp not in _CONV:
-            raise UnsupportedLayerError(f"{n_sp} spatial axes (after channel axis {axis} of "
-                                        f"{x}); only 1 to 3 are supported",
-                                        **layer.error_kwargs())
-        geo = shapes.conv_geometry(cp, n_sp)
-    except shapes.ShapeRuleError as err:
-        raise ShapeError(str(err), **layer.error_kwargs()) from None
+        raise ShapeError("bottoms of a shared-weight convolution differ in shape")
+    axis = shapes.canonical_axis(cp.axis, len(x))
+    n_sp = len(x) - axis - 1
+    if n_sp not in _CONV:
+        raise UnsupportedLayerError(f"{n_sp} spatial axes (after channel axis {axis} of "
+                                    f"{x}); only 1 to 3 are supported")
+    geo = shapes.conv_geometry(cp, n_sp)
     channels, group = x[axis], cp.group
     table = _DECONV if deconv else _CONV
     make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
@@ -141,27 +135,24 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     return module
 
 
-@register("Convolution")
-def convolution(layer: Layer, net: Net) -> nn.Module:
+@register("Convolution", shape=shapes.convolution_shapes)
+def convert_convolution(layer: Layer, net: Net) -> nn.Module:
     """Convolution: nn.Conv1d/2d/3d (group, dilation, per-dim or _h/_w geometry, any axis)."""
     return _conv_family(layer, net, deconv=False)
 
 
-@register("Deconvolution")
-def deconvolution(layer: Layer, net: Net) -> nn.Module:
+@register("Deconvolution", shape=shapes.deconvolution_shapes)
+def convert_deconvolution(layer: Layer, net: Net) -> nn.Module:
     """Deconvolution: nn.ConvTranspose1d/2d/3d without output padding (Caffe's output size)."""
     return _conv_family(layer, net, deconv=True)
 
 
-@register("InnerProduct")
-def inner_product(layer: Layer, net: Net) -> nn.Module:
+@register("InnerProduct", shape=shapes.inner_product_shapes)
+def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
     """InnerProduct: flatten from ``axis``, then nn.Linear (weight transposed if ``transpose``)."""
     ip = layer.param.inner_product_param
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        axis = shapes.canonical_axis(ip.axis, len(x))
-    except shapes.ShapeRuleError as err:
-        raise ShapeError(str(err), **layer.error_kwargs()) from None
+    axis = shapes.canonical_axis(ip.axis, len(x))
     k = int(np.prod(x[axis:], dtype=np.int64))
     n = ip.num_output
     make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter

@@ -21,24 +21,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from caffe_bridge import shapes as _shapes
-from caffe_bridge.converters import registry as _registry
+from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 FLT_MAX = float(np.finfo(np.float32).max)
 CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3
-
-
-def register(type_: str, *, shape: object, fork: str):  # type: ignore[no-untyped-def]
-    """The registry's ``register(type, shape=, fork=)``; until that API is merged, the old
-    ``register(type)`` plus ``shapes.shape_rule`` (TODO: plain import after the merge)."""
-    try:
-        return _registry.register(type_, shape=shape, fork=fork)  # type: ignore[call-arg]
-    except TypeError:
-        _shapes.shape_rule(type_)(shape)  # type: ignore[arg-type]
-        return _registry.register(type_)
 
 
 def _has(msg: object, name: str) -> bool:
@@ -442,11 +431,3 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
         float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k)
 
-
-# --------------------------------------------------------------------------- ReLU6 (SSDLite)
-
-@register("ReLU6", shape=lambda param, in_shapes: LayerShapes(tops=(in_shapes[0],)),
-          fork="chuanqi305/ssd")
-def convert_relu6(layer: Layer, net: Net) -> nn.Module:
-    """ReLU6 (chuanqi305's SSD fork, MobileNetV2-SSDLite): min(max(x, 0), 6)."""
-    return nn.ReLU6()

@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register
-from caffe_bridge.converters.shape_ops import shape_rule
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import canonical_axis
 
-PROD, SUM, MAX = 0, 1, 2  # EltwiseParameter.EltwiseOp
+PROD, SUM, MAX = (schema.EltwiseParameter.PROD, schema.EltwiseParameter.SUM,
+                  schema.EltwiseParameter.MAX)
 
 
 def layer_axis(layer: Layer, net: Net, axis_field: int) -> int:
     """``axis_field`` as a non-negative axis of the layer's first bottom (ShapeError if bad)."""
-    return shape_rule(layer, canonical_axis, axis_field, len(net.blobs[layer.bottoms[0]].shape))
+    return canonical_axis(axis_field, len(net.blobs[layer.bottoms[0]].shape))
 
 
 class EltwiseSum(nn.Module):
@@ -57,7 +58,7 @@ class EltwiseMax(nn.Module):
         return y
 
 
-@register("Eltwise")
+@register("Eltwise", shape=shapes.eltwise_shapes)
 def convert_eltwise(layer: Layer, net: Net) -> nn.Module:
     """Eltwise SUM (optional per-bottom ``coeff``), PROD or MAX of equally shaped bottoms."""
     ep = layer.param.eltwise_param
@@ -68,12 +69,12 @@ def convert_eltwise(layer: Layer, net: Net) -> nn.Module:
             coeff = None
         return EltwiseSum(coeff)
     if ep.coeff and op == PROD:
-        raise PrototxtError("Eltwise PROD takes no coeff", **layer.error_kwargs())
+        raise PrototxtError("Eltwise PROD takes no coeff")
     if op == PROD:
         return EltwiseProd()
     if op == MAX:  # Caffe accepts and ignores coeff here
         return EltwiseMax()
-    raise PrototxtError(f"unknown Eltwise operation {op}", **layer.error_kwargs())
+    raise PrototxtError(f"unknown Eltwise operation {op}")
 
 
 class Concat(nn.Module):
@@ -88,7 +89,7 @@ class Concat(nn.Module):
         return f"axis={self.axis}"
 
 
-@register("Concat")
+@register("Concat", shape=shapes.concat_shapes)
 def convert_concat(layer: Layer, net: Net) -> nn.Module:
     """Concat along ``axis`` (default 1; the legacy ``concat_dim`` wins when set)."""
     cp = layer.param.concat_param
@@ -111,7 +112,7 @@ class Split(nn.Module):
         return f"n_tops={self.n_tops}"
 
 
-@register("Split")
+@register("Split", shape=shapes.split_shapes)
 def convert_split(layer: Layer, net: Net) -> nn.Module:
     """Split: copies of the bottom, one per top."""
     return Split(len(layer.tops))

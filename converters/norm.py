@@ -15,21 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caffe_bridge import shapes
+from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register, register_fusion
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor as _f32
 
 _BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
-ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
-
-
-def _where(layer: Layer, err: shapes.ShapeRuleError) -> ShapeError:
-    return ShapeError(str(err), **layer.error_kwargs())
-
-
-def _f32(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
+ACROSS_CHANNELS = schema.LRNParameter.ACROSS_CHANNELS
+WITHIN_CHANNEL = schema.LRNParameter.WITHIN_CHANNEL
 
 
 def batch_norm_stats(layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:
@@ -69,17 +63,16 @@ def _bn_module(layer: Layer, net: Net, affine: Layer | None = None) -> nn.Module
     if len(x) not in _BN:
         if not global_stats or affine is not None:
             raise UnsupportedLayerError(f"BatchNorm over a {len(x)}-D blob with batch statistics "
-                                        f"is not supported", **layer.error_kwargs())
+                                        f"is not supported")
         mean, var = stats if stats is not None else (np.zeros(c, np.float32),
                                                      np.ones(c, np.float32))
         return ChannelNorm(_f32(mean), _f32(var), eps, len(x))
     if not global_stats and math.prod(x) == c:  # refused by torch's batch_norm
         raise UnsupportedLayerError(f"BatchNorm with batch statistics over one value per "
-                                    f"channel (bottom {x}) is not supported",
-                                    **layer.error_kwargs())
+                                    f"channel (bottom {x}) is not supported")
     if eps < 0 or (eps == 0 and not global_stats):  # refused by torch's batch_norm
         raise UnsupportedLayerError(f"BatchNorm eps {eps:g} is not supported (it must be > 0, "
-                                    f"or 0 with use_global_stats)", **layer.error_kwargs())
+                                    f"or 0 with use_global_stats)")
     bn = _BN[len(x)](c, eps=eps, affine=affine is not None, track_running_stats=global_stats)
     with torch.no_grad():
         if global_stats and stats is not None:
@@ -92,14 +85,14 @@ def _bn_module(layer: Layer, net: Net, affine: Layer | None = None) -> nn.Module
     return bn.eval()
 
 
-@register("BatchNorm")
-def batch_norm(layer: Layer, net: Net) -> nn.Module:
+@register("BatchNorm", shape=shapes.batch_norm_shapes)
+def convert_batch_norm(layer: Layer, net: Net) -> nn.Module:
     """BatchNorm: nn.BatchNormNd without affine; mean/f, var/f; batch stats if asked."""
     return _bn_module(layer, net)
 
 
 @register_fusion("BatchNorm", "Scale")
-def batch_norm_scale(bn: Layer, scale: Layer, net: Net) -> nn.Module | None:
+def fuse_batch_norm_scale(bn: Layer, scale: Layer, net: Net) -> nn.Module | None:
     """BatchNorm + per-channel Scale -> one affine nn.BatchNormNd (None when not exact)."""
     x = net.blobs[bn.bottoms[0]].shape
     sp = scale.param.scale_param
@@ -174,22 +167,15 @@ def _scale_or_bias(layer: Layer, net: Net, is_scale: bool) -> nn.Module:
     bias_term = (not is_scale) or sp.bias_term
     if len(layer.bottoms) == 2:
         y = net.blobs[layer.bottoms[1]].shape
-        try:
-            axis = shapes.broadcast_axis(x, y, sp.axis)
-        except shapes.ShapeRuleError as err:
-            raise _where(layer, err) from None
+        axis = shapes.broadcast_axis(x, y, sp.axis)
         trailing = _trailing(len(x), axis, len(y))
         if not is_scale:
             return BroadcastBias(len(trailing))
         bias = _operand(layer, 0, y, trailing, 0.0) if bias_term else None
         return BroadcastScale(len(trailing), bias)
     if len(layer.bottoms) != 1:
-        raise ShapeError(f"expects 1 or 2 bottoms, got {len(layer.bottoms)}",
-                         **layer.error_kwargs())
-    try:
-        axis = shapes.canonical_axis(sp.axis, len(x))
-    except shapes.ShapeRuleError as err:
-        raise _where(layer, err) from None
+        raise ShapeError(f"expects 1 or 2 bottoms, got {len(layer.bottoms)}")
+    axis = shapes.canonical_axis(sp.axis, len(x))
     span = x[axis:] if sp.num_axes == -1 else x[axis: axis + sp.num_axes]
     trailing = _trailing(len(x), axis, len(span))
     if is_scale:
@@ -199,14 +185,14 @@ def _scale_or_bias(layer: Layer, net: Net, is_scale: bool) -> nn.Module:
     return Affine(None, _operand(layer, 0, span, trailing, 0.0))
 
 
-@register("Scale")
-def scale(layer: Layer, net: Net) -> nn.Module:
+@register("Scale", shape=shapes.scale_shapes)
+def convert_scale(layer: Layer, net: Net) -> nn.Module:
     """Scale: learned (one bottom, axis/num_axes) or bottom[1] broadcast from axis; opt. bias."""
     return _scale_or_bias(layer, net, is_scale=True)
 
 
-@register("Bias")
-def bias(layer: Layer, net: Net) -> nn.Module:
+@register("Bias", shape=shapes.scale_shapes)
+def convert_bias(layer: Layer, net: Net) -> nn.Module:
     """Bias: learned (one bottom, axis/num_axes) or bottom[1] broadcast from axis."""
     return _scale_or_bias(layer, net, is_scale=False)
 
@@ -227,19 +213,18 @@ class WithinChannelLRN(nn.Module):
         return x * torch.pow(1.0 + self.alpha * avg, -self.beta)
 
 
-@register("LRN")
-def lrn(layer: Layer, net: Net) -> nn.Module:
+@register("LRN", shape=shapes.lrn_shapes)
+def convert_lrn(layer: Layer, net: Net) -> nn.Module:
     """LRN: ACROSS_CHANNELS as nn.LocalResponseNorm; WITHIN_CHANNEL from AVE pooling of x^2."""
     lp = layer.param.lrn_param
     x = net.blobs[layer.bottoms[0]].shape
     n = int(lp.local_size)
     if len(x) != 4:
-        raise ShapeError(f"LRN needs a 4-D bottom, got {x}", **layer.error_kwargs())
+        raise ShapeError(f"LRN needs a 4-D bottom, got {x}")
     if n % 2 == 0:
-        raise ShapeError("LRN local_size must be odd", **layer.error_kwargs())
+        raise ShapeError("LRN local_size must be odd")
     if lp.norm_region == ACROSS_CHANNELS:
         return nn.LocalResponseNorm(n, alpha=float(lp.alpha), beta=float(lp.beta), k=float(lp.k))
     if lp.norm_region == WITHIN_CHANNEL:
         return WithinChannelLRN(n, float(lp.alpha), float(lp.beta))
-    raise UnsupportedLayerError(f"unknown LRN norm_region {lp.norm_region}",
-                                **layer.error_kwargs())
+    raise UnsupportedLayerError(f"unknown LRN norm_region {lp.norm_region}")

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caffe_bridge import shapes
+from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 
-MAX, AVE, STOCHASTIC = 0, 1, 2
+MAX, AVE, STOCHASTIC = (schema.PoolingParameter.MAX, schema.PoolingParameter.AVE,
+                        schema.PoolingParameter.STOCHASTIC)
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -103,24 +104,20 @@ class PaddedAvgPool2d(nn.Module):
         return y * self.scale
 
 
-@register("Pooling")
-def pooling(layer: Layer, net: Net) -> nn.Module:
+@register("Pooling", shape=shapes.pooling_shapes)
+def convert_pooling(layer: Layer, net: Net) -> nn.Module:
     """Pooling MAX/AVE (global, CEIL/FLOOR, pad up to kernel-1, stride default 1)."""
     pp = layer.param.pooling_param
     x = net.blobs[layer.bottoms[0]].shape
     if len(x) != 4:
-        raise ShapeError(f"Pooling needs a 4-D bottom, got {x}", **layer.error_kwargs())
+        raise ShapeError(f"Pooling needs a 4-D bottom, got {x}")
     if pp.pool == STOCHASTIC:
         raise UnsupportedLayerError("STOCHASTIC pooling samples at random in training and has "
-                                    "no CPU test-phase path in Caffe; it is not converted",
-                                    **layer.error_kwargs())
+                                    "no CPU test-phase path in Caffe; it is not converted")
     if pp.pool not in (MAX, AVE):
-        raise UnsupportedLayerError(f"unknown pooling method {pp.pool}", **layer.error_kwargs())
+        raise UnsupportedLayerError(f"unknown pooling method {pp.pool}")
     hw = (x[2], x[3])
-    try:
-        geo = shapes.pool_geometry(pp, hw)
-    except shapes.ShapeRuleError as err:
-        raise ShapeError(str(err), **layer.error_kwargs()) from None
+    geo = shapes.pool_geometry(pp, hw)
     if geo.global_pooling:
         return nn.AdaptiveMaxPool2d(1) if pp.pool == MAX else nn.AdaptiveAvgPool2d(1)
     ceil = native_ceil_mode(geo, hw)
@@ -142,8 +139,7 @@ def pooling(layer: Layer, net: Net) -> nn.Module:
     got = tuple((n - k) // s + 1 + e for n, k, s, e in
                 zip(padded, geo.kernel, geo.stride, extra[::-1], strict=True))
     if got != geo.out:  # by construction never; a wrong size must not pass silently
-        raise ShapeError(f"explicit padding {pads} gives {got}, Caffe {geo.out}",
-                         **layer.error_kwargs())
+        raise ShapeError(f"explicit padding {pads} gives {got}, Caffe {geo.out}")
     if pp.pool == MAX:
         return PaddedMaxPool2d(geo.kernel, geo.stride, pads, extra)
     with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too

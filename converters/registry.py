@@ -1,34 +1,56 @@
-"""The converter registry: ``@register("Type", ...)`` on a pure function ``(layer, net) -> Module``.
+"""The converter registry: one ``@register("Type", shape=rule)`` per Caffe layer type.
 
-The supported-layers table (README, ``caffe2torch layers``) is generated from here.
+A converter is a pure function ``(layer, net) -> nn.Module`` holding only the mapping: the
+registry locates its errors (file:line, layer, type) and owns the layer type's shape rule, so
+adding a layer type is one decorated function. The supported-layers table (README,
+``caffe2torch layers``) is generated from here.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from google.protobuf import message as pb_message
 from torch import nn
 
-from caffe_bridge.errors import CaffeBridgeError, UnsupportedLayerError
+from caffe_bridge.errors import (
+    CaffeBridgeError,
+    CaffeBridgeWarning,
+    ShapeError,
+    UnsupportedLayerError,
+)
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.shapes import LayerShapes, Rule, Shape, ShapeRuleError
 
 Converter = Callable[[Layer, Net], nn.Module]
 # A fusion turns two consecutive layers (the second consuming the first's only top) into one
 # module, or returns None when that would not be exact for these two layers.
 Fusion = Callable[[Layer, Layer, Net], "nn.Module | None"]
 ENTRY_POINT_GROUP = "caffe_bridge.converters"
+BVLC = "BVLC"
+
+
+def registry_key(layer_type: str, param: pb_message.Message) -> str:
+    """The key a layer is registered under: its type, or ``Python:<module>.<layer>``."""
+    if layer_type == "Python":
+        pp = param.python_param
+        return f"Python:{pp.module}.{pp.layer}"
+    return layer_type
 
 
 @dataclass(frozen=True)
 class ConverterInfo:
-    """One registered converter: the Caffe type it handles and the function doing it."""
+    """One registered layer type: its converter, shape rule and where its semantics live."""
 
     type: str
     fn: Converter
     origin: str  # module that registered it
+    shape: Rule | None = None  # None: tops inferred by running the module on meta tensors
+    fork: str = BVLC
 
     @property
     def summary(self) -> str:
@@ -37,19 +59,32 @@ class ConverterInfo:
 
 
 class Registry:
-    """Caffe layer type -> converter. Later registrations of a type replace earlier ones."""
+    """Registry key (Caffe type) -> converter and shape rule; re-registration warns."""
 
     def __init__(self) -> None:
         self._by_type: dict[str, ConverterInfo] = {}
         self._fusions: dict[tuple[str, str], Fusion] = {}
 
-    def register(self, *types: str) -> Callable[[Converter], Converter]:
+    def register(self, *types: str, shape: Rule | None = None,
+                 fork: str = BVLC) -> Callable[[Converter], Converter]:
+        """Register a converter (and its shape rule) for Caffe layer ``types``.
+
+        Without ``shape`` the tops' shapes come from running the module on meta tensors, which
+        suits parameter-free layers; layers with weight blobs give a rule whose ``params`` are
+        the blob shapes Caffe stores. ``fork`` names the Caffe fork whose source defines it.
+        """
         if not types:
             raise TypeError("register() needs at least one Caffe layer type")
 
         def deco(fn: Converter) -> Converter:
             for t in types:
-                self._by_type[t] = ConverterInfo(t, fn, fn.__module__)
+                old = self._by_type.get(t)
+                if old is not None and (old.fn.__module__, old.fn.__qualname__) != (
+                        fn.__module__, fn.__qualname__):
+                    warnings.warn(f"layer type {t!r}: converter {old.origin}.{old.fn.__name__} "
+                                  f"replaced by {fn.__module__}.{fn.__name__}",
+                                  CaffeBridgeWarning, stacklevel=2)
+                self._by_type[t] = ConverterInfo(t, fn, fn.__module__, shape, fork)
             return fn
 
         return deco
@@ -75,26 +110,65 @@ class Registry:
     def types(self) -> tuple[str, ...]:
         return tuple(sorted(self._by_type))
 
-    def lookup(self, layer: Layer) -> Converter:
-        """The converter for ``layer``, or an UnsupportedLayerError naming it and the options."""
-        info = self._by_type.get(layer.type)
+    def info(self, layer: Layer) -> ConverterInfo:
+        """The registration for ``layer``, or an UnsupportedLayerError naming it and the options."""
+        info = self._by_type.get(registry_key(layer.type, layer.param))
         if info is None:
-            raise UnsupportedLayerError(
+            raise _located(UnsupportedLayerError(
                 f"no converter for layer type {layer.type!r}; supported types: "
-                f"{', '.join(self.types())} (add one with caffe_bridge.register)",
-                **layer.error_kwargs(),
-            )
-        return info.fn
+                f"{', '.join(self.types())} (add one with caffe_bridge.register)"), layer)
+        return info
+
+    def lookup(self, layer: Layer) -> Converter:
+        return self.info(layer).fn
 
     def convert(self, layer: Layer, net: Net) -> nn.Module:
         """Run the converter for ``layer``; its errors carry the layer's location."""
         fn = self.lookup(layer)
         try:
             return fn(layer, net)
-        except CaffeBridgeError as err:
-            if err.layer is None:
-                raise type(err)(err.message, **layer.error_kwargs()) from None
-            raise
+        except (CaffeBridgeError, ShapeRuleError) as err:
+            located = _located(err, layer, net)
+            if located is err:
+                raise
+            raise located from err
+
+    def infer_shapes(self, param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
+        """Top and parameter-blob shapes of a layer (KeyError when no converter handles it)."""
+        info = self._by_type[registry_key(param.type, param)]
+        if info.shape is not None:
+            return info.shape(param, in_shapes)
+        return _meta_shapes(info.fn, param, in_shapes)
+
+
+def _located(err: Exception, layer: Layer, net: Net | None = None) -> CaffeBridgeError:
+    """``err`` as a CaffeBridgeError located at ``layer`` (itself when it already names one)."""
+    if isinstance(err, CaffeBridgeError) and err.layer is not None:
+        return err
+    kind = type(err) if isinstance(err, CaffeBridgeError) else ShapeError
+    message = err.message if isinstance(err, CaffeBridgeError) else str(err)
+    if isinstance(err, ShapeRuleError) and net is not None:
+        message += f" (bottom shapes {[net.blobs[b].shape for b in layer.bottoms]})"
+    return kind(message, **layer.error_kwargs())
+
+
+def _meta_shapes(fn: Converter, param: pb_message.Message,
+                 in_shapes: Sequence[Shape]) -> LayerShapes:
+    """Tops of a rule-less layer: its module run on meta tensors (no parameter blobs)."""
+    import torch
+
+    from caffe_bridge.ir import Blob, SourceLoc
+
+    names = tuple(f"bottom{i}" for i in range(len(in_shapes)))
+    blobs = {n: Blob(n, n, tuple(s), "") for n, s in zip(names, in_shapes, strict=True)}
+    layer = Layer(param.name, param.type, names, tuple(param.top), param, (), (),
+                  SourceLoc("<shape inference>"), names, tuple(param.top))
+    net = Net("", (layer,), blobs, {}, ())
+    module = fn(layer, net).to("meta")
+    with torch.no_grad():
+        out = module(*(torch.empty(s, device="meta") for s in in_shapes))
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return LayerShapes(tuple(tuple(int(d) for d in t.shape) for t in outs))
 
 
 REGISTRY = Registry()

@@ -8,7 +8,6 @@ converted for one batch size runs on others exactly as Caffe would after reshapi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -20,14 +19,6 @@ from caffe_bridge.errors import ShapeError
 from caffe_bridge.ir import Layer, Net
 
 T = TypeVar("T")
-
-
-def shape_rule(layer: Layer, fn: Callable[..., T], *args: object) -> T:
-    """Call a ``shapes`` helper, turning its ShapeRuleError into a located ShapeError."""
-    try:
-        return fn(*args)
-    except shapes.ShapeRuleError as err:
-        raise ShapeError(str(err), **layer.error_kwargs()) from None
 
 
 def _bottom_shape(layer: Layer, net: Net, i: int = 0) -> tuple[int, ...]:
@@ -55,10 +46,10 @@ class Slice(nn.Module):
         return f"axis={self.axis}, n_tops={self.n_tops}, points={self.points}"
 
 
-@register("Slice")
+@register("Slice", shape=shapes.slice_shapes)
 def convert_slice(layer: Layer, net: Net) -> nn.Module:
     """Slice along ``axis`` (legacy ``slice_dim``) at ``slice_point``s, or into equal parts."""
-    axis, sizes = shape_rule(layer, shapes.slice_sizes, layer.param, _bottom_shape(layer, net))
+    axis, sizes = shapes.slice_sizes(layer.param, _bottom_shape(layer, net))
     points = None
     if layer.param.slice_param.slice_point:
         acc, points_list = 0, []
@@ -81,13 +72,13 @@ class Flatten(nn.Module):
         return f"start={self.start}, end={self.end}"
 
 
-@register("Flatten")
+@register("Flatten", shape=shapes.flatten_shapes)
 def convert_flatten(layer: Layer, net: Net) -> nn.Module:
     """Flatten axes ``axis`` (default 1) through ``end_axis`` (default -1) into one."""
     fp = layer.param.flatten_param
     ndim = len(_bottom_shape(layer, net))
-    start = shape_rule(layer, shapes.canonical_axis, fp.axis, ndim)
-    end = shape_rule(layer, shapes.canonical_axis, fp.end_axis, ndim)
+    start = shapes.canonical_axis(fp.axis, ndim)
+    end = shapes.canonical_axis(fp.end_axis, ndim)
     return Flatten(start, end)
 
 
@@ -113,11 +104,11 @@ class Reshape(nn.Module):
         return f"dims={self.dims}, copied={self.copied}"
 
 
-@register("Reshape")
+@register("Reshape", shape=shapes.reshape_shapes)
 def convert_reshape(layer: Layer, net: Net) -> nn.Module:
     """Reshape with Caffe's ``0`` (copy), ``-1`` (infer), ``axis`` and ``num_axes``."""
     x = _bottom_shape(layer, net)
-    target = shape_rule(layer, shapes.reshape_target, layer.param, x)
+    target = shapes.reshape_target(layer.param, x)
     rp = layer.param.reshape_param
     spec = [int(d) for d in rp.shape.dim]
     ndim = len(x)
@@ -150,10 +141,10 @@ class Crop(nn.Module):
         return f"axis={self.axis}, offsets={self.offsets}"
 
 
-@register("Crop")
+@register("Crop", shape=shapes.crop_shapes)
 def convert_crop(layer: Layer, net: Net) -> nn.Module:
     """Crop bottom 0 to bottom 1's shape from ``axis`` (default 2) at ``offset``(s)."""
-    axis, offsets = shape_rule(layer, shapes.crop_offsets, layer.param,
+    axis, offsets = shapes.crop_offsets(layer.param,
                                _bottom_shape(layer, net, 0), _bottom_shape(layer, net, 1))
     return Crop(axis, tuple(int(o) for o in offsets))
 
@@ -191,13 +182,13 @@ class ArgMax(nn.Module):
         return f"axis={self.axis}, top_k={self.top_k}, out_max_val={self.out_max_val}"
 
 
-@register("ArgMax")
+@register("ArgMax", shape=shapes.argmax_shapes)
 def convert_argmax(layer: Layer, net: Net) -> nn.Module:
     """ArgMax: ``top_k`` indices (or values with ``out_max_val``) along ``axis`` or per sample."""
     ap = layer.param.argmax_param
     x = _bottom_shape(layer, net)
-    axis = shape_rule(layer, shapes.canonical_axis, ap.axis, len(x)) if ap.HasField("axis") \
+    axis = shapes.canonical_axis(ap.axis, len(x)) if ap.HasField("axis") \
         else None
     if ap.top_k < 1:
-        raise ShapeError(f"top_k {ap.top_k} must be >= 1", **layer.error_kwargs())
+        raise ShapeError(f"top_k {ap.top_k} must be >= 1")
     return ArgMax(axis, int(ap.top_k), bool(ap.out_max_val), len(x))

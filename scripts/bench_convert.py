@@ -10,9 +10,9 @@
 
 Both run ``--repeat`` times, interleaved (a noisy machine slows both alike); the best wall time
 of each is reported with their ratio (the goal is <= ``--goal``). The prototxt is the released
-``/work/shared/senet/SE-ResNet-50.prototxt`` when present, else the same layout generated from
+``tests/fixtures/senet/SE-ResNet-50.prototxt`` when present, else the same layout generated from
 ``caffe_bridge.models``; the caffemodel holds seeded random weights
-(``caffe_bridge.testing.random_weights``) and lives in a temporary folder.
+(``caffe_bridge.random_weights.random_weights``) and lives in a temporary folder.
 
     python scripts/bench_convert.py [--repeat 5] [--goal 1.5] [--keep DIR] [--baseline REV]
 
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO.parent / "shared" / "senet" / "SE-ResNet-50.prototxt"
+PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
 ARCH = "SE-ResNet-50"
 
 FLOOR = r"""
@@ -58,7 +58,7 @@ def prepare(folder: Path) -> tuple[Path, Path, Path, Path]:
     from caffe_bridge.caffemodel import write_caffemodel
     from caffe_bridge.codegen import state_dict_for_saving
     from caffe_bridge.ir import load_net
-    from caffe_bridge.testing import random_weights
+    from caffe_bridge.random_weights import random_weights
 
     if PROTOTXT.is_file():
         prototxt = PROTOTXT

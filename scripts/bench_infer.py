@@ -1,14 +1,14 @@
 """Benchmark inference of converted SE-ResNet-50 on CPU against two other implementations.
 
 1. batch 1: the converted ``torch.fx`` module against OpenCV's dnn module running the same
-   definition (its Axpy-swapped copy, ``caffe_bridge.references.opencv_definition``) and the same
-   weights and input; OpenCV with its default Winograd convolutions and with them off (the
-   accurate setting that ``opencv_forward`` uses).
+   definition (its Axpy-swapped copy, ``caffe_bridge.opencv_reference.opencv_definition``) and
+   the same weights and input; OpenCV with its default Winograd convolutions and with them off
+   (the    accurate setting that ``opencv_forward`` uses).
 2. batch 8: the converted generic module against the idiomatic
    ``caffe_bridge.models.senet.se_resnet50`` loaded with the same weights (``from_caffe``).
 
-Seeded random weights (``caffe_bridge.testing.random_weights``); the same number of threads for
-torch and OpenCV (``torch.set_num_threads`` and ``cv2.setNumThreads``); best of ``--repeats``
+Seeded random weights (``caffe_bridge.random_weights.random_weights``); the same number of threads
+for torch and OpenCV (``torch.set_num_threads`` and ``cv2.setNumThreads``); best of ``--repeats``
 timed runs after ``--warmup`` untimed ones. Each pair's outputs are compared too, so a fast
 wrong answer is visible.
 
@@ -32,11 +32,12 @@ import torch
 from caffe_bridge.build import convert, optimize_for_inference
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import load_net, with_weights
-from caffe_bridge.references import opencv_definition
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.numeric import rel_err
+from caffe_bridge.opencv_reference import opencv_definition
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO.parent / "shared" / "senet" / "SE-ResNet-50.prototxt"
+PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
 
 
 def prototxt_path(folder: Path) -> Path:
@@ -61,10 +62,6 @@ def best_of(fn: Callable[[], object], repeats: int, warmup: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best * 1e3
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
 
 
 def main() -> None:

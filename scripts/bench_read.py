@@ -38,7 +38,7 @@ import numpy as np
 from caffe_bridge.caffemodel import _len_field, _varint_bytes  # the writer's wire encoders
 
 REPO = Path(__file__).resolve().parents[1]
-SENET = REPO.parent / "shared" / "senet"
+SENET = REPO / "tests" / "fixtures" / "senet"
 MODELS = {"SE-ResNet-50": "SE-ResNet-50.prototxt", "SENet-154": "SENet-154.prototxt"}
 
 # Child program: import only what one reader needs (no torch), read, touch, report ru_maxrss.

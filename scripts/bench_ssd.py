@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import caffe_bridge.converters  # noqa: F401
 from caffe_bridge import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.detection_report import compare_detections
 from caffe_bridge.ir import load_net, with_weights
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 PROTOTXT = Path(__file__).resolve().parents[1] / "tests/fixtures/wild/MobileNetSSD_deploy.prototxt"
 

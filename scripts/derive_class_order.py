@@ -18,12 +18,13 @@ validation images do).
 from __future__ import annotations
 
 import argparse
+import gzip
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"
 OUT = ROOT / "caffe_bridge" / "resources" / "senet_class_order.tsv"
 CLASSES = 1000
 HEADER = "senet_index\twnid\tsorted_index\tname"
@@ -51,10 +52,12 @@ def read_synsets(path: Path) -> list[tuple[str, str]]:
 
 
 def read_val_labels(path: Path) -> list[int]:
-    """``ILSVRC2017_val.txt``: ``ILSVRC2012_val_<8 digits>.JPEG <devkit label>``, image i on
-    line i."""
+    """``ILSVRC2017_val.txt`` (or its ``.gz``): ``ILSVRC2012_val_<8 digits>.JPEG <devkit label>``,
+    image i on line i."""
     labels = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = (gzip.decompress(path.read_bytes()).decode("utf-8") if path.suffix == ".gz"
+            else path.read_text(encoding="utf-8"))
+    for n, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         image, label = raw.split()
@@ -119,9 +122,9 @@ def render(rows: list[tuple[int, str, int, str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("val_wnids", type=Path, help="per-image WNID file (one WNID per line)")
-    p.add_argument("--val-labels", type=Path, default=SHARED / "senet" / "ILSVRC2017_val.txt",
+    p.add_argument("--val-labels", type=Path, default=FIXTURES / "senet" / "ILSVRC2017_val.txt.gz",
                    help="validation labels in devkit order (default: %(default)s)")
-    p.add_argument("--synsets", type=Path, default=SHARED / "zoo" / "synset.txt",
+    p.add_argument("--synsets", type=Path, default=FIXTURES / "zoo" / "synset.txt",
                    help="the 1000 synsets in sorted order (default: %(default)s)")
     p.add_argument("--out", type=Path, default=OUT, help="table to write (default: %(default)s)")
     p.add_argument("--check", action="store_true",

@@ -295,7 +295,6 @@ def caffemodel_seeds() -> list[bytes]:
 
 # -- target: load_net (prototxt text) ----------------------------------------------------------
 
-SHARED = REPO.parent / "shared"
 FIXTURES = REPO / "tests" / "fixtures"
 
 # Numbers worth writing where a definition has one: Caffe's and protobuf's limits around them.
@@ -314,10 +313,10 @@ NOT_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x
 
 def prototxt_seeds() -> list[bytes]:
     """The released SENet, zoo and fixture definitions (header comments stripped or not)."""
-    paths = sorted([*FIXTURES.glob("*.prototxt"), *(SHARED / "senet").glob("*.prototxt"),
-                    *(SHARED / "zoo").glob("*.prototxt")])
+    paths = sorted([*FIXTURES.glob("*.prototxt"), *(FIXTURES / "senet").glob("*.prototxt"),
+                    *(FIXTURES / "zoo").glob("*.prototxt")])
     seeds = [p.read_bytes() for p in paths]
-    if not seeds:  # no shared folder: the generated SE-ResNet-50 layout
+    if not seeds:  # no fixture definitions: the generated SE-ResNet-50 layout
         from caffe_bridge.models.senet import se_resnet50
         from caffe_bridge.models.senet_caffe import caffe_prototxt_text
 
@@ -678,7 +677,7 @@ def _convert_run(path: Path) -> Any:
     from caffe_bridge.build import build_module
     from caffe_bridge.codegen import generate
     from caffe_bridge.ir import load_net, with_weights
-    from caffe_bridge.testing import random_inputs, random_weights
+    from caffe_bridge.random_weights import random_inputs, random_weights
 
     net = load_net(path)
     if _size(net) > RUN_LIMIT:

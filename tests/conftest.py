@@ -11,12 +11,13 @@ import torch
 # Tiny ops on a loaded 2-core machine spend more time in the thread pool than computing.
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """``../shared`` beside the checkout (released definitions); skip where it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared (released SENet and zoo definitions) is not beside this checkout")
-    return SHARED
+    """The vendored reference definitions: ``senet/`` (the released SENets, ``nsfw_deploy``, the
+    SENet validation labels) and ``zoo/`` (classic nets, ``cat.jpg``, ``synset.txt``); sources and
+    licences in each folder's SOURCES.md."""
+    return FIXTURES
+

@@ -10,8 +10,9 @@ import torch
 import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import Net, build_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.prototxt import parse_prototxt_text
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
 
 
@@ -36,13 +37,6 @@ def layer_text(type_: str, body: str = "", n_bottoms: int = 1, tops: tuple[str, 
     bottoms = "".join(f' bottom: "{n}"' for n in ["data", *(f"b{i}" for i in range(1, n_bottoms))])
     top = "".join(f' top: "{t}"' for t in tops)
     return f'layer {{ name: "l" type: "{type_}"{bottoms}{top} {body} }}'
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max|ours - ref| / max|ref| (0 when both are all zero)."""
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    diff = float(np.max(np.abs(ours.astype(np.float64) - ref))) if ref.size else 0.0
-    return diff / scale if scale else diff
 
 
 def check_layer(

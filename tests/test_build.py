@@ -9,7 +9,7 @@ import torch
 from caffe_bridge import load_net
 from caffe_bridge.build import build_module, optimize_for_inference
 from caffe_bridge.ir import with_weights
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 NETS = ["senet/SE-ResNet-50", "senet/SE-BN-Inception", "senet/SENet-154", "zoo/mobilenet_v2_deploy",
         "zoo/densenet121_deploy", "zoo/squeezenet_v1.1_deploy"]

@@ -810,3 +810,21 @@ def test_write_overwrites_and_streams_large(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got[0], big)
     np.testing.assert_array_equal(got[1], big[:, 0])
     assert path.stat().st_size < big.nbytes + 4 * 1024 + 64
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_truncated_file_says_truncated_with_sizes(tmp_path: Path, keep: float) -> None:
+    """A cut-off download: the message says 'truncated' and the expected vs actual size."""
+    path = tmp_path / "full.caffemodel"
+    rng = np.random.default_rng(0)
+    write_caffemodel(path, {f"l{i}": [rng.standard_normal((64, 64)).astype(np.float32)]
+                            for i in range(4)})
+    data = path.read_bytes()
+    cut = tmp_path / "cut.caffemodel"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CaffemodelError) as info:
+        read_caffemodel(cut)
+    message = str(info.value)
+    assert "truncated" in message and str(cut) in message
+    assert f"actual size {int(len(data) * keep):,} bytes" in message
+    assert "expected at least" in message

@@ -20,8 +20,9 @@ import torch
 import reference
 from caffe_bridge.build import convert
 from caffe_bridge.ir import Net, load_net, with_weights
-from caffe_bridge.references import opencv_forward
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.numeric import rel_err
+from caffe_bridge.opencv_reference import opencv_forward
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REL_TOL = 1e-5
@@ -50,12 +51,6 @@ FIXTURE_LIST = (
 BY_KEY = {f.key: f for f in FIXTURE_LIST}
 KEYS = [pytest.param(f.key, id=f.key) for f in FIXTURE_LIST]
 LRN_KEYS = [pytest.param(f.key, id=f.key) for f in FIXTURE_LIST if f.input_scale != 1.0]
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max|ours - ref| / max|ref|."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 
 NET = """
 name: "tiny"
@@ -155,9 +155,17 @@ def test_convert_without_weights(work: Path) -> None:
     assert (work / "tiny.py").exists() and (work / "tiny.pth").exists()
 
 
+def assert_usage_error(res: Result, *needles: str) -> None:
+    """Conflicting options are click usage errors: the usage line, then ``Error: ...``, 2."""
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert res.stderr.startswith("Usage: ") and "Traceback" not in res.output
+    for needle in needles:
+        assert needle in res.stderr.strip().splitlines()[-1]
+
+
 def test_convert_weights_and_no_weights_conflict(work: Path) -> None:
-    assert_one_line_error(run("convert", "tiny.prototxt", "tiny.caffemodel", "--no-weights"),
-                          "not both")
+    assert_usage_error(run("convert", "tiny.prototxt", "tiny.caffemodel", "--no-weights"),
+                       "not both")
 
 
 def test_convert_never_overwrites_without_force(work: Path) -> None:

@@ -274,3 +274,22 @@ def test_workers_fork_safely_after_opencv_threads(images: dict[str, str]) -> Non
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["12"] * 3
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_image_is_an_error_naming_the_file(tmp_path: Path, suffix: str) -> None:
+    """OpenCV decodes a cut-off JPEG with only a libjpeg stderr line: we refuse it."""
+    rng = np.random.default_rng(7)
+    whole = tmp_path / f"whole{suffix}"
+    assert cv2.imwrite(str(whole), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert cv2.imread(str(cut)) is not None or suffix == ".png"  # the trap (JPEG): it decodes
+    pre = make_preprocess(resize=0, crop=32)
+    assert pre(whole).shape == (3, 32, 32)
+    with pytest.raises(DataError, match="truncated image") as info:
+        pre(cut)
+    assert str(cut) in str(info.value)
+    ds = ImageDataset([Sample(str(cut), 0, "val.txt:3")], pre)
+    assert "truncated image" in ds[0][2] and str(cut) in ds[0][2]

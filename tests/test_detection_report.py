@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import caffe_bridge.converters  # noqa: F401  (registers the SSD shape rules)
 from caffe_bridge.detection_report import compare_detections, detections
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.export import export_net

@@ -26,16 +26,10 @@ from click.testing import CliRunner
 from caffe_bridge import schema, write_caffemodel
 from caffe_bridge.build import convert
 from caffe_bridge.data import ImageDataset, Sample, make_preprocess
-from caffe_bridge.evaluate import (
-    PUBLISHED,
-    EvalError,
-    _published_lines,
-    eval_command,
-    evaluate,
-    published_for,
-    structure_fingerprint,
-)
+from caffe_bridge.evaluate import EvalError, evaluate
+from caffe_bridge.evaluate_cli import _published_lines, eval_command
 from caffe_bridge.ir import load_net
+from caffe_bridge.published import PUBLISHED, published_for, structure_fingerprint
 
 cv2 = pytest.importorskip("cv2")
 
@@ -467,15 +461,43 @@ def test_eval_prints_published_numbers_beside_ours(shared_dir: Path, tmp_path: P
 )
 def test_protocol_deviations_are_named(kwargs: dict, differ: str) -> None:
     pub = PUBLISHED["0e9fdba65fef5440fe3f"]
-    lines = _published_lines(pub, make_preprocess(**kwargs), {"mean_file": None})
+    lines = _published_lines(pub, make_preprocess(**kwargs), None)
     assert lines[0].startswith("recognised  released SE-ResNet-50; published numbers scored")
     assert lines[1:] == ([f"note        this run differs from that protocol in: {differ}"]
                          if differ else [])
 
 
-def test_eval_without_weights_uses_seeded_random_ones(tiny: TinySet) -> None:
+def test_eval_finds_the_caffemodel_beside_the_prototxt(tiny: TinySet) -> None:
+    """Like every command: no WEIGHTS means NET.caffemodel, never silently random weights."""
+    assert tiny.caffemodel == tiny.prototxt.with_suffix(".caffemodel")
+    explicit = run_eval(base_args(tiny))
     args = base_args(tiny)
-    del args[1]  # no caffemodel
+    del args[1]
+    beside = run_eval(args)
+    assert explicit[0] == beside[0] == 0
+    drop_speed = [line for line in explicit[1].splitlines() if not line.startswith("images/s")]
+    assert drop_speed == [line for line in beside[1].splitlines()
+                          if not line.startswith("images/s")]
+    assert "random" not in beside[2].lower()
+
+
+def test_eval_without_any_weights_is_an_error(tiny: TinySet, tmp_path: Path) -> None:
+    lone = tmp_path / "lone.prototxt"
+    lone.write_text(tiny.prototxt.read_text())
+    args = base_args(tiny)
+    args[:2] = [str(lone)]
     code, out, err = run_eval(args)
-    assert code == 0 and "no WEIGHTS given: seeded random weights" in err
-    assert "images      7" in out.splitlines()
+    assert code == 2 and out == ""
+    assert "no weights" in err and "--random-weights" in err and "lone.caffemodel" in err
+
+
+def test_eval_random_weights_only_on_the_flag(tiny: TinySet, tmp_path: Path) -> None:
+    lone = tmp_path / "lone.prototxt"
+    lone.write_text(tiny.prototxt.read_text())
+    args = base_args(tiny)
+    args[:2] = [str(lone), "--random-weights"]
+    code, out, err = run_eval(args)
+    assert code == 0 and "--random-weights: seeded random weights" in err
+    assert "weights     SEEDED RANDOM" in out and "images      7" in out.splitlines()
+    both = run_eval([*base_args(tiny), "--random-weights"])
+    assert both[0] == 2 and "not both" in both[2]

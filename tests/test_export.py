@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_bridge.export import ExportError, export_net, rel_err
+from caffe_bridge.export import ExportError, export_net
 from caffe_bridge.ir import Net, build_net, load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.prototxt import parse_prototxt_text
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
 
 # The deepest nets drift 2e-5 to 1.7e-4 (relative, on `prob`) between PyTorch and onnxruntime CPU

@@ -156,13 +156,11 @@ def test_deep_nesting_is_a_prototxt_error(tmp_path: Path, text: str) -> None:
 
 
 def test_recursion_error_is_a_prototxt_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from google.protobuf import text_format
-
-    from caffe_bridge import prototxt
+    from caffe_bridge import prototxt, textparse
 
     def deep(*_args: object, **_kwargs: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(text_format, "Parse", deep)
+    monkeypatch.setattr(textparse, "parse_text", deep)
     with pytest.raises(PrototxtError, match="recursion"):
         prototxt.parse_prototxt_text('name: "x"', "deep.prototxt")

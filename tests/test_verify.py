@@ -13,7 +13,7 @@ from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.verify import compare, network_order, run_blobs, verify, verify_arrays
 
 NET = """
@@ -180,3 +180,56 @@ def test_network_order(files: dict[str, Path]) -> None:
     net = load_net(files["proto"])
     order, unknown = network_order(net, ["prob", "data", "zzz", "pool1", "conv1"])
     assert order == ["conv1", "pool1", "prob"] and unknown == ["zzz"]
+
+
+def _zoo(shared_dir: Path, name: str) -> Path:
+    """A zoo definition: the vendored copy when there is one, else ../shared/zoo."""
+    vendored = Path(__file__).parent / "fixtures" / "zoo" / name
+    return vendored if vendored.is_file() else shared_dir / "zoo" / name
+
+
+@pytest.mark.parametrize("name", ["squeezenet_v1.0_deploy.prototxt",
+                                  "squeezenet_v1.1_deploy.prototxt"])
+def test_opencv_reference_does_not_cry_wolf_on_squeezenet(
+        shared_dir: Path, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-place ReLUs feeding a Concat: with fusion on, OpenCV hands back stale data for the
+    ReLU'd expand blobs (cosine 0 against ours, though its concat agrees). The reference runs
+    with fusion off, so every blob is real and verify passes; --random-weights gives a
+    prototxt-only user seeded weights that both sides read."""
+    pytest.importorskip("cv2")
+    proto = tmp_path / name
+    proto.write_bytes(_zoo(shared_dir, name).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["verify", name, "--random-weights", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "DIVERGES" not in res.output and "all 39 blobs within rtol" in res.output
+
+
+def test_opencv_fusion_trap_is_real(shared_dir: Path, tmp_path: Path) -> None:
+    """The trap that fusion=False avoids: OpenCV's fused expand blob is not the Concat's slice."""
+    pytest.importorskip("cv2")
+    from caffe_bridge.opencv_reference import opencv_forward
+    from caffe_bridge.verify import write_seeded_caffemodel
+
+    proto = _zoo(shared_dir, "squeezenet_v1.1_deploy.prototxt")
+    model = write_seeded_caffemodel(proto, tmp_path / "s.caffemodel", seed=0)
+    x = random_inputs(load_net(proto), seed=1)
+    want = ["fire2/expand1x1", "fire2/concat"]
+    fused = opencv_forward(proto, model, x, want, fusion=True)
+    real = opencv_forward(proto, model, x, want)
+    c = real["fire2/expand1x1"].shape[1]
+    np.testing.assert_array_equal(real["fire2/expand1x1"], real["fire2/concat"][:, :c])
+    assert not np.allclose(fused["fire2/expand1x1"], fused["fire2/concat"][:, :c], atol=1e-3)
+
+
+def test_verify_prototxt_only_hint_names_a_real_flag(files: dict[str, Path]) -> None:
+    lone = files["dir"] / "lone.prototxt"
+    lone.write_text(NET)
+    res = CliRunner().invoke(main, ["verify", str(lone)])
+    assert res.exit_code == 2
+    assert "--random-weights" in res.stderr and "--no-weights" not in res.stderr
+    ok = CliRunner().invoke(main, ["verify", str(lone), "--random-weights"])
+    assert ok.exit_code == 0, ok.output
+    both = CliRunner().invoke(main, ["verify", str(lone), str(files["model"]),
+                                     "--random-weights"])
+    assert both.exit_code == 2 and "not both" in both.stderr

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 from layer_check import net_from_text
 
 NET = """
@@ -62,3 +62,14 @@ def test_verify_images_and_input_are_exclusive(tmp_path: Path) -> None:
                                        "--input", str(tmp_path / "x.npy")])
     assert result.exit_code == 2
     assert "either --input or --images" in result.output
+
+
+def test_verify_images_refuses_a_truncated_jpeg(tmp_path: Path) -> None:
+    proto, model, images = _files(tmp_path)
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), np.full((40, 40, 3), 90, np.uint8))
+    (images / "cut.jpg").write_bytes(whole.read_bytes()[:300])
+    result = CliRunner().invoke(main, ["verify", str(proto), str(model), "--images", str(images),
+                                       "--resize", "32", "--crop", "28"])
+    assert result.exit_code == 2, result.output
+    assert "truncated image" in result.stderr and "cut.jpg" in result.stderr

@@ -1,5 +1,5 @@
 """Whole released nets, converted, against independent references: OpenCV's Caffe importer (its
-traps corrected, ``caffe_bridge.references``) and the pure-numpy reference (float64).
+traps corrected, ``caffe_bridge.opencv_reference``) and the pure-numpy reference (float64).
 
 Every net gets seeded random weights (``random_weights``: BatchNorm calibrated, moving-average
 factor != 1) and one seeded input of the prototxt's shape (batch 1). Compared: the net output
@@ -33,8 +33,9 @@ import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import Net, load_net, with_weights
-from caffe_bridge.references import opencv_forward
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.numeric import rel_err
+from caffe_bridge.opencv_reference import opencv_forward
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 
@@ -51,7 +52,7 @@ INPUT_SEED = 1
 @dataclass(frozen=True)
 class Spec:
     key: str  # test id
-    path: str  # relative to ../shared
+    path: str  # relative to tests/fixtures
     slow: bool = False
 
 
@@ -83,12 +84,6 @@ def _params(keys: tuple[str, ...]) -> list[object]:
 
 ALL = _params(tuple(BY_KEY))
 WITH_SE = _params(SENETS)
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max|ours - ref| / max|ref|."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 @dataclass

@@ -49,7 +49,7 @@ from caffe_bridge.codegen.render import (
 )
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net
-from caffe_bridge.testing import random_inputs
+from caffe_bridge.random_weights import random_inputs
 
 __all__ = [
     "CodegenError",

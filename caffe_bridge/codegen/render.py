@@ -36,7 +36,7 @@ import string
 import sys
 import textwrap
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from caffe_bridge.build import safe_identifier
+from caffe_bridge.build import caffe_layer_names, safe_identifier
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net
 
@@ -505,7 +505,7 @@ class _Statement:
 def _graph_statements(gm: fx.GraphModule, net: Net) -> tuple[list[str], list[_Statement],
                                                               list[str]]:
     """(input values, one statement per submodule call, output values) of ``gm``'s graph."""
-    names: Mapping[str, str] = getattr(gm, "caffe_layer_names", {})
+    names = caffe_layer_names(gm)
     input_values = [v for layer in net.layers if layer.type == "Input" for v in layer.tops]
     value_of: dict[fx.Node, str] = {}
     multi: dict[fx.Node, list[str]] = {}
@@ -744,7 +744,7 @@ def render_module(
     renderer = _Renderer(emitter, records)
     inputs, stmts, outputs = _graph_statements(gm, net)
     shapes = {s.attr: [net.blobs[a].shape for a in s.args] for s in stmts}
-    names: Mapping[str, str] = getattr(gm, "caffe_layer_names", {})
+    names = caffe_layer_names(gm)
     children = list(gm.named_children())
     init_lines = []
     for k, (attr, module) in enumerate(children):

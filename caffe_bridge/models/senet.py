@@ -82,8 +82,8 @@ def _head_avg_pool() -> nn.AvgPool2d:
 # Caffe: the released nets were trained on BGR 0-255 images minus this per-channel mean (the
 # `# mean_value: 104, 117, 123` comment at the top of every prototxt).
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
-_TV_MEAN_RGB = (0.485, 0.456, 0.406)
-_TV_STD_RGB = (0.229, 0.224, 0.225)
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 
 
 class CaffeInput(nn.Module):
@@ -109,8 +109,8 @@ class CaffeInput(nn.Module):
         elif input_format in ("bgr255", "rgb255"):
             scale, shift = torch.ones(3), -mean
         else:  # x_bgr255 = (x * std + m) * 255, all in BGR order after the flip
-            std = torch.tensor(_TV_STD_RGB[::-1], dtype=torch.float64)
-            m = torch.tensor(_TV_MEAN_RGB[::-1], dtype=torch.float64)
+            std = torch.tensor(TORCHVISION_STD_RGB[::-1], dtype=torch.float64)
+            m = torch.tensor(TORCHVISION_MEAN_RGB[::-1], dtype=torch.float64)
             scale = (std * 255).float()
             shift = (m * 255 - mean.double()).float()
         self.register_buffer("scale", scale.reshape(1, 3, 1, 1), persistent=False)

@@ -46,6 +46,7 @@ from caffe_bridge import shapes
 from caffe_bridge.errors import CaffeBridgeError, CaffemodelError, PrototxtError
 from caffe_bridge.ir import Layer, Net, build_net, load_net
 from caffe_bridge.models import senet as S
+from caffe_bridge.numeric import f32_array
 from caffe_bridge.prototxt import parse_prototxt_text
 from caffe_bridge.upgrade import upgrade
 
@@ -416,20 +417,16 @@ def caffe_prototxt_text(model: nn.Module, name: str | None = None) -> str:
     return _render(_layout(model), name or _arch_name(model))
 
 
-def _f32(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).numpy().copy()
-
-
 def _blobs(model: nn.Module, ref: _ParamRef) -> list[np.ndarray]:
     mod = model.get_submodule(ref.path)
     if ref.kind in ("conv", "fc"):
-        out = [_f32(mod.weight)]
+        out = [f32_array(mod.weight)]
         if mod.bias is not None:
-            out.append(_f32(mod.bias))
+            out.append(f32_array(mod.bias))
         return out
     if ref.kind == "bn":  # moving-average factor 1: the stored statistics are the effective ones
-        return [_f32(mod.running_mean), _f32(mod.running_var), np.ones(1, np.float32)]
-    return [_f32(mod.weight), _f32(mod.bias)]  # scale: gamma, beta
+        return [f32_array(mod.running_mean), f32_array(mod.running_var), np.ones(1, np.float32)]
+    return [f32_array(mod.weight), f32_array(mod.bias)]  # scale: gamma, beta
 
 
 def to_caffe(

@@ -45,8 +45,6 @@ CONSTRUCTORS = {
     "SENet-154": "senet154",
 }
 CLASS_ORDERS = ("caffe", "torchvision")
-_TV_MEAN = [0.485, 0.456, 0.406]
-_TV_STD = [0.229, 0.224, 0.225]
 
 # What the caller does to an image before the model, per input format: channel order, value
 # range, then (x - mean) / std per channel in that order. The model's CaffeInput stage turns the
@@ -59,7 +57,7 @@ _PREPROCESS: dict[str, dict[str, Any]] = {
     "rgb255": {"channel_order": "RGB", "input_range": [0, 255],
                "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
     "torchvision": {"channel_order": "RGB", "input_range": [0, 1],
-                    "mean": _TV_MEAN, "std": _TV_STD},
+                    "mean": list(S.TORCHVISION_MEAN_RGB), "std": list(S.TORCHVISION_STD_RGB)},
 }
 
 

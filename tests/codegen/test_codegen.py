@@ -4,6 +4,7 @@ interpreter."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from caffe_bridge import converters
+from caffe_bridge.build import caffe_layer_names
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.codegen import (
     CodegenError,
@@ -26,7 +28,7 @@ from caffe_bridge.codegen import (
 )
 from caffe_bridge.codegen.render import InitCall, recording
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 
 SMALL = """
 name: "small"
@@ -161,7 +163,7 @@ def test_header_names_sources_with_sha256(tmp_path: Path) -> None:
 def test_one_named_submodule_per_layer(tmp_path: Path) -> None:
     proto, model = _write_net(tmp_path, SMALL, "small")
     gen = generate(load_net(proto, model))
-    names = gen.module.caffe_layer_names
+    names = caffe_layer_names(gen.module)
     assert "CAFFE_NAMES = {" in gen.source
     for attr, caffe in names.items():
         assert f"self.{attr} = " in gen.source
@@ -226,18 +228,15 @@ class NumpyScale(nn.Module):
         return x * self.factor
 
 
-def test_module_needing_numpy_is_refused(tmp_path: Path) -> None:
+def test_module_needing_numpy_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proto = tmp_path / "n.prototxt"
     proto.write_text('input: "x" input_shape { dim: 1 dim: 2 }\n'
                      'layer { name: "a" type: "AbsVal" bottom: "x" top: "y" }\n')
     registry = converters.REGISTRY
-    saved = registry._by_type["AbsVal"]
-    registry.register("AbsVal")(lambda layer, net: NumpyScale(2.0))
-    try:
-        with pytest.raises(CodegenError, match="numpy"):
-            generate(load_net(proto))
-    finally:
-        registry._by_type["AbsVal"] = saved
+    monkeypatch.setitem(registry._by_type, "AbsVal", dataclasses.replace(
+        registry._by_type["AbsVal"], fn=lambda layer, net: NumpyScale(2.0)))
+    with pytest.raises(CodegenError, match="numpy"):
+        generate(load_net(proto))
 
 
 @pytest.mark.parametrize(

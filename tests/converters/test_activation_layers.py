@@ -11,7 +11,7 @@ import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import with_weights
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 from layer_check import check_batch, check_layer, net_from_text, net_text, rel_err
 from layer_check import layer_text as one
 
@@ -45,6 +45,8 @@ CASES = {
     "bnll": (one("BNLL"), X4),
     "threshold": (one("Threshold", "threshold_param { threshold: 0.3 }"), X4),
     "dropout": (one("Dropout", "dropout_param { dropout_ratio: 0.3 }"), X4),
+    "dropout-scale-at-test": (one("Dropout", "dropout_param { dropout_ratio: 0.3 "
+                                             "scale_train: false }"), X4),
     "softmax-4d-default-axis": (one("Softmax"), X4),
     "softmax-axis-last": (one("Softmax", "softmax_param { axis: -1 }"), X4),
     "softmax-axis-2": (one("Softmax", "softmax_param { axis: 2 }"), X4),
@@ -89,6 +91,17 @@ def _run(text: str, x: np.ndarray) -> np.ndarray:
     model = build_module(net_from_text(text))
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
+
+
+def test_dropout_without_train_scaling_scales_at_test_time() -> None:
+    """py-faster-rcnn's ``scale_train: false``: y = x * (1 - ratio) at test time; the identity
+    (Caffe's usual test-time Dropout) is off by 1 / (1 - ratio) at every following fc layer."""
+    x = np.full((1, 4), 10.0, dtype=np.float32)
+    text = net_text(one("Dropout", "dropout_param { dropout_ratio: 0.5 scale_train: false }"),
+                    (1, 4))
+    np.testing.assert_allclose(_run(text, x), 5.0, rtol=1e-7)
+    usual = net_text(one("Dropout", "dropout_param { dropout_ratio: 0.5 }"), (1, 4))
+    np.testing.assert_array_equal(_run(usual, x), x)
 
 
 def test_threshold_at_exact_equality_is_zero() -> None:

@@ -9,7 +9,7 @@ import torch
 
 import reference
 from caffe_bridge.build import build_module
-from caffe_bridge.testing import random_inputs
+from caffe_bridge.random_weights import random_inputs
 from layer_check import check_layer, net_from_text, rel_err
 
 COVERS = {"Axpy"}

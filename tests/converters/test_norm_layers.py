@@ -18,7 +18,7 @@ from caffe_bridge.converters.norm import (
     WithinChannelLRN,
 )
 from caffe_bridge.ir import with_weights
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 from layer_check import check_layer, net_from_text
 
 COVERS = {"BatchNorm", "Scale", "Bias", "LRN"}

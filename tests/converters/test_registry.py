@@ -18,7 +18,13 @@ import reference
 from caffe_bridge import converters, shapes
 from caffe_bridge.build import build_module, convert
 from caffe_bridge.converters.registry import ENTRY_POINT_GROUP, Registry
-from caffe_bridge.errors import CaffeBridgeError, UnsupportedLayerError
+from caffe_bridge.errors import (
+    CaffeBridgeError,
+    CaffeBridgeWarning,
+    ShapeError,
+    UnsupportedLayerError,
+)
+from caffe_bridge.ir import with_weights
 from caffe_bridge.support import support_table
 from layer_check import net_from_text
 
@@ -84,10 +90,9 @@ layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
 
 layer {
   name: "conv4_3_priorbox"
-  type: "PriorBox"
+  type: "NoSuchPriorBox"
   bottom: "data"
   top: "prior"
-  prior_box_param { min_size: 30 aspect_ratio: 2 flip: true }
 }
 """
 
@@ -98,11 +103,11 @@ def test_unknown_layer_type_names_file_line_layer_and_supported_types(tmp_path: 
     with pytest.raises(UnsupportedLayerError) as info:
         convert(path)
     msg = str(info.value)
-    assert msg.startswith(f"{path}:6: layer 'conv4_3_priorbox' (PriorBox): "), msg
-    assert "PriorBox" in info.value.message and "supported" in msg
+    assert msg.startswith(f"{path}:6: layer 'conv4_3_priorbox' (NoSuchPriorBox): "), msg
+    assert "NoSuchPriorBox" in info.value.message and "supported" in msg
     assert all(t in msg for t in ("Convolution", "ReLU", "Softmax", "Axpy")), msg
     assert (info.value.line, info.value.layer, info.value.layer_type) == (
-        6, "conv4_3_priorbox", "PriorBox")
+        6, "conv4_3_priorbox", "NoSuchPriorBox")
 
 
 def test_type_without_converter_is_reported_by_the_registry() -> None:
@@ -132,23 +137,99 @@ class _AffineFork(torch.nn.Module):
 
 
 @pytest.mark.usefixtures("scratch_registry")
-def test_user_converter_is_used_by_convert(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A fork type needs a shape rule (caffe_bridge.shapes.shape_rule) to load at all.
-    monkeypatch.setattr(shapes, "_RULES", dict(shapes._RULES))
-
-    @shapes.shape_rule("MyFork")
-    def my_fork_shape(p: object, ins: list) -> shapes.LayerShapes:
-        return shapes.LayerShapes((tuple(ins[0]),))
+def test_user_converter_is_used_by_convert() -> None:
+    """The README's plugin example: one decorated function adds a layer type; its shapes come
+    from running the module on meta tensors."""
 
     @caffe_bridge.register("MyFork")
     def convert_my_fork(layer: caffe_bridge.Layer, net: caffe_bridge.Net) -> torch.nn.Module:
         """MyFork: 3x + 1 (test fork layer)."""
         return _AffineFork()
 
-    net = net_from_text(NET_HEAD + 'layer { name: "f" type: "MyFork" bottom: "data" top: "o" }')
+    net = net_from_text(NET_HEAD + 'layer { name: "f" type: "MyFork" bottom: "data" top: "o" }'
+                        '\nlayer { name: "p" type: "Pooling" bottom: "o" top: "p" '
+                        'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+    assert net.blobs["o"].shape == (2, 3, 4, 5)
+    assert net.blobs["p"].shape == (2, 3, 2, 3)  # Caffe's ceil after the plugin layer
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(convert(net)(x), 3 * x + 1)
+    torch.testing.assert_close(convert(net, outputs=["o"])(x), 3 * x + 1)
     assert "| `MyFork` |" in support_table()
+
+
+class _Stretch(torch.nn.Module):
+    """Repeats the last axis ``k`` times and scales by a learned per-channel gain."""
+
+    def __init__(self, k: int, gain: torch.Tensor) -> None:
+        super().__init__()
+        self.k = k
+        self.gain = torch.nn.Parameter(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(self.k, dim=-1) * self.gain.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_shape_rule_registered_with_the_converter_checks_weights() -> None:
+    """A layer with weights gives its rule in the same registration; the rule's parameter
+    shapes check the weights, and its errors are located at the layer."""
+
+    def stretch_shapes(p: object, ins: list) -> shapes.LayerShapes:
+        n, c, h, w = ins[0]
+        if w > 100:
+            raise shapes.ShapeRuleError("too wide")
+        return shapes.LayerShapes(((n, c, h, 2 * w),), ((c,),))
+
+    @caffe_bridge.register("Stretch", shape=stretch_shapes, fork="example/fork")
+    def convert_stretch(layer: caffe_bridge.Layer, net: caffe_bridge.Net) -> torch.nn.Module:
+        """Stretch: repeat the last axis twice, times a per-channel gain (test fork layer)."""
+        gain = torch.from_numpy(layer.blobs[0]) if layer.blobs else torch.ones(3)
+        return _Stretch(2, gain)
+
+    text = NET_HEAD + 'layer { name: "s" type: "Stretch" bottom: "data" top: "o" }'
+    net = net_from_text(text)
+    assert net.layers[1].param_shapes == ((3,),)
+    assert net.blobs["o"].shape == (2, 3, 4, 10)
+    gain = np.array([1.0, 2.0, -3.0], np.float32)
+    model = convert(with_weights(net, {"s": [gain]}))
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(x), x.repeat_interleave(2, -1) * torch.tensor(gain)[:, None,
+                                                                                         None])
+    with pytest.raises(ShapeError, match="weight blob 0 has shape"):
+        with_weights(net, {"s": [np.ones(4, np.float32)]})
+    wide = NET_HEAD.replace("dim: 5", "dim: 101") + text[len(NET_HEAD):]
+    with pytest.raises(ShapeError, match=r"^<test>:3: layer 's' \(Stretch\): too wide"):
+        net_from_text(wide)
+    row = next(r for r in support_table().splitlines() if r.startswith("| `Stretch` |"))
+    assert "example/fork" in row
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_converter_errors_are_located_and_keep_their_cause() -> None:
+    """A converter raises without location; the registry names file, line, layer and type and
+    chains the original error (``from err``), for ShapeRuleErrors too."""
+
+    @caffe_bridge.register("Picky")
+    def convert_picky(layer: caffe_bridge.Layer, net: caffe_bridge.Net) -> torch.nn.Module:
+        """Picky: refuses odd channel counts (test)."""
+        if net.blobs[layer.bottoms[0]].shape[1] % 2:
+            raise shapes.ShapeRuleError("odd channel count")
+        return torch.nn.Identity()
+
+    with pytest.raises(ShapeError) as info:
+        net_from_text(NET_HEAD + 'layer { name: "p" type: "Picky" bottom: "data" top: "o" }')
+    assert str(info.value).startswith("<test>:3: layer 'p' (Picky): odd channel count")
+    assert isinstance(info.value.__cause__, shapes.ShapeRuleError)
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_re_registration_warns() -> None:
+    with pytest.warns(CaffeBridgeWarning, match="layer type 'TanH': converter .* replaced"):
+
+        @caffe_bridge.register("TanH")
+        def convert_other_tanh(layer: caffe_bridge.Layer, net: caffe_bridge.Net
+                               ) -> torch.nn.Module:
+            """TanH replaced (test)."""
+            return torch.nn.Identity()
 
 
 PLUGIN_SOURCE = '''
@@ -182,8 +263,10 @@ def test_entry_point_plugins_are_loaded(tmp_path: Path, monkeypatch: pytest.Monk
     _dist(tmp_path, "cb_test_plugin", "plus42 = cb_test_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "cb_test_plugin", raising=False)
-    net = net_from_text(NET_HEAD + 'layer { name: "act" type: "TanH" bottom: "data" top: "o" }')
     x = torch.zeros(2, 3, 4, 5)
+    with pytest.warns(CaffeBridgeWarning, match="replaced by cb_test_plugin"):
+        net = net_from_text(NET_HEAD + 'layer { name: "act" type: "TanH" bottom: "data" '
+                            'top: "o" }')
     out = convert(net)(x)
     assert "plus42" in converters.load_plugins()
     np.testing.assert_array_equal(out.numpy(), 42.0)  # tanh(0) would be 0
@@ -201,12 +284,13 @@ def test_broken_plugin_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_support_table_lists_every_registered_type() -> None:
     table = support_table()
     lines = table.splitlines()
-    assert lines[0] == "| Caffe type | Converter | Summary |"
+    assert lines[0] == "| Caffe type | Semantics from | Converter | Summary |"
     for info in converters.REGISTRY:
         row = next((ln for ln in lines if ln.startswith(f"| `{info.type}` |")), None)
         assert row is not None, info.type
         assert f"`{info.origin}`" in row and info.summary.split()[0] in row
-    assert "| `Softmax` | `caffe_bridge.converters.activation` |" in table
+    assert "| `Softmax` | BVLC | `caffe_bridge.converters.activation` |" in table
+    assert "| `Axpy` | hujie-frank/SENet |" in table
     assert "Input" in lines[-1] and "graph builder" in lines[-1]
 
 
@@ -221,5 +305,5 @@ def test_support_table_escapes_pipes() -> None:
         return torch.nn.Identity()
 
     rows = support_table(reg).splitlines()
-    assert rows[2] == f"| `Abs` | `{__name__}` | Absolute value \\|x\\|. |"
+    assert rows[2] == f"| `Abs` | BVLC | `{__name__}` | Absolute value \\|x\\|. |"
     assert len([r for r in rows if r.startswith("|")]) == 3

@@ -124,8 +124,8 @@ def test_fork_ceil_mode_and_upstream_round_mode() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        pytest.param('name: "x"\nlayer {\n  name: "a"\n  tpye: "ReLU"\n}\n', 4, "tpye",
-                     id="unknown-field"),
+        pytest.param('name: "x"\nlayer {\n  name: "a"\n  type: \n}\n', 5, "string",
+                     id="missing-value"),
         pytest.param('layer {\n  name: "a"\n', 2, 'Expected "}"', id="unclosed-brace"),
         pytest.param('input: "d"\ninput_dim: 1\ninput_dim: 2\n', 2, "input_dim",
                      id="short-input-dim"),

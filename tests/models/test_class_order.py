@@ -19,7 +19,7 @@ from caffe_bridge.models.senet_caffe import from_caffe, to_caffe
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# --- the packaged table (no ../shared needed) -----------------------------------------------------
+# --- the packaged table (no label files needed) -------------------------------------------------
 
 
 def test_is_a_permutation() -> None:
@@ -69,12 +69,11 @@ def test_table_ships_with_its_documentation() -> None:
     assert (res / "senet_class_order.tsv").read_text(encoding="utf-8").count("\n") == 1001
 
 
-# --- against ../shared ----------------------------------------------------------------------------
+# --- against the vendored label files (tests/fixtures) --------------------------------------------
 
 
 def _shared_tables(shared_dir: Path) -> tuple[list[int], list[str]]:
-    labels = [int(line.split()[1]) for line in
-              (shared_dir / "senet" / "ILSVRC2017_val.txt").read_text().splitlines()]
+    labels = _derive_script().read_val_labels(shared_dir / "senet" / "ILSVRC2017_val.txt.gz")
     synsets = [line.strip().strip("'").split()[0] for line in
                (shared_dir / "zoo" / "synset.txt").read_text().splitlines() if line.strip()]
     return labels, synsets
@@ -100,7 +99,7 @@ def _derive_script() -> ModuleType:
 def test_derivation_reproduces_table(shared_dir: Path) -> None:
     """Per-image WNIDs made from the table itself: the script must give the table back."""
     d = _derive_script()
-    labels = d.read_val_labels(shared_dir / "senet" / "ILSVRC2017_val.txt")
+    labels = d.read_val_labels(shared_dir / "senet" / "ILSVRC2017_val.txt.gz")
     synsets = d.read_synsets(shared_dir / "zoo" / "synset.txt")
     per_image = [co.wnids()[k] for k in labels[:5000]]
     rows = d.derive(per_image, labels, synsets)
@@ -120,7 +119,7 @@ def test_derivation_checks_every_line(
     edit: Callable[[list[str]], list[str]], message: str, shared_dir: Path
 ) -> None:
     d = _derive_script()
-    labels = d.read_val_labels(shared_dir / "senet" / "ILSVRC2017_val.txt")
+    labels = d.read_val_labels(shared_dir / "senet" / "ILSVRC2017_val.txt.gz")
     synsets = d.read_synsets(shared_dir / "zoo" / "synset.txt")
     per_image = [co.wnids()[k] for k in labels[:5000]]
     with pytest.raises(d.DerivationError, match=message):

@@ -12,7 +12,7 @@ from torch import nn
 
 from caffe_bridge.models import senet as S
 
-# Parameter counts implied by the released prototxts (../shared/senet/), derived during
+# Parameter counts implied by the released prototxts (tests/fixtures/senet/), derived during
 # development by a throwaway parser that walks each definition, infers every blob shape
 # (Caffe's conv/pooling formulas at the 1x3x224x224 Input) and lists each layer's parameter
 # blobs. "tensors"/"elements" count the learnable blobs: Convolution weight (+ bias where
@@ -230,7 +230,7 @@ def test_inception_pools() -> None:
     assert isinstance(red, nn.MaxPool2d) and red.ceil_mode and red.stride == 2
 
 
-# --- Against the released definitions (skipped where ../shared is absent) ------------------------
+# --- Against the released definitions (vendored in tests/fixtures/senet) -------------------------
 
 FILES = {
     "SE-ResNet-50": "SE-ResNet-50.prototxt",

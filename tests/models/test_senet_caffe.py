@@ -1,4 +1,4 @@
-"""from_caffe / to_caffe for the SENet family, against the released definitions (../shared)."""
+"""from_caffe / to_caffe for the SENet family, against the released definitions (vendored)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from caffe_bridge.caffemodel import read_caffemodel, write_caffemodel
 from caffe_bridge.ir import load_net
 from caffe_bridge.models import senet as S
 from caffe_bridge.models.senet_caffe import ARCHITECTURES, from_caffe, recognise, to_caffe
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.prototxt import parse_prototxt
 
 FAST = ["SE-ResNet-50", "SE-BN-Inception"]
@@ -55,10 +56,6 @@ def write(model: nn.Module, tmp_path: Path, stem: str = "net") -> tuple[Path, Pa
 
 def caffe_input(seed: int = 0, n: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float32)
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
 
 
 # --- to_caffe writes the released layout ---------------------------------------------------------

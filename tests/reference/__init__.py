@@ -11,15 +11,18 @@ duck-typed: anything with `.type` (V2 type string), `.param` (a LayerParameter m
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from . import activation, axpy, conv, detection, elementwise, norm, pooling, shape_ops, softmax
 from ._util import LayerFn
 
-_FAMILIES = (activation, axpy, conv, detection, elementwise, norm, pooling, shape_ops, softmax)
+# Every module of this package except the private ones is a layer family with a LAYERS table.
+_FAMILIES = tuple(importlib.import_module(f"{__name__}.{m.name}")
+                  for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def _dispatch() -> dict[str, LayerFn]:

@@ -267,14 +267,7 @@ def detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
     return [np.asarray(rows, np.float64).reshape(1, 1, -1, 7)]
 
 
-def relu6(layer: Any, inputs: list[Array]) -> list[Array]:
-    """ReLU6 of chuanqi305's SSD fork (used by MobileNetV2-SSDLite; its README states
-    y = min(max(x, 0), 6))."""
-    return [np.clip(f64(inputs[0]), 0.0, 6.0)]
-
-
 LAYERS: dict[str, LayerFn] = {
-    "ReLU6": relu6,
     "Permute": permute,
     "Normalize": normalize,
     "PriorBox": prior_box,

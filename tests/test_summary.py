@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from caffe_bridge.caffemodel import write_caffemodel
-from caffe_bridge.inspect import check_weights, inspect_files, layer_flops, summarize
 from caffe_bridge.ir import load_net
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
+from caffe_bridge.summary import check_weights, inspect_files, layer_flops, summarize
 
 NET = """
 name: "tiny"

@@ -7,6 +7,11 @@ with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
   SENet definition is ``a * bottom[1] + bottom[2]``. OpenCV is handed a copy of the definition
   whose Axpy layers have their 2nd and 3rd bottoms swapped (edited through our schema).
 * Winograd convolutions drift by ~1e-4; they are switched off.
+* With layer fusion on (OpenCV's default), a blob that OpenCV fuses away comes back stale: in
+  SqueezeNet, the in-place ReLU of ``fire2/expand1x1`` writes straight into the following
+  Concat's buffer, and ``forwardAndRetrieve("fire2/relu_expand1x1")`` returns an unrelated
+  buffer (cosine ~0 against the concat's own slice, which agrees with Caffe to 1e-7). Fusion is
+  switched off (``net.enableFusion(False)``) so that every retrieved blob is real.
 * OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
 * OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
   TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
@@ -28,6 +33,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.opencv_import import import_cv2
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.upgrade import keep_in_test, upgrade
 
@@ -42,22 +48,6 @@ _LAYER_PATTERNS = (
     re.compile(r"\[[A-Za-z0-9_]+\]:\(([^)]+)\)"),
     re.compile(r"layer name: ?(\S+)"),
 )
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        raise CaffeBridgeError(
-            "OpenCV (the cv2 module, e.g. opencv-python-headless 4.x) is needed for the OpenCV "
-            f"reference: {err}"
-        ) from None
-    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
-        raise CaffeBridgeError(
-            f"this OpenCV ({cv2.__version__}) has no cv2.dnn.readNetFromCaffe (OpenCV 5 removed "
-            "it); install OpenCV 4.x"
-        )
-    return cv2
 
 
 def opencv_definition(
@@ -150,6 +140,7 @@ def opencv_forward(
     fix_axpy: bool = True,
     test_phase: bool = True,
     winograd: bool = False,
+    fusion: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``prototxt`` with OpenCV's Caffe importer; return the requested blobs, batch-stacked.
 
@@ -159,7 +150,7 @@ def opencv_forward(
     net's outputs. ``fix_axpy=False``, ``test_phase=False`` and ``winograd=True`` leave OpenCV's
     traps in place (to show that they are real).
     """
-    cv2 = _cv2()
+    cv2 = import_cv2("the OpenCV reference", dnn=True)
     proto_path = os.fspath(prototxt)
     writers, net_inputs, outputs = _net_blobs(proto_path)
     wanted = list(blobs) if blobs is not None else outputs
@@ -208,6 +199,7 @@ def opencv_forward(
             raise CaffeBridgeError("OpenCV read an empty net", file=proto_path)
         if hasattr(net, "enableWinograd"):
             net.enableWinograd(winograd)
+        net.enableFusion(fusion)  # fused-away blobs (ReLU into a Concat) come back stale
         pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
         picks: list[tuple[int, int]] = []  # per computed blob: (request position, top index)
         for b in computed:

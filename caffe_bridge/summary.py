@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from caffe_bridge.deploy import CreatedInput, DroppedLayer
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Layer, Net, load_net, with_weights
 from caffe_bridge.shapes import canonical_axis, conv_geometry
@@ -57,6 +59,8 @@ class NetSummary:
     outputs: tuple[str, ...]  # Caffe blob names
     rows: tuple[LayerRow, ...]
     weights: WeightsReport | None = None
+    dropped: tuple[DroppedLayer, ...] = ()  # training/evaluation layers left out
+    created_inputs: tuple[CreatedInput, ...] = ()  # inputs made from data layers
     total_params: int = field(init=False)
     total_flops: int = field(init=False)
 
@@ -107,7 +111,33 @@ def summarize(net: Net, weights: WeightsReport | None = None) -> NetSummary:
             flops=layer_flops(layer, net),
         ))
     outputs = tuple(net.blobs[v].caffe_name for v in net.outputs)
-    return NetSummary(net.name, net.source, dict(net.inputs), outputs, tuple(rows), weights)
+    return NetSummary(net.name, net.source, dict(net.inputs), outputs, tuple(rows), weights,
+                      net.dropped, net.created_inputs)
+
+
+def summary_json(summary: NetSummary) -> dict[str, object]:
+    """``inspect --json``: the summary as plain JSON types."""
+    report = summary.weights
+    return {
+        "name": summary.name,
+        "source": summary.source,
+        "inputs": {k: list(v) for k, v in summary.inputs.items()},
+        "outputs": list(summary.outputs),
+        "layers": [{"name": r.name, "type": r.type, "tops": list(r.tops),
+                    "top_shapes": [list(s) for s in r.top_shapes], "params": r.params,
+                    "flops": r.flops} for r in summary.rows],
+        "total_params": summary.total_params,
+        "total_flops": summary.total_flops,
+        "dropped_layers": [{"name": d.name, "type": d.type, "line": d.line, "reason": d.reason}
+                           for d in summary.dropped],
+        "created_inputs": [{"name": c.name, "layer": c.layer, "layer_type": c.layer_type,
+                            "shape": list(c.shape), "shape_from": c.source}
+                           for c in summary.created_inputs],
+        "weights": None if report is None else {
+            "path": report.path, "ok": report.ok, "unused": list(report.unused),
+            "missing": list(report.missing),
+            "mismatched": [{"layer": n, "message": m} for n, m in report.mismatched]},
+    }
 
 
 def check_weights(net: Net, caffemodel: str | os.PathLike[str]) -> WeightsReport:
@@ -120,12 +150,14 @@ def check_weights(net: Net, caffemodel: str | os.PathLike[str]) -> WeightsReport
     given: dict[str, tuple] = {}
     for rec in records:
         if rec.blobs:
-            given.setdefault(rec.name, rec.blobs)
+            given[rec.name] = rec.blobs  # a repeated name: the last record wins, as in Caffe
     unused = tuple(n for n in given if n not in names)
     missing: list[str] = []
     mismatched: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for layer in net.layers:
-        blobs = given.get(layer.name)
+        blobs = given.get(layer.name) if layer.name not in seen else None
+        seen.add(layer.name)
         if not layer.param_shapes:
             if blobs:
                 mismatched.append((layer.name, f"{len(blobs)} blob(s) for a layer that takes "
@@ -142,9 +174,12 @@ def check_weights(net: Net, caffemodel: str | os.PathLike[str]) -> WeightsReport
 
 
 def inspect_files(
-    prototxt: str | os.PathLike[str], caffemodel: str | os.PathLike[str] | None = None
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> NetSummary:
     """Summary of a definition and, when given, how its weights file covers it."""
-    net = load_net(prototxt)
+    net = load_net(prototxt, input_shapes=input_shapes)
     report = check_weights(net, caffemodel) if caffemodel is not None else None
     return summarize(net, report)

@@ -1,4 +1,4 @@
-"""``caffe_bridge.references.opencv_forward``: the trap corrections, blob addressing and errors."""
+"""``caffe_bridge.opencv_reference.opencv_forward``: trap corrections, blob addressing, errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import load_net
+from caffe_bridge.opencv_reference import opencv_definition, opencv_forward
 from caffe_bridge.prototxt import parse_prototxt_text
-from caffe_bridge.references import opencv_definition, opencv_forward
 
 pytest.importorskip("cv2")
 

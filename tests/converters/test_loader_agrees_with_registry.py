@@ -1,0 +1,35 @@
+"""The loader and the converters agree: the layer types that load are exactly the registered
+converters' (plus Input), every registered type infers its shapes, and Clip / Swish, which the
+loader once knew without a converter, convert. Filter is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from caffe_bridge import converters, shapes
+from caffe_bridge.build import build_module
+from caffe_bridge.converters.bvlc_extra import REFUSED
+from caffe_bridge.errors import UnsupportedLayerError
+from layer_check import layer_text as one
+from layer_check import net_from_text, net_text
+
+
+def test_loader_types_are_the_registered_converters() -> None:
+    assert set(shapes.known_types()) == {"Input", *converters.REGISTRY.types()}
+
+
+@pytest.mark.parametrize("body", ['type: "Clip" clip_param { min: -1 max: 1 }', 'type: "Swish"'])
+def test_clip_and_swish_load_and_convert(body: str) -> None:
+    layer = one(body.split('"')[1], body.split('"', 2)[2].strip())
+    build_module(net_from_text(net_text(layer, (1, 2, 3, 3))))
+
+
+def test_refused_types_are_not_registered() -> None:
+    assert not set(REFUSED) & set(converters.REGISTRY.types())
+
+
+@pytest.mark.parametrize("layer_type", sorted(REFUSED))
+def test_refused_types_fail_at_load(layer_type: str) -> None:
+    text = net_text(one(layer_type, n_bottoms=2), (2, 3), (2, 1))
+    with pytest.raises(UnsupportedLayerError, match=layer_type):
+        net_from_text(text)
