@@ -49,6 +49,7 @@ NETS = {
     "mobilenet-ssd": Spec("MobileNetSSD_deploy.prototxt", 5e-4),
     "ssd300-vgg16": Spec("VGG_VOC0712_SSD_300x300_deploy.prototxt", 2e-5),
     "pelee": Spec("Pelee_voc_deploy_merged.prototxt", 2e-5, int_sizes=True),
+    "res10-face": Spec("res10_300x300_ssd_deploy.prototxt", 1e-4),
     # three Slice layers share the name "slice" (Caffe accepts it); ReLU6; sigmoid scores
     "mobilenetv2-ssdlite": Spec("MobileNetV2_SSDLite_voc_deploy.prototxt", 5e-4,
                                 numpy_reference=True),
