@@ -6,6 +6,9 @@ detection_output}_layer.cpp and src/caffe/util/bbox_util.cpp. Traps a naive mapp
 - Normalize adds ``eps`` to the sum of squares inside the square root (not to the norm).
 - PriorBox reads min/max sizes as ``int`` (Pelee's 21.28 is 21), orders priors per cell as
   min box, sqrt(min*max) box, then the aspect ratios in setup order (1/ar right after ar).
+- OpenCV's copy of DetectionOutputParameter adds ``clip`` (decoded boxes clamped to [0, 1]
+  before NMS; opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp) and
+  ``normalized_bbox`` (false is refused here).
 - DetectionOutput sorts candidates with ``std::stable_sort`` (equal scores keep prior order),
   keeps a box when its IoU with every kept box is ``<=`` the threshold, shrinks the threshold by
   ``eta`` after each keep while it is > 0.5, writes rows grouped by image then by ascending label,
@@ -334,8 +337,9 @@ class SSDDetectionOutput(nn.Module):
 
     def __init__(self, layer: str, num_priors: int, num_classes: int, share_location: bool,
                  background: int, code: int, in_target: bool, conf_thr: float, nms_thr: float,
-                 eta: float, top_k: int, keep_top_k: int) -> None:
+                 eta: float, top_k: int, keep_top_k: int, clip: bool = False) -> None:
         super().__init__()
+        self.clip = clip
         self.layer, self.P, self.C = layer, num_priors, num_classes
         self.share, self.code, self.in_target = share_location, code, in_target
         self.conf_thr, self.keep_top_k = conf_thr, keep_top_k
@@ -358,10 +362,13 @@ class SSDDetectionOutput(nn.Module):
         var = prior[0, 1].reshape(self.P, 1, 4)
         if self.in_target:
             var = torch.ones_like(var)
-        boxes = decode_boxes(loc.reshape(-1, self.P, n_loc, 4), priors, var, self.code)
+        n = conf.shape[0]  # loc, conf and priors must agree: a wrong size fails here, loudly
+        boxes = decode_boxes(loc.reshape(n, self.P, n_loc, 4), priors, var, self.code)
+        if self.clip:  # OpenCV's fork field: clamp to [0, 1] before NMS
+            boxes = boxes.clamp(0.0, 1.0)
         boxes = boxes.expand(-1, -1, self.C, -1) if self.share else boxes
         boxes = boxes.index_select(2, self.labels).transpose(1, 2)  # N x C' x P x 4
-        scores = conf.reshape(-1, self.P, self.C).index_select(2, self.labels).transpose(1, 2)
+        scores = conf.reshape(n, self.P, self.C).index_select(2, self.labels).transpose(1, 2)
         valid = scores > self.conf_thr
         key = torch.where(valid, scores, torch.full_like(scores, -math.inf))
         order = torch.sort(key, dim=-1, descending=True, stable=True)[1][..., :self.K]
@@ -420,6 +427,9 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     nms = p.nms_param
     if nms.nms_threshold < 0 or not 0 < nms.eta <= 1:
         raise PrototxtError("DetectionOutput needs nms_threshold >= 0 and 0 < eta <= 1")
+    if not p.normalized_bbox:
+        raise UnsupportedLayerError("DetectionOutput normalized_bbox: false (OpenCV's field: "
+                                    "pixel boxes with +1 sizes) is not supported")
     if p.visualize:
         raise UnsupportedLayerError("DetectionOutput visualize: true draws with OpenCV windows; "
                                     "not supported (set it to false)")
@@ -429,5 +439,6 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     return SSDDetectionOutput(
         layer.name, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
-        float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k)
+        float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k,
+        p.clip)
 

@@ -23,7 +23,8 @@ from caffe_bridge.detection_report import compare_detections
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.random_weights import random_inputs, random_weights
 
-PROTOTXT = Path(__file__).resolve().parents[1] / "tests/fixtures/wild/MobileNetSSD_deploy.prototxt"
+PROTOTXT = (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "wild"
+            / "mobilenet_ssd_voc_deploy.prototxt")
 
 
 def best_of(fn, repeats: int, warmup: int) -> float:  # type: ignore[no-untyped-def]

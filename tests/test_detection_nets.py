@@ -42,16 +42,20 @@ class Spec:
     # OpenCV is wrong on this net (see test_opencv_depthwise_on_1x1_input_is_wrong): the head
     # blobs and end-to-end detections are checked against the numpy reference instead
     numpy_reference: bool = False
+    # BN-merged nets: random weights give near-uniform scores; scale the conf heads' logits to
+    # this standard deviation (not more: saturated scores of exactly 1.0 tie at keep_top_k,
+    # where Caffe's std::sort order is unspecified and OpenCV picks other rows)
+    conf_std: float | None = None
 
 
 NETS = {
     # MobileNet's depthwise convolutions + BatchNorm drift ~1e-4 between two float32 engines
-    "mobilenet-ssd": Spec("MobileNetSSD_deploy.prototxt", 5e-4),
-    "ssd300-vgg16": Spec("VGG_VOC0712_SSD_300x300_deploy.prototxt", 2e-5),
-    "pelee": Spec("Pelee_voc_deploy_merged.prototxt", 2e-5, int_sizes=True),
-    "res10-face": Spec("res10_300x300_ssd_deploy.prototxt", 1e-4),
+    "mobilenet-ssd": Spec("mobilenet_ssd_voc_deploy.prototxt", 5e-4, conf_std=2.0),
+    "ssd300-vgg16": Spec("ssd_vgg16_300_voc0712_deploy.prototxt", 2e-5),
+    "pelee": Spec("pelee_voc_deploy.prototxt", 2e-5, int_sizes=True),
+    "res10-face": Spec("opencv_res10_ssd_face_deploy.prototxt", 1e-4),
     # three Slice layers share the name "slice" (Caffe accepts it); ReLU6; sigmoid scores
-    "mobilenetv2-ssdlite": Spec("MobileNetV2_SSDLite_voc_deploy.prototxt", 5e-4,
+    "mobilenetv2-ssdlite": Spec("mobilenetv2_ssdlite_voc_deploy.prototxt", 5e-4,
                                 numpy_reference=True),
 }
 
@@ -86,12 +90,34 @@ def _opencv_copy(path: Path, tmp: Path, int_sizes: bool) -> Path:
     return out
 
 
+def sharpen_conf(net: Net, weights: dict[str, list[np.ndarray]], std: float
+                 ) -> dict[str, list[np.ndarray]]:
+    """Scale each ``*_mbox_conf`` convolution so its logits have standard deviation ``std``:
+    softmax scores then spread well above the nets' confidence thresholds (random weights
+    without BatchNorm, as in the BN-merged MobileNet-SSD, give near-uniform scores otherwise)."""
+    heads = [lay for lay in net.layers
+             if lay.type == "Convolution" and lay.name.endswith("_mbox_conf")]
+    names = [lay.caffe_tops[0] for lay in heads]
+    model = convert(with_weights(net, weights), outputs=names)
+    feeds = random_inputs(net, 3)
+    with torch.no_grad():
+        outs = model(*(torch.from_numpy(feeds[n]) for n in net.inputs))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    scaled = dict(weights)
+    for lay, out in zip(heads, outs, strict=True):
+        k = std / max(float(out.std()), 1e-6)
+        scaled[lay.name] = [b * np.float32(k) for b in weights[lay.name]]
+    return scaled
+
+
 def compute(spec: Spec, tmp: Path) -> Result:
     from caffe_bridge.opencv_reference import opencv_forward
 
     path = WILD / spec.file
     net = load_net(path)
     weights = random_weights(net, 0, calibration_batch=2)
+    if spec.conf_std is not None:
+        weights = sharpen_conf(net, weights, spec.conf_std)
     net = with_weights(net, weights)
     det = next(layer for layer in net.layers if layer.type == "DetectionOutput")
     names = [lay.caffe_tops[0] for lay in net.layers if lay.type in HEAD_TYPES]
@@ -200,3 +226,32 @@ def test_opencv_depthwise_on_1x1_input_is_wrong() -> None:
         cv = opencv_forward(path, {"dw": [w]}, {"data": x}, ["dw"])["dw"].ravel()
     caffe = w[:, 0, 1, 1] * x.ravel()
     assert np.abs(cv - caffe).max() > 0.5  # if this fails, OpenCV fixed it: drop numpy_reference
+
+
+def test_opencv_writes_zero_rows_when_nothing_is_detected() -> None:
+    """Caffe writes one [i, -1, -1, -1, -1, -1, -1] row per image when the batch has no
+    detection; OpenCV (4.x) writes keep_top_k rows of zeros (detection_report drops both)."""
+    if not HAVE_CV2:
+        pytest.skip("needs opencv-python-headless")
+    import tempfile
+
+    from caffe_bridge.opencv_reference import opencv_forward
+
+    text = ('name: "t" input: "loc" input_shape { dim: 1 dim: 16 } input: "conf" input_shape '
+            '{ dim: 1 dim: 12 } input: "prior" input_shape { dim: 1 dim: 2 dim: 16 }\n'
+            'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
+            'bottom: "prior" top: "out" detection_output_param { num_classes: 3 '
+            "share_location: true background_label_id: 0 confidence_threshold: 0.9 "
+            "keep_top_k: 5 code_type: CENTER_SIZE nms_param { nms_threshold: 0.5 } } }\n")
+    prior = np.array([[[0, 0, .5, .5, .5, .5, 1, 1, 0, .5, .5, 1, .5, 0, 1, .5],
+                       [0.1] * 16]], np.float32)
+    feeds = {"loc": np.zeros((1, 16), np.float32), "conf": np.full((1, 12), 0.3, np.float32),
+             "prior": prior}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "det.prototxt"
+        path.write_text(text, encoding="utf-8")
+        cv = opencv_forward(path, {}, feeds, ["out"])["out"]
+        ours = convert(load_net(path))(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+    assert cv.shape == (1, 1, 5, 7) and not cv.any()
+    np.testing.assert_array_equal(ours, [[[[0, -1, -1, -1, -1, -1, -1]]]])
+    assert compare_detections(ours, cv).same

@@ -140,6 +140,8 @@ CASES = {
                                    " code_type: CORNER_SIZE confidence_threshold: 0.3 "
                                    "variance_encoded_in_target: true nms_param { "
                                    "nms_threshold: 0.3 }", 2, 30, 3, 3, 0),
+    "opencv-clip": ("num_classes: 3 code_type: CENTER_SIZE confidence_threshold: 0.2 clip: true "
+                    + NMS, 2, 40, 3, 1, 0),
     "corner-no-threshold": ("num_classes: 2 background_label_id: 1 nms_param { nms_threshold: "
                             "0.5 top_k: 400 }", 1, 25, 2, 1, 0),
 }
@@ -215,3 +217,18 @@ def test_detection_output_rejects_extra_inputs() -> None:
 
 def test_rel_err_helper_sanity() -> None:
     assert rel_err(np.ones(2), np.ones(2)) == 0
+
+
+def test_opencv_clip_changes_the_result() -> None:
+    """OpenCV's ``clip: 1`` (res10 face detector) clamps before NMS: ignoring it is wrong."""
+    body, n, p, c, lc, lv = CASES["opencv-clip"]
+    feeds = do_inputs(0, n, p, c, lc, lv)
+    got, ref = run_both(do_net(body, n, p, c, lc), feeds)
+    plain, _ = run_both(do_net(body.replace("clip: true", ""), n, p, c, lc), feeds)
+    assert got.min() >= -0 and got[..., 3:].max() <= 1
+    assert plain.shape != got.shape or np.abs(plain - got).max() > 0.01
+
+
+def test_normalized_bbox_false_is_refused() -> None:
+    with pytest.raises(CaffeBridgeError, match="normalized_bbox"):
+        build_module(net_from_text(do_net("num_classes: 3 normalized_bbox: false", 1, 4, 3)))

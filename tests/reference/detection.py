@@ -210,7 +210,15 @@ def _do_params(p: Any) -> dict[str, Any]:
         else -FLT_MAX,
         "nms_thr": get(nms, "nms_threshold", 0.3), "eta": float(F32(get(nms, "eta", 1.0))),
         "top_k": get(nms, "top_k", -1),
+        # OpenCV's fork field (opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp,
+        # DecodeBBox): clamp every decoded coordinate to [0, 1] before NMS and output
+        "clip": get(p, "clip", False),
     }
+
+
+def _decode(q: dict[str, Any], prior: Array, var: Array, loc: Array) -> Array:
+    box = decode(prior, var, q["code"], q["in_target"], loc)
+    return np.clip(box, 0.0, 1.0) if q["clip"] else box
 
 
 def _image_detections(q: dict[str, Any], loc: Array, conf: Array, priors: Array,
@@ -219,8 +227,8 @@ def _image_detections(q: dict[str, Any], loc: Array, conf: Array, priors: Array,
     n_loc = 1 if q["share"] else q["C"]
     loc = loc.reshape(len(priors), n_loc, 4)
     conf = conf.reshape(len(priors), q["C"])
-    decoded = [[decode(priors[i], var[i], q["code"], q["in_target"], loc[i, lc])
-                for i in range(len(priors))] for lc in range(n_loc)]
+    decoded = [[_decode(q, priors[i], var[i], loc[i, lc]) for i in range(len(priors))]
+               for lc in range(n_loc)]
     indices: dict[int, list[int]] = {}
     for c in range(q["C"]):
         if c == q["bg"]:
@@ -246,6 +254,8 @@ def detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
     """
     if len(inputs) != 3:
         raise ValueError("DetectionOutput reference takes (loc, conf, priors)")
+    if not get(layer.param.detection_output_param, "normalized_bbox", True):
+        raise ValueError("DetectionOutput normalized_bbox: false is not modelled")
     q = _do_params(layer.param.detection_output_param)
     loc, conf, pri = (f64(v) for v in inputs)
     num = loc.shape[0]
@@ -259,8 +269,7 @@ def detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
         lc = lc.reshape(n_pri, n_loc, 4)
         cf = conf[n].reshape(n_pri, q["C"])
         for c, i in dets:
-            box = decode(priors[i], var[i], q["code"], q["in_target"],
-                         lc[i, 0 if q["share"] else c])
+            box = _decode(q, priors[i], var[i], lc[i, 0 if q["share"] else c])
             rows.append([n, c, cf[i, c], *box])
     if not rows:
         rows = [[n] + [-1.0] * 6 for n in range(num)]
