@@ -263,46 +263,77 @@ def box_size(b: torch.Tensor) -> torch.Tensor:
     return torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
 
 
+NMS_BLOCK = 32  # candidates settled together; blocks run in score order
+
+
 @torch.fx.wrap
 def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, thresholds: torch.Tensor,
                layer: str) -> torch.Tensor:
     """ApplyNMSFast on score-sorted candidates: which of ``boxes`` (B x K x 4) are kept.
 
-    ``thresholds[m]`` is the overlap threshold after m keeps (eta schedule). Vectorised as a
-    fixed-point iteration over the keep mask (no loop over boxes): candidate i is kept iff it
-    is valid and overlaps no kept j < i by more than ``thresholds[#kept before i]``. The
-    greedy result is the unique fixed point; each pass settles at least one more candidate,
-    and in practice a handful of passes (the depth of suppression chains) suffice.
-    Classes are processed in chunks so the K x K overlap matrices stay small.
+    Candidate i is kept iff it is valid and overlaps no kept j < i by more than
+    ``thresholds[#kept before i]`` (the eta schedule). Vectorised over classes and images;
+    candidates are settled in blocks of ``NMS_BLOCK`` in score order (a loop over K / 32
+    blocks, not over boxes): inside a block the keep mask is the unique fixed point of that
+    rule given the earlier blocks, found by iterating the whole-block update (each pass
+    settles at least one more candidate; in practice a few passes).
     """
     if _exporting():
         raise UnsupportedLayerError(
             f"DetectionOutput layer {layer!r} cannot be exported: its NMS keeps a "
             "data-dependent number of boxes (a traced graph would freeze one input's result). "
             "Export the net up to DetectionOutput's bottoms and run DetectionOutput in PyTorch.")
-    b, k = valid.shape
     keep = valid.clone()
-    if b == 0 or k == 0:
-        return keep
-    k_used = int(valid.sum(1).max())  # valid candidates come first (sorted)
+    k_used = int(valid.sum(1).max()) if valid.numel() else 0  # valid candidates come first
     if k_used == 0:
         return keep
-    before = torch.ones(k_used, k_used, dtype=torch.bool, device=valid.device).tril(-1)
     chunk = max(1, (1 << 24) // (k_used * k_used))
-    for lo in range(0, b, chunk):
+    for lo in range(0, valid.shape[0], chunk):
         bx, vl = boxes[lo:lo + chunk, :k_used], valid[lo:lo + chunk, :k_used]
-        iou = pairwise_iou(bx, bx)  # [i, j]
+        keep[lo:lo + chunk, :k_used] = _nms_blocks(bx, vl, thresholds)
+    return keep
+
+
+def _nms_blocks(boxes: torch.Tensor, valid: torch.Tensor, thresholds: torch.Tensor
+                ) -> torch.Tensor:
+    """Greedy keep mask of score-sorted ``boxes`` (B x K x 4), block by block; each block's
+    overlaps are computed against itself and the kept boxes of the earlier blocks only."""
+    b, k = valid.shape
+    kept = torch.zeros_like(valid)
+    n_kept = torch.zeros(b, dtype=torch.long, device=valid.device)
+    last = thresholds.numel() - 1
+    for lo in range(0, k, NMS_BLOCK):
+        hi = min(lo + NMS_BLOCK, k)
+        vl = valid[:, lo:hi]
+        inner = pairwise_iou(boxes[:, lo:hi], boxes[:, lo:hi])
+        cross, prev = _overlaps_with_kept(boxes, kept, lo, hi)
+        before = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=valid.device).tril(-1)
         cur = vl.clone()
         while True:
-            n_before = cur.long().cumsum(1) - cur.long()
-            thr = thresholds[n_before]
-            hit = (iou > thr.unsqueeze(-1)) & before & cur.unsqueeze(-2)
-            new = vl & ~hit.any(-1)
+            count = n_kept.unsqueeze(1) + cur.long().cumsum(1) - cur.long()
+            thr = thresholds[count.clamp(max=last)].unsqueeze(-1)
+            hit = ((cross > thr) & prev.unsqueeze(1)).any(-1)
+            hit |= ((inner > thr) & before & cur.unsqueeze(-2)).any(-1)
+            new = vl & ~hit
             if torch.equal(new, cur):
                 break
             cur = new
-        keep[lo:lo + chunk, :k_used] = cur
-    return keep
+        kept[:, lo:hi] = cur
+        n_kept += cur.sum(1)
+    return kept
+
+
+def _overlaps_with_kept(boxes: torch.Tensor, kept: torch.Tensor, lo: int, hi: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU of candidates lo:hi with the boxes kept before lo (B x blk x M, M = most kept in
+    any row; padded), and the mask of real (not padding) kept boxes (B x M)."""
+    n = kept[:, :lo].sum(1)
+    m = int(n.max()) if lo else 0
+    order = torch.sort(kept[:, :lo].to(torch.uint8), dim=1, descending=True, stable=True)[1]
+    idx = order[:, :m]
+    prev = torch.arange(m, device=kept.device).unsqueeze(0) < n.unsqueeze(1)
+    kept_boxes = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+    return pairwise_iou(boxes[:, lo:hi], kept_boxes), prev
 
 
 def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, var: torch.Tensor, code: int
