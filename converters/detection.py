@@ -4,8 +4,9 @@ Semantics from the fork's CPU forwards: src/caffe/layers/{permute,normalize,prio
 detection_output}_layer.cpp and src/caffe/util/bbox_util.cpp. Traps a naive mapping misses:
 
 - Normalize adds ``eps`` to the sum of squares inside the square root (not to the norm).
-- PriorBox reads min/max sizes as ``int`` (Pelee's 21.28 is 21), orders priors per cell as
-  min box, sqrt(min*max) box, then the aspect ratios in setup order (1/ar right after ar).
+- PriorBox reads min/max sizes as ``int`` (Pelee's 21.28 is 21) and ``clip`` defaults to false
+  (OpenCV reads float sizes and clips when the field is absent). Priors per cell: min box,
+  sqrt(min*max) box, then the aspect ratios in setup order (1/ar right after ar).
 - OpenCV's copy of DetectionOutputParameter adds ``clip`` (decoded boxes clamped to [0, 1]
   before NMS; opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp) and
   ``normalized_bbox`` (false is refused here).

@@ -255,3 +255,36 @@ def test_opencv_writes_zero_rows_when_nothing_is_detected() -> None:
     assert cv.shape == (1, 1, 5, 7) and not cv.any()
     np.testing.assert_array_equal(ours, [[[[0, -1, -1, -1, -1, -1, -1]]]])
     assert compare_detections(ours, cv).same
+
+
+def test_opencv_clips_priors_when_clip_is_unset() -> None:
+    """PriorBox without ``clip``: Caffe's default is false, OpenCV clips to [0, 1] anyway."""
+    if not HAVE_CV2:
+        pytest.skip("needs opencv-python-headless")
+    import tempfile
+
+    from caffe_bridge.opencv_reference import opencv_forward
+
+    text = ('name: "t" input: "feat" input_shape { dim: 1 dim: 2 dim: 2 dim: 2 }\n'
+            'input: "data" input_shape { dim: 1 dim: 3 dim: 20 dim: 20 }\n'
+            'layer { name: "pb" type: "PriorBox" bottom: "feat" bottom: "data" top: "pb" '
+            "prior_box_param { min_size: 16 aspect_ratio: 2 variance: 0.1 } }\n")
+    feeds = {"feat": np.zeros((1, 2, 2, 2), np.float32),
+             "data": np.zeros((1, 3, 20, 20), np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pb.prototxt"
+        path.write_text(text, encoding="utf-8")
+        cv = opencv_forward(path, {}, feeds, ["pb"])["pb"]
+        ours = convert(load_net(path))(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+    assert ours.min() < -0.1 and cv.min() == 0          # Caffe: unclipped, OpenCV: clipped
+    np.testing.assert_allclose(np.clip(ours, 0, 1), cv, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_converted_ssd_retraces_with_fx(result) -> None:  # type: ignore[no-untyped-def]
+    r = result("mobilenet-ssd")
+    traced = torch.fx.symbolic_trace(convert(r.net))
+    feeds = random_inputs(r.net, 7)
+    with torch.no_grad():
+        out = traced(*(torch.from_numpy(feeds[n]) for n in r.net.inputs)).numpy()
+    np.testing.assert_array_equal(out, r.ours[r.det])
