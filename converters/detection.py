@@ -126,6 +126,10 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
 
 def prior_setup(p: object) -> tuple[list[int], list[int], list[float], list[float]]:
     """min sizes and max sizes (int, as the forward reads them), aspect ratios, variances."""
+    extra = [f for f in ("offset_h", "offset_w", "width", "height") if len(getattr(p, f))]
+    if extra:
+        raise ShapeRuleError(
+            f"PriorBox {'/'.join(extra)} (OpenCV's explicit prior sizes) is not supported")
     if not p.min_size or min(p.min_size) <= 0:  # type: ignore[attr-defined]
         raise ShapeRuleError("PriorBox needs at least one positive min_size")
     mins = [int(v) for v in p.min_size]  # type: ignore[attr-defined]

@@ -232,3 +232,10 @@ def test_opencv_clip_changes_the_result() -> None:
 def test_normalized_bbox_false_is_refused() -> None:
     with pytest.raises(CaffeBridgeError, match="normalized_bbox"):
         build_module(net_from_text(do_net("num_classes: 3 normalized_bbox: false", 1, 4, 3)))
+
+
+def test_opencv_explicit_prior_sizes_are_refused() -> None:
+    layer = layer_text("PriorBox", "prior_box_param { min_size: 4 width: 3 height: 5 }",
+                       n_bottoms=2)
+    with pytest.raises(CaffeBridgeError, match="width/height"):
+        net_from_text(net_text(layer, (1, 1, 2, 2), (1, 3, 8, 8)))
