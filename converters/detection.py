@@ -285,9 +285,10 @@ def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, thresholds: torch.Tenso
     """
     if _exporting():
         raise UnsupportedLayerError(
-            f"DetectionOutput layer {layer!r} cannot be exported: its NMS keeps a "
-            "data-dependent number of boxes (a traced graph would freeze one input's result). "
-            "Export the net up to DetectionOutput's bottoms and run DetectionOutput in PyTorch.")
+            f"DetectionOutput layer {layer} cannot be exported: its NMS keeps a data-dependent "
+            "number of boxes (a traced graph would freeze one input's result). Export the net "
+            "up to its bottoms (caffe_bridge.convert(net, outputs=[...])) and run "
+            "DetectionOutput in PyTorch.")
     keep = valid.clone()
     k_used = int(valid.sum(1).max()) if valid.numel() else 0  # valid candidates come first
     if k_used == 0:
@@ -472,8 +473,9 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     n_pri = net.blobs[layer.bottoms[2]].shape[-1] // 4
     conf_thr = float(np.float32(p.confidence_threshold)) if _has(p, "confidence_threshold") \
         else -FLT_MAX
+    where = f"{layer.name!r} (bottoms {', '.join(layer.caffe_bottoms)})"
     return SSDDetectionOutput(
-        layer.name, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
+        where, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
         float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k,
         p.clip)

@@ -60,6 +60,7 @@ def test_verify_compares_detection_tops_as_rows() -> None:
 
 def test_onnx_export_of_detection_output_names_the_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]
     net = net_from_text(DET_NET)
-    with pytest.raises(CaffeBridgeError, match="DetectionOutput layer 'det' cannot be exported"):
+    msg = r"DetectionOutput layer 'det' \(bottoms loc, conf, prior\) cannot be exported"
+    with pytest.raises(CaffeBridgeError, match=msg):
         export_net(net, onnx=tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

@@ -204,7 +204,8 @@ def test_detection_output_refuses_to_be_traced_for_export() -> None:
     net = net_from_text(do_net("num_classes: 3 " + NMS, 1, 10, 3))
     feeds = do_inputs(0, 1, 10, 3)
     args = tuple(torch.from_numpy(feeds[k]) for k in ("loc", "conf", "prior"))
-    with pytest.raises(CaffeBridgeError, match="DetectionOutput layer 'det' cannot be exported"):
+    msg = r"DetectionOutput layer 'det' \(bottoms loc, conf, prior\) cannot be exported"
+    with pytest.raises(CaffeBridgeError, match=msg):
         torch.jit.trace(build_module(net), args, check_trace=False)
 
 
