@@ -221,9 +221,9 @@ def prior_boxes(p: object, fh: int, fw: int, img: tuple[int, int]) -> np.ndarray
 class PriorBoxes(nn.Module):
     """Returns its precomputed priors (they depend only on the blob shapes, not the values)."""
 
-    def __init__(self, priors: np.ndarray) -> None:
+    def __init__(self, priors: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("priors", torch.from_numpy(priors))
+        self.register_buffer("priors", priors)
 
     def forward(self, feature: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.priors
@@ -238,7 +238,7 @@ def convert_prior_box(layer: Layer, net: Net) -> nn.Module:
         priors = prior_boxes(layer.param.prior_box_param, feat[2], feat[3], (img[2], img[3]))
     except ShapeRuleError as err:
         raise PrototxtError(str(err)) from None
-    return PriorBoxes(priors)
+    return PriorBoxes(torch.from_numpy(priors))
 
 
 # --------------------------------------------------------------------------- DetectionOutput
@@ -284,7 +284,7 @@ def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, thresholds: torch.Tenso
     settles at least one more candidate; in practice a few passes).
     """
     if _exporting():
-        raise UnsupportedLayerError(
+        raise RuntimeError(  # plain torch/stdlib here: this code is copied by codegen
             f"DetectionOutput layer {layer} cannot be exported: its NMS keeps a data-dependent "
             "number of boxes (a traced graph would freeze one input's result). Export the net "
             "up to its bottoms (caffe_bridge.convert(net, outputs=[...])) and run "
@@ -383,12 +383,12 @@ class SSDDetectionOutput(nn.Module):
         self.K = num_priors if top_k < 0 else min(top_k, num_priors)
         self.register_buffer("labels", torch.tensor(
             [c for c in range(num_classes) if c != background], dtype=torch.long))
-        thr, table = np.float32(nms_thr), []
-        for _ in range(self.K + 1):
-            table.append(thr)
-            if eta < 1 and thr > 0.5:
-                thr = np.float32(thr * np.float32(eta))
-        self.register_buffer("thresholds", torch.tensor(np.asarray(table, np.float32)))
+        # threshold after m keeps, in float as the source computes it; constant once
+        # eta == 1 or the threshold is <= 0.5 (counts past the end use the last entry)
+        table = [torch.tensor(nms_thr, dtype=torch.float32)]
+        while eta < 1 and float(table[-1]) > 0.5 and len(table) <= self.K:
+            table.append(table[-1] * torch.tensor(eta, dtype=torch.float32))
+        self.register_buffer("thresholds", torch.stack(table))
 
     def candidates(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -64,3 +64,23 @@ def test_onnx_export_of_detection_output_names_the_layer(tmp_path) -> None:  # t
     with pytest.raises(CaffeBridgeError, match=msg):
         export_net(net, onnx=tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_ssd_codegen_is_standalone_and_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``caffe2torch convert`` of an SSD (DetectionOutput included) writes a torch-only module;
+    write_module_files itself re-imports it and demands bit-identical outputs."""
+    from pathlib import Path
+
+    from caffe_bridge.caffemodel import write_caffemodel
+    from caffe_bridge.codegen import write_module_files
+    from caffe_bridge.ir import load_net
+    from caffe_bridge.random_weights import random_weights
+
+    proto = Path(__file__).parent / "fixtures" / "wild" / "opencv_res10_ssd_face_deploy.prototxt"
+    net = load_net(proto)
+    model = tmp_path / "w.caffemodel"
+    write_caffemodel(model, random_weights(net, 0, calibration_batch=2), name=net.name)
+    py, _ = write_module_files(proto, model, tmp_path / "out")
+    source = py.read_text(encoding="utf-8")
+    assert "class SSDDetectionOutput" in source and "import numpy" not in source

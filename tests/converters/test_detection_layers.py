@@ -205,7 +205,7 @@ def test_detection_output_refuses_to_be_traced_for_export() -> None:
     feeds = do_inputs(0, 1, 10, 3)
     args = tuple(torch.from_numpy(feeds[k]) for k in ("loc", "conf", "prior"))
     msg = r"DetectionOutput layer 'det' \(bottoms loc, conf, prior\) cannot be exported"
-    with pytest.raises(CaffeBridgeError, match=msg):
+    with pytest.raises(RuntimeError, match=msg):
         torch.jit.trace(build_module(net), args, check_trace=False)
 
 
