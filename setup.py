@@ -48,6 +48,7 @@ setup(
             "ruff>=0.5",
         ],
         "plot": ["matplotlib>=3.7"],
+        "safetensors": ["safetensors>=0.4"],
     },
     entry_points={"console_scripts": ["caffe2torch=caffe_bridge.cli:main"]},
 )

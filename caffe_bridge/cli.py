@@ -25,7 +25,11 @@ from caffe_bridge.cli_common import (
     quiet_option,
 )
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.options import preprocess_options
+from caffe_bridge.options import (
+    check_preprocess_conflicts,
+    mean_callback,
+    preprocess_options,
+)
 
 # ------------------------------------------------------------------ plumbing
 
@@ -96,7 +100,8 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings=CONTEXT)
-@click.version_option(package_name="caffe-bridge", prog_name="caffe2torch")
+@click.version_option(None, "-V", "--version", package_name="caffe-bridge",
+                      prog_name="caffe2torch")
 def main() -> None:
     """Read Caffe models (.prototxt + .caffemodel) without Caffe; convert them to exact PyTorch.
 
@@ -107,6 +112,7 @@ def main() -> None:
       caffe2torch convert SE-ResNet-50.prototxt -o out/
       caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
       caffe2torch verify SE-ResNet-50.prototxt --reference opencv
+      caffe2torch verify squeezenet.prototxt --random-weights    # only a prototxt
       caffe2torch eval SE-ResNet-50.prototxt --val-dir val/ --labels ILSVRC2017_val.txt
 
     Exit codes: 0 ok, 1 verify found a mismatch, 2 error.
@@ -135,15 +141,18 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON (layers, inputs, outputs, dropped layers, "
                    "inputs made from data layers, weights report).")
+@click.option("--no-weights", is_flag=True,
+              help="Do not check NET.caffemodel beside the prototxt.")
 @input_shape_option
 @handle_errors
-def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
+def inspect_command(net: str, weights: str | None, as_json: bool, no_weights: bool) -> None:
     """Show every layer: type, output shape(s), parameter count and FLOPs, with totals.
 
     Parameters count every blob Caffe stores (BatchNorm statistics included). FLOPs are
     2 x multiply-accumulates of Convolution, Deconvolution and InnerProduct at the batch size
-    of the definition; other layers count 0. With WEIGHTS, also list caffemodel layers the
-    prototxt lacks (unused), parameter layers without weights (missing) and blob mismatches.
+    of the definition; other layers count 0. With WEIGHTS (default: NET.caffemodel beside the
+    prototxt when there is one, as in every command), also list caffemodel layers the prototxt
+    lacks (unused), parameter layers without weights (missing) and blob mismatches.
 
     \b
     Example:
@@ -152,8 +161,8 @@ def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
     from caffe_bridge.summary import inspect_files
 
     input_file(net, "prototxt")
-    if weights is not None:
-        input_file(weights, "caffemodel")
+    if weights is not None or no_weights or Path(net).with_suffix(".caffemodel").is_file():
+        weights = find_weights(net, weights, no_weights)  # optional here: none is no error
     summary = inspect_files(net, weights)
     if as_json:
         from caffe_bridge.summary import summary_json
@@ -168,7 +177,7 @@ def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
             f"{_show(d.name)} ({_show(d.type)})" for d in summary.dropped))
     rows = []
     for i, r in enumerate(summary.rows):
-        tops = ", ".join(f"{_show(t)} {_shape(s)}"
+        tops = ", ".join(f"{_show(t)} {_shape(s) if r.shapes_known else '?'}"
                          for t, s in zip(r.tops, r.top_shapes, strict=True))
         rows.append([str(i), _show(r.name), _show(r.type), tops,
                      f"{r.params:,}" if r.params else "-", _si(r.flops) if r.flops else "-"])
@@ -177,9 +186,15 @@ def inspect_command(net: str, weights: str | None, as_json: bool) -> None:
     n_layers = sum(1 for r in summary.rows if r.type != "Input")
     click.echo(f"\ntotal: {n_layers} layers, {summary.total_params:,} parameters, "
                f"{_si(summary.total_flops)} FLOPs ({summary.total_flops:,})")
-    click.echo("inputs: " + ", ".join(f"{_show(n)} {_shape(s)}"
+    click.echo("inputs: " + ", ".join(f"{_show(n)} {_shape(s) if s else '?'}"
                                       for n, s in summary.inputs.items()))
     click.echo("outputs: " + ", ".join(_show(o) for o in summary.outputs))
+    by_type: dict[str, list[str]] = {}
+    for name, type_, _ in summary.unsupported:
+        by_type.setdefault(type_, []).append(_show(name))
+    for type_, names in by_type.items():
+        shown = ", ".join(names[:3]) + (f", ... ({len(names)} layers)" if len(names) > 3 else "")
+        click.echo(f"not convertible yet: {_show(type_)}: {shown}; shapes after it unknown (?)")
     report = summary.weights
     if report is None:
         return
@@ -230,10 +245,13 @@ def layers_command() -> None:
 @click.argument("net", metavar="NET.prototxt")
 @click.argument("weights", metavar="[WEIGHTS.caffemodel]", required=False)
 @click.option("-o", "--outdir", default=".", show_default=True, metavar="OUTDIR",
-              help="Folder for <stem>.py and <stem>.pth (created if missing).")
+              help="Folder for <module>.py and <module>.pth (created if missing).")
 @click.option("--no-weights", is_flag=True,
               help="Convert the definition alone (the .pth then holds the converters' "
                    "defaults).")
+@click.option("--output", "outputs", multiple=True, metavar="BLOB",
+              help="A blob forward returns (repeat for several, in order; e.g. the logits "
+                   "instead of prob). Default: the net's outputs.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--as", "as_", type=click.Choice(["senet"]), default=None,
               help="Write the idiomatic SENet instead (caffe_bridge.models): <stem>.pth "
@@ -244,43 +262,61 @@ def layers_command() -> None:
 @click.option("--input-format", type=click.Choice(["caffe", "bgr255", "rgb255", "torchvision"]),
               default=None, help="With --as senet: the input layout the model takes. "
                                  "Default caffe (BGR 0-255, mean subtracted).")
+@click.option("--fold-input", is_flag=True,
+              help="With --as senet and --input-format: fold the input conversion into "
+                   "conv1/bn1, so the weights work in timm/Cadene with their own "
+                   "preprocessing (exact except at conv1's zero-padded border).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["pth", "safetensors"]),
+              help="With --as senet: weight file format(s), repeatable. Default pth.")
 @quiet_option
 @input_shape_option
 @handle_errors
-def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool, force: bool,
-            as_: str | None, class_order: str | None, input_format: str | None,
-            quiet: bool) -> None:
-    """Write a standalone PyTorch module (OUTDIR/<stem>.py) and its weights (<stem>.pth).
+def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool,
+                    outputs: tuple[str, ...], force: bool, as_: str | None,
+                    class_order: str | None, input_format: str | None, fold_input: bool,
+                    formats: tuple[str, ...], quiet: bool) -> None:
+    """Write a standalone PyTorch module (OUTDIR/<module>.py) and its weights (<module>.pth).
 
-    Without WEIGHTS, NET.caffemodel beside the prototxt is used when present. The .py needs
-    only torch: `build("<stem>.pth")` returns the model in eval mode, one named submodule per
-    Caffe layer. The .pth is a plain state dict (torch.load(..., weights_only=True)). Before
-    the files are moved into place, the module is imported and must reproduce the conversion
-    bit for bit.
+    <module> is the prototxt's name made importable (SE-ResNet-50 -> se_resnet_50); the
+    class is named after the net (or the file). Without WEIGHTS, NET.caffemodel beside the
+    prototxt is used when present. The .py needs only torch: `build("<module>.pth")` returns
+    the model in eval mode, one named submodule per Caffe layer. The .pth is a plain state
+    dict (torch.load(..., weights_only=True)). Before the files are moved into place, the
+    module is imported and must reproduce the conversion bit for bit.
 
     \b
-    Example:
+    Examples:
       caffe2torch convert SE-ResNet-50.prototxt SE-ResNet-50.caffemodel -o out/
-      # then: cd out && mv SE-ResNet-50.py se_resnet50.py && python -c \\
-      #   'import se_resnet50; m = se_resnet50.build("SE-ResNet-50.pth")'
+      cd out && python -c 'import se_resnet_50; m = se_resnet_50.build("se_resnet_50.pth")'
+      caffe2torch convert SE-ResNet-50.prototxt --output classifier -o logits/
+      caffe2torch convert SE-ResNet-50.prototxt --as senet --input-format torchvision \\
+          --fold-input --class-order torchvision --format safetensors
     """
     input_file(net, "prototxt")
     caffemodel = find_weights(net, weights, no_weights)
     if as_ == "senet":
         from caffe_bridge.models.senet_export import convert_senet
 
+        if outputs:
+            raise click.UsageError("--output does not apply to --as senet (it returns logits)")
+        if fold_input and input_format in (None, "caffe"):
+            raise click.UsageError("--fold-input needs --input-format bgr255, rgb255 or "
+                                   "torchvision")
         paths = convert_senet(net, caffemodel, outdir, class_order or "caffe",
-                              input_format or "caffe", force)
+                              input_format or "caffe", force, fold=fold_input,
+                              formats=formats or ("pth",))
         click.echo("wrote " + " and ".join(str(p) for p in paths))
         return
-    if class_order is not None or input_format is not None:
-        raise CaffeBridgeError("--class-order and --input-format need --as senet")
+    if class_order is not None or input_format is not None or fold_input or formats:
+        raise click.UsageError("--class-order, --input-format, --fold-input and --format "
+                               "need --as senet")
     _quiet_gc_import()
     from caffe_bridge.codegen import write_module_files
 
     bars = Progress(quiet)
     try:
-        py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars)
+        py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars,
+                                     outputs=list(outputs) or None)
     finally:
         bars.close()
     click.echo(f"wrote {py} and {pth}")
@@ -295,42 +331,58 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
 @click.option("--onnx", "onnx_path", metavar="OUT.onnx", help="Write ONNX here.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 21),
               help="ONNX opset version.")
-@click.option("--dynamic-batch", is_flag=True,
-              help="Let the batch size vary (also checked at another batch size).")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True,
+              help="A variable batch axis (checked at a second batch size), or the "
+                   "definition's batch.")
 @click.option("--torchscript", "ts_path", metavar="OUT.pt", help="Write TorchScript here.")
 @click.option("--pt2", "pt2_path", metavar="OUT.pt2", help="Write a torch.export program here.")
 @click.option("--no-weights", is_flag=True, help="Export the definition alone.")
 @click.option("--tolerance", default=1e-5, show_default=True, type=float,
               help="Largest relative error allowed against PyTorch.")
+@click.option("--mean", callback=mean_callback, metavar="B,G,R",
+              help="Preprocessing to record in the ONNX metadata: per-channel mean (B,G,R).")
+@click.option("--scale", type=float, help="Preprocessing to record: scale after the mean.")
+@click.option("--channel-order", type=click.Choice(["bgr", "rgb"]), default=None,
+              help="Preprocessing to record: channel order the net expects.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @quiet_option
 @input_shape_option
 @handle_errors
 def export_command(net: str, weights: str | None, onnx_path: str | None, opset: int,
-           dynamic_batch: bool, ts_path: str | None, pt2_path: str | None, no_weights: bool,
-           tolerance: float, force: bool, quiet: bool) -> None:
+                   dynamic_batch: bool, ts_path: str | None, pt2_path: str | None,
+                   no_weights: bool, tolerance: float, mean: tuple[float, ...] | None,
+                   scale: float | None, channel_order: str | None, force: bool,
+                   quiet: bool) -> None:
     """Export the converted model to ONNX, TorchScript and/or torch.export (.pt2).
 
     Each file is loaded back (onnxruntime, torch.jit.load, torch.export.load) and run on a
     seeded input; a relative error above --tolerance against PyTorch is an error and leaves
-    no file behind. WEIGHTS defaults to NET.caffemodel beside the prototxt.
+    no file behind. The batch axis is dynamic unless --static-batch. The ONNX file carries
+    the inputs and the preprocessing (mean, scale, channel order, input size) as metadata
+    where known: given here, or the published protocol of a released SENet. WEIGHTS
+    defaults to NET.caffemodel beside the prototxt.
 
     \b
-    Example:
-      caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx --dynamic-batch
+    Examples:
+      caffe2torch export SE-ResNet-50.prototxt --onnx se50.onnx
+      caffe2torch export net.prototxt net.caffemodel --onnx net.onnx --torchscript net.pt \\
+          --pt2 net.pt2 --mean 104,117,123 --static-batch
     """
-    from caffe_bridge.export import export_net
+    from caffe_bridge.export import export_net, preprocessing_metadata
     from caffe_bridge.ir import load_net
 
     input_file(net, "prototxt")
     if not (onnx_path or ts_path or pt2_path):
-        raise CaffeBridgeError("nothing to export: pass --onnx, --torchscript and/or --pt2")
+        raise click.UsageError("nothing to export: pass --onnx, --torchscript and/or --pt2")
     caffemodel = find_weights(net, weights, no_weights)
-    bars = Progress(quiet)
+    bars = Progress(quiet)  # a bar per format ("export ONNX", ...) and one over them
+    loaded = load_net(net, caffemodel)
+    metadata = preprocessing_metadata(loaded, mean=mean, scale=scale,
+                                      channel_order=channel_order)
     try:
-        results = export_net(load_net(net, caffemodel), onnx=onnx_path, torchscript=ts_path,
-                             pt2=pt2_path, opset=opset, dynamic_batch=dynamic_batch,
-                             force=force, tolerance=tolerance, progress=bars)
+        results = export_net(loaded, onnx=onnx_path, torchscript=ts_path, pt2=pt2_path,
+                             opset=opset, dynamic_batch=dynamic_batch, force=force,
+                             tolerance=tolerance, progress=bars, metadata=metadata)
     finally:
         bars.close()
     for r in results:
@@ -395,6 +447,7 @@ def verify_command(net: str, weights: str | None, reference: str, input_path: st
 
     from caffe_bridge import verify as V
 
+    check_preprocess_conflicts(preprocess)
     _verify_preflight(net, reference, input_path, images, device, allow_tf32, plot_path,
                       json_path, force)
     bars = Progress(quiet)
@@ -462,7 +515,7 @@ def _print_verify_report(report: Any) -> None:
                       {2, 3, 4}))
     if report.skipped:
         click.echo(f"skipped (not in the net): {', '.join(_show(s) for s in report.skipped)}")
-    for line in getattr(report, "detections", ()):
+    for line in report.detections:
         click.echo(_show(line))
     first = report.first_divergent
     if first is None:

@@ -170,7 +170,7 @@ def input_shape_option(fn: F) -> F:
                   callback=_parse_input_shapes, help=_INPUT_SHAPE_HELP)
     @functools.wraps(fn)
     def wrapper(*args: Any, input_shape: dict[str, tuple[int, ...]], **kwargs: Any) -> Any:
-        from caffe_bridge.ir import default_input_shapes
+        from caffe_bridge.deploy import default_input_shapes
 
         with default_input_shapes(input_shape):
             return fn(*args, **kwargs)

@@ -14,9 +14,12 @@ Rules (docs/ARCHITECTURE.md, "Semantics notes: reading definitions", has the ful
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
@@ -24,6 +27,28 @@ from google.protobuf import message as pb_message
 from caffe_bridge import schema
 from caffe_bridge.errors import CaffeBridgeWarning, PrototxtError
 from caffe_bridge.upgrade import RawLayer
+
+# Input shapes the command line gives (``--input-shape``) for every load_net in its scope.
+_DEFAULT_INPUT_SHAPES: contextvars.ContextVar[Mapping[str, tuple[int, ...]] | None] = (
+    contextvars.ContextVar("caffe_bridge_input_shapes", default=None))
+
+
+@contextlib.contextmanager
+def default_input_shapes(shapes: Mapping[str, Sequence[int]] | None) -> Iterator[None]:
+    """Within this block, ``load_net`` calls without ``input_shapes`` use ``shapes``."""
+    token = _DEFAULT_INPUT_SHAPES.set(
+        {k: tuple(int(d) for d in v) for k, v in shapes.items()} if shapes else None)
+    try:
+        yield
+    finally:
+        _DEFAULT_INPUT_SHAPES.reset(token)
+
+
+def given_input_shapes(
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> Mapping[str, Sequence[int]] | None:
+    """``input_shapes``, or those of an enclosing :func:`default_input_shapes` block."""
+    return input_shapes if input_shapes is not None else _DEFAULT_INPUT_SHAPES.get()
 
 DATA_TYPES = frozenset({
     # BVLC
@@ -33,6 +58,8 @@ DATA_TYPES = frozenset({
     # segmentation/edge forks (DeepLab: ImageSegData; SegNet: DenseImageData; HED:
     # ImageLabelmapData; others: ImageLabelData)
     "ImageSegData", "ImageLabelData", "DenseImageData", "ImageLabelmapData",
+    # DeepLab (bitbucket deeplab-public-ver2): features read from .mat files
+    "MatRead",
 })
 
 # Types reading image files through image_data_param (is_color, new_height/new_width).
@@ -52,6 +79,8 @@ DROP_TYPES = frozenset({
     "MultiBoxLoss", "DetectionEvaluate", "SmoothL1Loss",
     # segmentation forks (DeepLab, SegNet, PSPNet training nets)
     "SegAccuracy", "SoftmaxWithLossWeighted",
+    # DeepLab's MatWrite writes its bottom to .mat files (an output layer, like HDF5Output)
+    "MatWrite",
     # OCR, face and others
     "CtcLoss", "CTCLoss", "WarpCTCLoss", "CenterLoss", "FocalLoss", "TripletLoss", "L1Loss",
 })
@@ -203,8 +232,12 @@ def _missing_shape(raw: RawLayer, top: str, path: str) -> PrototxtError:
     )
 
 
+UNKNOWN_SHAPE = "unknown (give --input-shape)"
+
+
 def _input_layer(
-    raw: RawLayer, tops: list[str], path: str, input_shapes: Mapping[str, Sequence[int]]
+    raw: RawLayer, tops: list[str], path: str, input_shapes: Mapping[str, Sequence[int]],
+    lenient: bool = False,
 ) -> tuple[RawLayer, list[CreatedInput]]:
     p = raw.param
     layer = schema.LayerParameter()
@@ -215,7 +248,9 @@ def _input_layer(
         user = _user_shape(input_shapes, top)
         found = (user, "given shape") if user is not None else stated_shape(p, k)
         if found is None:
-            raise _missing_shape(raw, top, path)
+            if not lenient:
+                raise _missing_shape(raw, top, path)
+            found = ((), UNKNOWN_SHAPE)  # an Input with an empty shape (inspect only)
         shape, source = found
         layer.top.append(top)
         layer.input_param.shape.add().dim.extend(shape)
@@ -275,6 +310,8 @@ def to_deploy(
     raw: Sequence[RawLayer],
     path: str,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    lenient: bool = False,
 ) -> DeployForm:
     """Turn ``raw`` (TEST-phase layers) into the net Caffe deploys; warn once if it changed."""
     input_shapes = dict(input_shapes or {})
@@ -293,7 +330,7 @@ def to_deploy(
         elif is_data_layer(r.param):
             tops = [t for t in r.param.top if t in read]
             if tops:
-                layer, made = _input_layer(r, tops, path, input_shapes)
+                layer, made = _input_layer(r, tops, path, input_shapes, lenient)
                 layers.append(layer)
                 created.extend(made)
         else:
@@ -343,3 +380,40 @@ def _note(form: DeployForm, raw: Sequence[RawLayer], dropped_idx: set[int], path
             parts.append(f"{p.name} (SoftmaxWithLoss) has no deploy twin: its scores "
                          f"{p.bottom[0]!r} are an output, without the softmax")
     warnings.warn(f"{path}: " + "; ".join(parts), CaffeBridgeWarning, stacklevel=4)
+
+
+def read_deploy_form(
+    prototxt: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    lenient: bool = False,
+) -> tuple[pb_message.Message, DeployForm]:
+    """The parsed net message and its deploy form, quietly (load_net already warned).
+
+    ``lenient``: a data layer top without a shape becomes an Input with an empty shape
+    (source :data:`UNKNOWN_SHAPE`) instead of an error; only for reports such as ``inspect``.
+    """
+    from caffe_bridge.prototxt import parse_prototxt
+    from caffe_bridge.upgrade import upgrade
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CaffeBridgeWarning)
+        parsed = parse_prototxt(prototxt)
+        form = to_deploy(upgrade(parsed), parsed.path, given_input_shapes(input_shapes),
+                         lenient=lenient)
+    return parsed.net, form
+
+
+def deploy_definition(
+    prototxt: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> pb_message.Message:
+    """The deploy form of a definition as a V2 ``NetParameter`` (for a second reader such as
+    OpenCV): TEST-phase layers, data layers as Input layers, training layers dropped. Fields
+    our schema lacks were skipped when reading and are not in it."""
+    parsed_net, form = read_deploy_form(prototxt, input_shapes)
+    net = schema.NetParameter()
+    net.name = parsed_net.name
+    for raw in form.layers:
+        net.layer.add().CopyFrom(raw.param)
+    return net

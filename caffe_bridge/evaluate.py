@@ -136,6 +136,13 @@ def _sum_over_processes(tally: _Tally, seconds: float, device: torch.device) -> 
     return float(slowest.item())
 
 
+def _loader(subset: torch.utils.data.Dataset, batch_size: int, workers: int,
+            device: torch.device) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
+
+
 def evaluate(
     model: nn.Module,
     dataset: torch.utils.data.Dataset,
@@ -160,11 +167,7 @@ def evaluate(
     device = torch.device(device)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     shard = list(range(rank, total, size))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
-        num_workers=workers, pin_memory=device.type == "cuda",
-        worker_init_fn=worker_init if workers else None,
-    )
+    loader = _loader(torch.utils.data.Subset(dataset, shard), batch_size, workers, device)
     model = model.to(device).eval()
     perm = None if perm is None else perm.to(device)
     tally = _Tally()

@@ -30,7 +30,7 @@ from caffe_bridge.data import (
 from caffe_bridge.distributed import init_distributed, set_tf32, world
 from caffe_bridge.evaluate import EvalError, EvalResult
 from caffe_bridge.ir import Net
-from caffe_bridge.options import preprocess_options
+from caffe_bridge.options import check_preprocess_conflicts, preprocess_options
 from caffe_bridge.published import PROTOCOL, Published, published_for
 
 __all__ = ["EvalOptions", "eval_command"]
@@ -256,6 +256,7 @@ def eval_command(**opts: Any) -> None:
       torchrun --nproc-per-node 8 -m caffe_bridge.evaluate SE-ResNet-50.prototxt \\
           --val-dir val/ --labels ILSVRC2017_val.txt --device cuda
     """
+    check_preprocess_conflicts(opts)
     input_file(opts["net"], "prototxt")
     opts["weights"] = find_weights(opts["net"], opts["weights"], opts["random_weights"],
                                    flag="--random-weights")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,19 @@ def _as_tuple(out: object) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)  # type: ignore[arg-type]
 
 
+_STATIC_HINT = " (if the net cannot run at another batch size, pass --static-batch)"
+
+
+def _checker(gm: fx.GraphModule, net: Net, dynamic: bool, seed: int) -> _Checker:
+    try:
+        return _Checker(gm, net, dynamic, seed)
+    except Exception as err:  # noqa: BLE001 - the net itself fails at the second batch size
+        if not dynamic:
+            raise
+        raise ExportError(f"the converted net fails at batch size +1 ({_first_line(err)}): "
+                          "pass --static-batch") from None
+
+
 class _Checker:
     """Seeded inputs (definition batch, and another batch when dynamic) and PyTorch outputs."""
 
@@ -83,9 +96,10 @@ class _Checker:
             for name, a, b in zip(self.out_names, got, want, strict=True):
                 err = rel_err(a, b)
                 if not err <= tol:
+                    hint = "" if feed is self.feeds[0] else _STATIC_HINT
                     raise ExportError(
                         f"{fmt} output {name!r} (batch {feed[self.names[0]].shape[0]}) differs "
-                        f"from PyTorch: relative error {err:.3g} > {tol:g}", file=str(path))
+                        f"from PyTorch: relative error {err:.3g} > {tol:g}{hint}", file=str(path))
                 worst = max(worst, err)
         return worst
 
@@ -102,7 +116,8 @@ def _export_onnx(gm: fx.GraphModule, chk: _Checker, tmp: Path, opset: int,
                               opset_version=opset, input_names=chk.names,
                               output_names=out_names, dynamic_axes=axes)
     except Exception as err:  # noqa: BLE001 - exporter failures become one clean error
-        raise ExportError(f"ONNX export failed: {type(err).__name__}: {_first_line(err)}") \
+        hint = _STATIC_HINT if dynamic else ""
+        raise ExportError(f"ONNX export failed: {type(err).__name__}: {_first_line(err)}{hint}") \
             from None
 
 
@@ -139,6 +154,72 @@ def _torch_runner(model: Callable[..., object], chk: _Checker) -> Callable[
     return run
 
 
+def preprocessing_metadata(net: Net, *, mean: Sequence[float] | None = None,
+                           scale: float | None = None,
+                           channel_order: str | None = None) -> dict[str, str]:
+    """What a consumer of the exported file needs to feed it: input names and sizes, and the
+    preprocessing where it is known (given here, or the published protocol of a recognised
+    released SENet). Stored as ONNX ``metadata_props``."""
+    from caffe_bridge.published import PROTOCOL, published_for
+
+    meta = {"caffe_bridge.version": _version(), "source": os.path.basename(net.source),
+            "net_name": net.name,
+            "inputs": ";".join(f"{n}:{'x'.join(map(str, s))}" for n, s in net.inputs.items()),
+            "layout": "NCHW", "pixel_range": "0-255 (Caffe)"}
+    pub = published_for(net)
+    if pub is not None:
+        meta.update(recognised=pub.name, resize=str(PROTOCOL["resize"]),
+                    crop=str(PROTOCOL["crop"]))
+        mean = PROTOCOL["mean"] if mean is None else mean
+        channel_order = channel_order or str(PROTOCOL["channel_order"])
+    if mean is not None:
+        meta["mean"] = ",".join(f"{float(v):g}" for v in mean)
+    if scale is not None:
+        meta["scale"] = f"{scale:g}"
+    if channel_order is not None:
+        meta["channel_order"] = channel_order
+    return {k: v for k, v in meta.items() if v}
+
+
+def _version() -> str:
+    import caffe_bridge
+
+    return caffe_bridge.__version__
+
+
+def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(model, str(path))
+
+
+_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript", "pt2": "torch.export"}
+
+
+def _export_one(fmt: str, gm: fx.GraphModule, chk: _Checker, tmp: Path, opset: int,
+                dynamic: bool, metadata: Mapping[str, str]) -> Callable[..., Sequence]:
+    """Write one format to ``tmp`` and return a runner of the file as loaded back."""
+    if fmt == "onnx":
+        _export_onnx(gm, chk, tmp, opset, dynamic)
+        if metadata:
+            _add_onnx_metadata(tmp, metadata)
+        return _onnx_runner(tmp)
+    if fmt == "torchscript":
+        try:
+            with _quiet():
+                traced = torch.jit.trace(gm, chk.args(chk.feeds[-1]), check_trace=False)
+                traced.save(str(tmp))
+                loaded = torch.jit.load(str(tmp), map_location="cpu")
+        except Exception as err:  # noqa: BLE001
+            raise ExportError(f"TorchScript export failed: {_first_line(err)}") from None
+        return _torch_runner(loaded, chk)
+    return _torch_runner(_export_pt2(gm, chk, tmp, dynamic), chk)
+
+
 def export_net(
     net: Net,
     *,
@@ -146,15 +227,20 @@ def export_net(
     torchscript: str | os.PathLike[str] | None = None,
     pt2: str | os.PathLike[str] | None = None,
     opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = False,
+    dynamic_batch: bool = True,
     force: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
     progress: Progress | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> list[ExportResult]:
     """Convert ``net`` and write the requested formats, each checked against PyTorch.
 
-    Nothing is written unless every requested file passes its check.
+    The batch axis is dynamic unless ``dynamic_batch=False`` (checked at a second batch size).
+    ``metadata`` (default :func:`preprocessing_metadata`) goes into the ONNX file.
+    ``progress(stage, done, total)`` hears ``"export <format>"`` start (0) and end (1) for
+    each format, and ``"export"`` after each. Nothing is written unless every requested file
+    passes its check.
     """
     wanted = [(fmt, Path(p)) for fmt, p in (("onnx", onnx), ("torchscript", torchscript),
                                             ("pt2", pt2)) if p is not None]
@@ -163,32 +249,19 @@ def export_net(
                           "--pt2")
     if not net.inputs:
         raise ExportError("the net declares no input", file=net.source)
+    meta = preprocessing_metadata(net) if metadata is None else metadata
+    step = progress or (lambda stage, done, total: None)
     with atomic_outputs([p for _, p in wanted], force=force) as temps:
         gm = build_module(net)
-        chk = _Checker(gm, net, dynamic_batch, seed)
+        chk = _checker(gm, net, dynamic_batch, seed)
         results = []
         for k, ((fmt, final), tmp) in enumerate(zip(wanted, temps, strict=True)):
-            if fmt == "onnx":
-                _export_onnx(gm, chk, tmp, opset, dynamic_batch)
-                run = _onnx_runner(tmp)
-                label = "ONNX"
-            elif fmt == "torchscript":
-                try:
-                    with _quiet():
-                        traced = torch.jit.trace(gm, chk.args(chk.feeds[-1]), check_trace=False)
-                        traced.save(str(tmp))
-                        loaded = torch.jit.load(str(tmp), map_location="cpu")
-                except Exception as err:  # noqa: BLE001
-                    raise ExportError(f"TorchScript export failed: {_first_line(err)}") \
-                        from None
-                run = _torch_runner(loaded, chk)
-                label = "TorchScript"
-            else:
-                run = _torch_runner(_export_pt2(gm, chk, tmp, dynamic_batch), chk)
-                label = "torch.export"
-            results.append(ExportResult(fmt, final, chk.compare(label, run, tolerance, final)))
-            if progress is not None:
-                progress("export", k + 1, len(wanted))
+            step(f"export {_LABELS[fmt]}", 0, 1)
+            run = _export_one(fmt, gm, chk, tmp, opset, dynamic_batch, meta)
+            err = chk.compare(_LABELS[fmt], run, tolerance, final)
+            results.append(ExportResult(fmt, final, err))
+            step(f"export {_LABELS[fmt]}", 1, 1)
+            step("export", k + 1, len(wanted))
     return results
 
 
@@ -205,4 +278,5 @@ def _export_pt2(gm: fx.GraphModule, chk: _Checker, tmp: Path,
             torch.export.save(program, str(tmp))
         return torch.export.load(str(tmp)).module()
     except Exception as err:  # noqa: BLE001
-        raise ExportError(f"torch.export failed: {_first_line(err)}") from None
+        hint = _STATIC_HINT if dynamic else ""
+        raise ExportError(f"torch.export failed: {_first_line(err)}{hint}") from None

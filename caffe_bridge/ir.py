@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -14,7 +12,7 @@ import numpy as np
 from google.protobuf import message as pb_message
 
 from caffe_bridge import shapes
-from caffe_bridge.deploy import CreatedInput, DroppedLayer, to_deploy
+from caffe_bridge.deploy import CreatedInput, DroppedLayer, given_input_shapes, to_deploy
 from caffe_bridge.errors import (
     CaffeBridgeError,
     CaffeBridgeWarning,
@@ -25,21 +23,6 @@ from caffe_bridge.errors import (
 )
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.upgrade import RawLayer, upgrade
-
-# Input shapes the command line gives (``--input-shape``) for every load_net in its scope.
-_DEFAULT_INPUT_SHAPES: contextvars.ContextVar[Mapping[str, tuple[int, ...]] | None] = (
-    contextvars.ContextVar("caffe_bridge_input_shapes", default=None))
-
-
-@contextlib.contextmanager
-def default_input_shapes(shapes: Mapping[str, Sequence[int]] | None) -> Iterator[None]:
-    """Within this block, ``load_net`` calls without ``input_shapes`` use ``shapes``."""
-    token = _DEFAULT_INPUT_SHAPES.set(
-        {k: tuple(int(d) for d in v) for k, v in shapes.items()} if shapes else None)
-    try:
-        yield
-    finally:
-        _DEFAULT_INPUT_SHAPES.reset(token)
 
 
 @dataclass(frozen=True)
@@ -303,9 +286,11 @@ def build_net(
                             tuple(p.bottom), tuple(p.top)))
     _warn_repeated_names(layers, source)
     blobs = values.blobs
-    outputs = tuple(v for v in blobs if v not in consumed and blobs[v].producer
-                    and not _is_input(layers, v)
-                    and blobs[v].caffe_name not in hidden)
+    unread = tuple(v for v in blobs if v not in consumed and blobs[v].producer
+                   and not _is_input(layers, v))
+    # Blobs only a dropped Silence read are no outputs, as in Caffe, unless nothing else is
+    # (colorization's deploy net silences its only result).
+    outputs = tuple(v for v in unread if blobs[v].caffe_name not in hidden) or unread
     unused = tuple(n for n, b in weights.items() if n not in seen_names and len(b))
     by_name = {layer.name: layer for layer in layers}
     return Net(name, tuple(layers), MappingProxyType(blobs), MappingProxyType(inputs), outputs,
@@ -329,10 +314,8 @@ def load_net(
     ``input_shapes`` maps input (or data layer top) names to shapes; it is needed for data
     layers whose parameters do not state their shape, and overrides stated shapes.
     """
-    if input_shapes is None:
-        input_shapes = _DEFAULT_INPUT_SHAPES.get()
     parsed = parse_prototxt(prototxt)
-    form = to_deploy(upgrade(parsed), parsed.path, input_shapes)
+    form = to_deploy(upgrade(parsed), parsed.path, given_input_shapes(input_shapes))
     weights = _read_weights(caffemodel)
     return build_net(form.layers, name=parsed.net.name, source=parsed.path, weights=weights,
                      weights_source=os.fspath(caffemodel) if caffemodel else "<weights>",

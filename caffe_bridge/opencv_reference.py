@@ -13,6 +13,9 @@ with its known traps corrected, so that it agrees with BVLC Caffe to about 1e-5:
   buffer (cosine ~0 against the concat's own slice, which agrees with Caffe to 1e-7). Fusion is
   switched off (``net.enableFusion(False)``) so that every retrieved blob is real.
 * OpenCV runs a definition at its Input layer's batch (1); samples are run one at a time.
+* OpenCV keeps only the first output of a layer asked for by name: a Slice's later tops come
+  back as memory that later layers reused (ShuffleNet v2: every second Slice top wrong by
+  ~100%). Layers with such tops are read in a forward pass of their own that stops there.
 * OpenCV ignores ``include``/``exclude`` phase rules, so a train_val-style definition with
   TRAIN-only data/loss layers is rejected ("Duplicate blobs"); the copy keeps only the layers
   Caffe instantiates in the TEST phase (level 0, no stages).
@@ -32,10 +35,11 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
+from caffe_bridge.deploy import deploy_definition, read_deploy_form
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.opencv_import import import_cv2
 from caffe_bridge.prototxt import parse_prototxt
-from caffe_bridge.upgrade import keep_in_test, upgrade
+from caffe_bridge.upgrade import keep_in_test
 
 __all__ = ["opencv_definition", "opencv_forward"]
 
@@ -62,7 +66,11 @@ def opencv_definition(
     parsed = parse_prototxt(prototxt)
     net = parsed.net
     changed = False
-    if test_phase:
+    if test_phase:  # a train/test file: OpenCV reads its deploy form (caffe_bridge.deploy)
+        _, form = read_deploy_form(prototxt)
+        if form.dropped or form.created:
+            net, changed = deploy_definition(prototxt), True
+    if test_phase and not changed:
         for records in (net.layer, net.layers):
             for i in reversed(range(len(records))):
                 if not keep_in_test(records[i]):
@@ -87,7 +95,7 @@ def _net_blobs(
 ) -> tuple[dict[str, tuple[Any, int]], set[str], list[str]]:
     """Caffe blob name -> (its last writer's LayerParameter, top index); the blobs that are still
     the net's inputs; and the net's output blobs (produced, never consumed after), in order."""
-    raw = upgrade(parse_prototxt(prototxt))
+    raw = read_deploy_form(prototxt)[1].layers
     writers: dict[str, tuple[Any, int]] = {}
     inputs: set[str] = set()
     available: dict[str, None] = {}
@@ -131,6 +139,15 @@ def _rejected(err: Exception, path: str, what: str) -> CaffeBridgeError:
     return CaffeBridgeError(f"OpenCV {what}: {short}", file=path, layer=layer)
 
 
+def _forward(net: Any, arrays: Mapping[str, np.ndarray], i: int, names: list[str]) -> list[Any]:
+    """Sample ``i`` through an OpenCV net; the outputs of the layers ``names`` (if any)."""
+    if not names:
+        return []
+    for name, a in arrays.items():
+        net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
+    return list(net.forwardAndRetrieve(names))
+
+
 def opencv_forward(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str] | Weights,
@@ -150,71 +167,96 @@ def opencv_forward(
     net's outputs. ``fix_axpy=False``, ``test_phase=False`` and ``winograd=True`` leave OpenCV's
     traps in place (to show that they are real).
     """
-    cv2 = import_cv2("the OpenCV reference", dnn=True)
+    import_cv2("the OpenCV reference", dnn=True)  # first: a missing OpenCV is the first error
     proto_path = os.fspath(prototxt)
     writers, net_inputs, outputs = _net_blobs(proto_path)
     wanted = list(blobs) if blobs is not None else outputs
+    arrays, batch = _check_request(proto_path, wanted, writers, net_inputs, inputs)
+    results = {b: arrays[b].copy() for b in wanted if b in net_inputs}
+    computed = [b for b in wanted if b not in net_inputs]
+    if computed:
+        with tempfile.TemporaryDirectory(prefix="caffe_bridge_cv2_") as tmp:
+            text = opencv_definition(proto_path, fix_axpy=fix_axpy, test_phase=test_phase)
+            proto_cv = proto_path
+            if text is not None:
+                proto_cv = str(Path(tmp) / "for_opencv.prototxt")
+                Path(proto_cv).write_text(text, encoding="utf-8")
+            if isinstance(caffemodel, Mapping):
+                from caffe_bridge.caffemodel import write_caffemodel
+
+                model_path = str(Path(tmp) / "weights.caffemodel")
+                write_caffemodel(model_path, caffemodel)
+            else:
+                model_path = os.fspath(caffemodel)
+            net = _read_opencv(proto_path, proto_cv, model_path, winograd, fusion)
+            pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
+            picks: list[tuple[int, int]] = []  # per computed blob: (request position, top)
+            for b in computed:
+                layer, k = writers[b]
+                name = _opencv_layer(net, layer, proto_path)
+                picks.append((pins.setdefault(name, len(pins)), k))
+            stacked = _run_per_sample(net, arrays, batch, list(pins), picks, proto_path)
+        results.update(zip(computed, stacked, strict=True))
+    return {b: results[b] for b in wanted}
+
+
+def _check_request(path: str, wanted: list[str], writers: Mapping[str, Any],
+                   net_inputs: Sequence[str], inputs: Mapping[str, np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    """The inputs as float32 arrays with one common batch, after checking the request."""
     unknown = [b for b in wanted if b not in writers]
     if unknown:
-        raise CaffeBridgeError(f"no blob(s) named {unknown} in the net", file=proto_path)
+        raise CaffeBridgeError(f"no blob(s) named {unknown} in the net", file=path)
     if not wanted:
-        raise CaffeBridgeError("the net has no output blob", file=proto_path)
+        raise CaffeBridgeError("the net has no output blob", file=path)
     if not inputs:
-        raise CaffeBridgeError("no inputs given", file=proto_path)
+        raise CaffeBridgeError("no inputs given", file=path)
     arrays = {name: np.asarray(a, dtype=np.float32) for name, a in inputs.items()}
     batches = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
     if len(batches) != 1 or -1 in batches:
         got = {n: a.shape for n, a in arrays.items()}
         raise CaffeBridgeError(f"inputs need one common batch axis, got shapes {got}",
-                               file=proto_path)
-    batch = batches.pop()
-    fed = [b for b in wanted if b in net_inputs]
-    missing = [b for b in fed if b not in arrays]
+                               file=path)
+    missing = [b for b in wanted if b in net_inputs and b not in arrays]
     if missing:
-        raise CaffeBridgeError(f"no input array given for {missing}", file=proto_path)
-    computed = [b for b in wanted if b not in net_inputs]
+        raise CaffeBridgeError(f"no input array given for {missing}", file=path)
+    return arrays, batches.pop()
 
-    results: dict[str, np.ndarray] = {b: arrays[b].copy() for b in fed}
-    if not computed:
-        return {b: results[b] for b in wanted}
-    with tempfile.TemporaryDirectory(prefix="caffe_bridge_cv2_") as tmp:
-        text = opencv_definition(proto_path, fix_axpy=fix_axpy, test_phase=test_phase)
-        if text is not None:
-            proto_path_cv = str(Path(tmp) / "for_opencv.prototxt")
-            Path(proto_path_cv).write_text(text, encoding="utf-8")
-        else:
-            proto_path_cv = proto_path
-        if isinstance(caffemodel, Mapping):
-            from caffe_bridge.caffemodel import write_caffemodel
 
-            model_path = str(Path(tmp) / "weights.caffemodel")
-            write_caffemodel(model_path, caffemodel)
-        else:
-            model_path = os.fspath(caffemodel)
+def _read_opencv(path: str, proto_cv: str, model_path: str, winograd: bool,
+                 fusion: bool) -> Any:
+    """OpenCV's net for the (corrected) definition, with Winograd and fusion as asked."""
+    cv2 = import_cv2("the OpenCV reference", dnn=True)
+    try:
+        net = cv2.dnn.readNetFromCaffe(proto_cv, model_path)
+    except cv2.error as err:
+        raise _rejected(err, path, "rejects the net") from None
+    if net.empty():
+        raise CaffeBridgeError("OpenCV read an empty net", file=path)
+    if hasattr(net, "enableWinograd"):
+        net.enableWinograd(winograd)
+    net.enableFusion(fusion)  # fused-away blobs (ReLU into a Concat) come back stale
+    return net
+
+
+def _run_per_sample(net: Any, arrays: Mapping[str, np.ndarray], batch: int, layers: list[str],
+                    picks: list[tuple[int, int]], path: str) -> list[np.ndarray]:
+    """Run OpenCV one sample at a time (it runs at the Input's batch); stack each pick.
+
+    OpenCV keeps only the first output of a requested layer: its later outputs (a Slice's
+    second top) come back as memory reused by later layers. Such layers are read in a run of
+    their own, which stops there.
+    """
+    cv2 = import_cv2("the OpenCV reference", dnn=True)
+    later = {layers[p] for p, k in picks if k > 0}
+    first = [n for n in layers if n not in later]
+    per_sample: list[list[np.ndarray]] = []
+    for i in range(batch):
         try:
-            net = cv2.dnn.readNetFromCaffe(proto_path_cv, model_path)
+            by_name = dict(zip(first, _forward(net, arrays, i, first), strict=True))
+            for name in later:
+                by_name[name] = _forward(net, arrays, i, [name])[0]
         except cv2.error as err:
-            raise _rejected(err, proto_path, "rejects the net") from None
-        if net.empty():
-            raise CaffeBridgeError("OpenCV read an empty net", file=proto_path)
-        if hasattr(net, "enableWinograd"):
-            net.enableWinograd(winograd)
-        net.enableFusion(fusion)  # fused-away blobs (ReLU into a Concat) come back stale
-        pins: dict[str, int] = {}  # OpenCV layer name -> position in the request
-        picks: list[tuple[int, int]] = []  # per computed blob: (request position, top index)
-        for b in computed:
-            layer, k = writers[b]
-            name = _opencv_layer(net, layer, proto_path)
-            picks.append((pins.setdefault(name, len(pins)), k))
-        per_sample: list[list[np.ndarray]] = []
-        for i in range(batch):
-            try:
-                for name, a in arrays.items():
-                    net.setInput(np.ascontiguousarray(a[i : i + 1]), name)
-                outs = net.forwardAndRetrieve(list(pins))
-            except cv2.error as err:
-                raise _rejected(err, proto_path, "fails to run the net") from None
-            per_sample.append([np.array(outs[p][k], dtype=np.float32) for p, k in picks])
-    for j, b in enumerate(computed):
-        results[b] = np.concatenate([s[j] for s in per_sample], axis=0)
-    return {b: results[b] for b in wanted}
+            raise _rejected(err, path, "fails to run the net") from None
+        per_sample.append([np.array(by_name[layers[p]][k], dtype=np.float32) for p, k in picks])
+    return [np.concatenate([s[j] for s in per_sample], axis=0) for j in range(len(picks))]

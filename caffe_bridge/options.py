@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 
-def _mean_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+def mean_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
     from caffe_bridge.data import parse_mean
@@ -26,7 +26,7 @@ PREPROCESS_OPTION_NAMES = ("mean", "mean_file", "scale", "channel_order", "resiz
 def preprocess_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The preprocessing flags, shared by ``eval`` and ``verify --images`` (one pipeline)."""
     options = [
-        click.option("--mean", callback=_mean_option, metavar="B,G,R",
+        click.option("--mean", callback=mean_callback, metavar="B,G,R",
                      help="Per-channel mean in B,G,R order (default: none; 104,117,123 for a "
                           "recognised released SENet)."),
         click.option("--mean-file", type=click.Path(exists=True, dir_okay=False),
@@ -42,3 +42,9 @@ def preprocess_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def check_preprocess_conflicts(preprocess: dict[str, Any]) -> None:
+    """Conflicting preprocessing flags are usage errors (before any work)."""
+    if preprocess.get("mean") is not None and preprocess.get("mean_file") is not None:
+        raise click.UsageError("give either --mean or --mean-file, not both")

@@ -23,7 +23,8 @@ def _fan_in(shape: tuple[int, ...]) -> int:
 
 
 def _residual_tails(net: Net) -> set[str]:
-    """Scale layers ending a residual branch: Axpy's X, or an Eltwise's last-computed bottom.
+    """Scale (or fork BN) layers ending a residual branch: Axpy's X, or an Eltwise's
+    last-computed bottom.
 
     (An Eltwise's other bottoms are the shortcut, possibly a projection, which stays full-size.)
     """
@@ -36,7 +37,8 @@ def _residual_tails(net: Net) -> set[str]:
         elif layer.type == "Eltwise":
             branch_ends.add(max(layer.bottoms, key=lambda v: order[producer[v].name]))
     return {producer[v].name for v in branch_ends
-            if producer[v].type == "Scale" and len(producer[v].bottoms) == 1}
+            if (producer[v].type == "Scale" and len(producer[v].bottoms) == 1)
+            or producer[v].type == "BN"}
 
 
 def _draw(layer: Layer, rng: np.random.Generator, tail: bool = False) -> list[np.ndarray]:
@@ -62,6 +64,50 @@ def _draw(layer: Layer, rng: np.random.Generator, tail: bool = False) -> list[np
         elif layer.type == "Scale" and i == 1:  # beta: spreads the SE gates
             arr = rng.standard_normal(shape) * 0.5
         else:  # biases
+            arr = rng.standard_normal(shape) * 0.1
+        blobs.append(arr.astype(np.float32))
+    return blobs
+
+
+def _fork_bn(layer: Layer, x: torch.Tensor, rng: np.random.Generator, tail: bool = False
+             ) -> list[np.ndarray]:
+    """The forks' BN: scale ~ U(0.5, 1.5) (U(0.05, 0.2) ending a residual branch, as for
+    Scale), shift ~ N(0, 0.1); stored statistics (4 blobs) are the input's own; SegNet's
+    2-blob INFERENCE layer gets its statistics folded in, as compute_bn_statistics.py does."""
+    shape = layer.param_shapes[0]
+    bp = layer.param.bn_param
+    axis = bp.axis if bp.HasField("axis") else 1
+    dims = [d for d in range(x.dim()) if d != axis]
+    mean = x.mean(dim=dims).numpy().reshape(shape)
+    # + half the input's overall variance: a 1 x 1 map at batch 1 has no spread of its own
+    var = (x.var(dim=dims, unbiased=False) + 0.5 * x.var(unbiased=False)).numpy().reshape(shape)
+    scale = rng.uniform(0.05, 0.2, shape) if tail else rng.uniform(0.5, 1.5, shape)
+    shift = rng.standard_normal(shape) * 0.1
+    if len(layer.param_shapes) == 4:
+        blobs = [scale, shift, mean, var]
+    elif bp.bn_mode == 1:  # INFERENCE: y = scale * x + shift
+        scale = scale / np.sqrt(var + 1e-5)
+        blobs = [scale, shift - mean * scale]
+    else:
+        blobs = [scale, shift]
+    return [np.asarray(b, dtype=np.float32) for b in blobs]
+
+
+def _dense_block(layer: Layer, rng: np.random.Generator) -> list[np.ndarray]:
+    """caffe_ocr's DenseBlock (blob groups of numTransition, see converters/ocr.py): He-scaled
+    filters, BN scale ~ U(0.5, 1.5), shift and mean ~ N(0, 0.1), variance ~ U(0.5, 1.5) (it
+    must stay positive), and 0 for the last scalar, as GPU training leaves it."""
+    n_t = max(layer.param.denseblock_param.numTransition, 1)
+    blobs = []
+    for i, shape in enumerate(layer.param_shapes):
+        group = i // n_t
+        if len(shape) == 1:
+            arr = np.zeros(shape)
+        elif group in (0, 5):
+            arr = rng.standard_normal(shape) * np.sqrt(2.0 / _fan_in(shape))
+        elif group in (1, 4, 6, 9):
+            arr = rng.uniform(0.5, 1.5, shape)
+        else:
             arr = rng.standard_normal(shape) * 0.1
         blobs.append(arr.astype(np.float32))
     return blobs
@@ -109,6 +155,10 @@ def random_weights(
                 blobs = [(mean * bn_factor).astype(np.float32),
                          (var * bn_factor).astype(np.float32),
                          np.array([bn_factor], dtype=np.float32)]
+            elif layer.type == "BN":
+                blobs = _fork_bn(layer, args[0].double(), rng, layer.name in tails)
+            elif layer.type == "DenseBlock":
+                blobs = _dense_block(layer, rng)
             else:
                 blobs = _draw(layer, rng, layer.name in tails)
             weights[layer.name] = blobs

@@ -311,10 +311,10 @@ def pooling_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(x) != 4:
         raise ShapeRuleError(f"Pooling needs a 4-D bottom, got {x}")
     geo = pool_geometry(p.pooling_param, x[2:])
-    n_tops = len(p.top)
-    if p.pooling_param.pool == schema.PoolingParameter.MAX and n_tops > 1:  # the mask top
-        raise ShapeRuleError("the MAX pooling mask top is not supported")
-    return LayerShapes(((x[0], x[1], *geo.out),))
+    out = (x[0], x[1], *geo.out)
+    if len(p.top) == 2 and p.pooling_param.pool == schema.PoolingParameter.MAX:  # the mask top
+        return LayerShapes((out, out))
+    return LayerShapes((out,))
 
 
 # ---------------------------------------------------------------- shape-preserving layers

@@ -17,10 +17,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from caffe_bridge.deploy import CreatedInput, DroppedLayer
-from caffe_bridge.errors import CaffeBridgeError
+from google.protobuf import message as pb_message
+
+from caffe_bridge import shapes
+from caffe_bridge.deploy import CreatedInput, DroppedLayer, read_deploy_form
+from caffe_bridge.errors import (
+    CaffeBridgeError,
+    PrototxtError,
+    ShapeError,
+    UnsupportedLayerError,
+)
 from caffe_bridge.ir import Layer, Net, load_net, with_weights
-from caffe_bridge.shapes import canonical_axis, conv_geometry
+from caffe_bridge.shapes import Shape, canonical_axis, conv_geometry
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class LayerRow:
     top_shapes: tuple[tuple[int, ...], ...]
     params: int
     flops: int
+    shapes_known: bool = True  # False after a layer type no converter handles (partial table)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class NetSummary:
     weights: WeightsReport | None = None
     dropped: tuple[DroppedLayer, ...] = ()  # training/evaluation layers left out
     created_inputs: tuple[CreatedInput, ...] = ()  # inputs made from data layers
+    # Layers that do not convert: no converter (type or Python registry key) or a shape rule
+    # fails; (name, type, message). When set,
+    # the table is partial (shapes after them unknown, no FLOPs) and the net does not convert.
+    unsupported: tuple[tuple[str, str, str], ...] = ()
     total_params: int = field(init=False)
     total_flops: int = field(init=False)
 
@@ -124,7 +137,8 @@ def summary_json(summary: NetSummary) -> dict[str, object]:
         "inputs": {k: list(v) for k, v in summary.inputs.items()},
         "outputs": list(summary.outputs),
         "layers": [{"name": r.name, "type": r.type, "tops": list(r.tops),
-                    "top_shapes": [list(s) for s in r.top_shapes], "params": r.params,
+                    "top_shapes": [list(s) for s in r.top_shapes] if r.shapes_known else None,
+                    "params": r.params,
                     "flops": r.flops} for r in summary.rows],
         "total_params": summary.total_params,
         "total_flops": summary.total_flops,
@@ -133,6 +147,8 @@ def summary_json(summary: NetSummary) -> dict[str, object]:
         "created_inputs": [{"name": c.name, "layer": c.layer, "layer_type": c.layer_type,
                             "shape": list(c.shape), "shape_from": c.source}
                            for c in summary.created_inputs],
+        "unsupported": [{"name": n, "type": t, "message": m}
+                        for n, t, m in summary.unsupported],
         "weights": None if report is None else {
             "path": report.path, "ok": report.ok, "unused": list(report.unused),
             "missing": list(report.missing),
@@ -179,7 +195,66 @@ def inspect_files(
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> NetSummary:
-    """Summary of a definition and, when given, how its weights file covers it."""
-    net = load_net(prototxt, input_shapes=input_shapes)
+    """Summary of a definition and, when given, how its weights file covers it.
+
+    A definition with layer types no converter handles still gets a (partial) summary that names
+    them; its weights are then not checked.
+    """
+    try:
+        net = load_net(prototxt, input_shapes=input_shapes)
+    except UnsupportedLayerError:
+        return partial_summary(prototxt, input_shapes=input_shapes)
+    except PrototxtError as err:
+        if "has no shape in the definition" not in err.message:
+            raise
+        return partial_summary(prototxt, input_shapes=input_shapes)
+    except ShapeError:  # shown, with its message, in the partial table
+        return partial_summary(prototxt, input_shapes=input_shapes)
     report = check_weights(net, caffemodel) if caffemodel is not None else None
     return summarize(net, report)
+
+
+def _partial_row(p: pb_message.Message, known: dict[str, Shape | None],
+                 unsupported: list[tuple[str, str, str]]) -> LayerRow:
+    """One row of a partial table; shapes only where every bottom's shape is known."""
+    ins = [known.get(b) for b in p.bottom]
+    result = None
+    if p.type == "Input" and not all(s.dim for s in p.input_param.shape):
+        pass  # a data layer's top whose shape the file does not state
+    elif all(s is not None for s in ins):
+        try:
+            result = shapes.infer(p, ins)  # type: ignore[arg-type]
+        except KeyError:
+            from caffe_bridge.converters.registry import registry_key
+
+            key = registry_key(p.type, p)
+            unsupported.append((p.name, key, f"no converter for {key!r}"))
+        except (shapes.ShapeRuleError, CaffeBridgeError) as err:
+            unsupported.append((p.name, p.type, str(err)))
+    tops = tuple(result.tops) if result is not None else (None,) * len(p.top)
+    for t, shape in zip(p.top, tops, strict=False):
+        known[t] = shape
+    params = sum(math.prod(s) for s in result.params) if result is not None else 0
+    return LayerRow(p.name, p.type, tuple(p.top), tuple(t or () for t in tops), params, 0,
+                    shapes_known=result is not None)
+
+
+def partial_summary(
+    prototxt: str | os.PathLike[str],
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> NetSummary:
+    """The layer table of a definition that does not load: some of its layer types do not
+    convert (yet), or a data layer does not state its shape (shown as unknown)."""
+    parsed_net, form = read_deploy_form(prototxt, input_shapes, lenient=True)
+    known: dict[str, Shape | None] = {}
+    unsupported: list[tuple[str, str, str]] = []
+    rows = [_partial_row(raw.param, known, unsupported) for raw in form.layers]
+    read = {b for raw in form.layers for b in raw.param.bottom}
+    inputs = {t: known[t] or () for raw in form.layers if raw.param.type == "Input"
+              for t in raw.param.top}
+    outputs = tuple(dict.fromkeys(t for raw in form.layers if raw.param.type != "Input"
+                                  for t in raw.param.top if t not in read and t not in
+                                  form.hidden))
+    return NetSummary(parsed_net.name, os.fspath(prototxt), inputs, outputs, tuple(rows), None,
+                      form.dropped, form.created, tuple(unsupported))

@@ -75,7 +75,7 @@ class ParseResult:
 
     record_lines: dict[str, list[int]] = field(default_factory=dict)  # top-level field -> lines
     skipped: dict[str, Skipped] = field(default_factory=dict)  # by path (+ enum value)
-    # Unknown enum identifiers of the top-level records' own fields, e.g. a V1 ``type: VIDEO_DATA``:
+    # Unknown enum identifiers of V1 records' ``type`` (``type: VIDEO_DATA``), not warned about:
     # (top-level field, record index, field name) -> identifier.
     record_enums: dict[tuple[str, int, str], str] = field(default_factory=dict)
     # Fields a top-level record's own type lacks but its fallback type has (a V1 ``layers``
@@ -370,7 +370,7 @@ class _Reader:
                                            enum_value)
 
     def _note_enum(self, fd: _FD, fpath: str, tok: str, tok_i: int) -> None:
-        if self.owner is not None and fpath.count(".") == 1:
+        if self.owner is not None and self.owner[0] == "layers" and fpath == "layers.type":
             owner_field, owner = self.owner
             self.result.record_enums[(owner_field, owner, fd.name)] = tok
             return

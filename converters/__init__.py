@@ -13,12 +13,16 @@ from caffe_bridge.converters import (  # noqa: F401  (imported for their registr
     detection,
     efficient,
     elementwise,
+    fork_norm,
     norm,
     ocr,
     pooling,
+    rcnn,
     recurrent,
+    resample,
     shape_ops,
     volumetric,
+    yolo,
 )
 from caffe_bridge.converters.registry import (
     REGISTRY,

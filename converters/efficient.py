@@ -8,7 +8,10 @@
 * ``ShuffleChannel`` (farmingyard/ShuffleNet shuffle_channel_layer.cpp): channels viewed as
   (group, C/group) and transposed.
 * ``ReLU6`` (eric612/MobileNet-YOLO relu6_layer.cpp, ``relu6_param``), ``Clip`` and ``Swish``
-  (BVLC), ``Mish`` (synopsys-caffe / troyliu0105 caffe mish_layer.cpp).
+  (BVLC), ``Mish`` (synopsys-caffe / troyliu0105 caffe mish_layer.cpp), ``HardSwish``
+  (Zeitzmz/micronet-caffe, synopsys-caffe hard_swish_layer.cpp). ``HardSigmoid`` is left out:
+  its forks disagree (synopsys-caffe reads alpha/beta from hard_sigmoid_param; eric612's and
+  troyliu0105's call a helper whose constants their sources do not pin down).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def convolution_depthwise_shape(param: pb_message.Message, ins: Sequence[Shape])
 
 
 @register("ConvolutionDepthwise", shape=convolution_depthwise_shape,
-          fork="BVLC/caffe branch conv_dw_layer.cpp (farmingyard/ShuffleNet)")
+          fork="conv_dw_layer.cpp (ShuffleNet/MobileNet ports)")
 def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     """ConvolutionDepthwise: nn.Conv2d with groups = channels; num_output/group are ignored."""
     cp = layer.param.convolution_param
@@ -226,3 +229,9 @@ def convert_swish(layer: Layer, net: Net) -> nn.Module:
 def convert_mish(layer: Layer, net: Net) -> nn.Module:
     """Mish: ``x * tanh(softplus(x))``, softplus linear above 20 (torch.nn.Mish's own rule)."""
     return nn.Mish()
+
+
+@register("HardSwish", shape=shapes.same_shape, fork="Zeitzmz/micronet-caffe")
+def convert_hard_swish(layer: Layer, net: Net) -> nn.Module:
+    """HardSwish: ``x * min(max(x + 3, 0), 6) / 6`` (torch.nn.Hardswish, same order)."""
+    return nn.Hardswish()

@@ -1,6 +1,5 @@
-"""The OCR forks' layers: `Lstm`, `Reverse`, `Transpose`, `CTCGreedyDecoder`; BVLC's `Im2col`.
-
-caffe_ocr's `DenseBlock` (a whole DenseNet block in one layer) is not converted yet.
+"""The OCR forks' layers: `Lstm`, `Reverse`, `Transpose`, `CTCGreedyDecoder`, `DenseBlock`;
+BVLC's `Im2col`; and CTPN's Python text-proposal layer.
 
 Sources: tianzhi0549/CTPN (caffe/src/caffe/layers/{lstm,reverse,transpose}_layer.cpp/.cu) and
 senlinuc/caffe_ocr (src/caffe/layers/lstm_layer_Junhyuk.cpp, reverse_layer.cpp,
@@ -17,7 +16,9 @@ import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge.converters.rcnn import parse_param_str
 from caffe_bridge.converters.registry import register
+from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry
 
@@ -234,3 +235,148 @@ def convert_ctc_greedy_decoder(layer: Layer, net: Net) -> nn.Module:
     classes = net.blobs[layer.bottoms[0]].shape[2]
     blank = classes - 1 if cp.blank_index < 0 else int(cp.blank_index)
     return CTCGreedyDecode(blank, bool(cp.ctc_merge_repeated))
+
+
+# ---------------------------------------------------------------- DenseBlock
+
+
+def _dense_layout(p: pb_message.Message) -> tuple[int, int, bool]:
+    dp = p.denseblock_param
+    n_t, growth, bc = int(dp.numTransition), int(dp.growthRate), bool(dp.use_BC)
+    if n_t <= 0 or growth <= 0:
+        raise ShapeRuleError(f"numTransition ({n_t}) and growthRate ({growth}) must be positive")
+    return n_t, growth, bc
+
+
+def dense_block_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    """N x C x H x W -> N x (C + numTransition * growthRate) x H x W; the fork's blob layout."""
+    if len(ins) != 1 or len(ins[0]) != 4:
+        raise ShapeRuleError(f"DenseBlock takes one N x C x H x W bottom, got {list(ins)}")
+    n_t, g, bc = _dense_layout(p)
+    n, c0, h, w = ins[0]
+    chans = [c0 + t * g for t in range(n_t)]
+    filters = [(g, 4 * g if bc else c, 3, 3) for c in chans]
+    per_c = [(1, c, 1, 1) for c in chans]
+    params = filters + per_c * 4
+    if bc:
+        params += [(4 * g, c, 1, 1) for c in chans] + [(1, 4 * g, 1, 1)] * (4 * n_t)
+    return LayerShapes(((n, c0 + n_t * g, h, w),), tuple(params) + ((1,),))
+
+
+class DenseBlockCudnn(nn.Module):
+    """caffe_ocr's DenseBlock (its GPU forward at test time): per transition BN-ReLU
+    [-Conv1x1-BN-ReLU]-Conv3x3, kernels flipped as CUDNN_CONVOLUTION, output appended."""
+
+    def __init__(self, blobs: list[torch.Tensor], n_t: int, bc: bool) -> None:
+        super().__init__()
+        self.n_t, self.bc = n_t, bc
+        for i, b in enumerate(blobs[:-1]):  # the last blob only matters to the CPU forward
+            is_filter = i < n_t or 5 * n_t <= i < 6 * n_t
+            # filters flipped once here, so that conv2d (a correlation) convolves as cuDNN does
+            self.register_buffer(f"b{i}", b.flip((2, 3)) if is_filter else b.reshape(-1))
+
+    def _blob(self, group: int, t: int) -> torch.Tensor:
+        return getattr(self, f"b{group * self.n_t + t}")
+
+    def _bn_relu(self, x: torch.Tensor, t: int, first: int) -> torch.Tensor:
+        scale, bias, mean, var = (self._blob(first + k, t) for k in range(4))
+        return F.relu(F.batch_norm(x, mean, var, scale, bias, False, 0.0, 1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = x
+        for t in range(self.n_t):
+            y = self._bn_relu(feats, t, 1)
+            if self.bc:
+                y = self._bn_relu(F.conv2d(y, self._blob(5, t)), t, 6)
+            feats = torch.cat([feats, F.conv2d(y, self._blob(0, t), padding=1)], 1)
+        return feats
+
+
+@register("DenseBlock", shape=dense_block_shape, fork="senlinuc/caffe_ocr")
+def convert_dense_block(layer: Layer, net: Net) -> nn.Module:
+    """DenseBlock (caffe_ocr): numTransition x BN-ReLU-[bottleneck-]Conv3x3, channels appended."""
+    n_t, _, bc = _dense_layout(layer.param)
+    if layer.blobs:
+        blobs = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
+    else:
+        blobs = [torch.zeros(s) for s in layer.param_shapes]
+    return DenseBlockCudnn(blobs, n_t, bc)
+
+
+# ---------------------------------------------------------------- CTPN's text proposals
+
+CTPN_ANCHOR_HEIGHTS = (11, 16, 23, 33, 48, 68, 97, 139, 198, 283)  # CTPN src/anchor.py
+
+
+def ctpn_basic_anchors() -> list[tuple[int, int, int, int]]:
+    """CTPN's AnchorText.basic_anchors: width 16, ten heights, centred on (7.5, 7.5).
+
+    Under Python 2.7 (CTPN's README) ``h/2`` and ``w/2`` are integer divisions and the float
+    corners are truncated into an int32 array: x 0..15, y int(7.5 - h//2)..int(7.5 + h//2).
+    (Python 3 would give anchors one pixel taller for the odd heights.)
+    """
+    return [(int(7.5 - 16 // 2), int(7.5 - h // 2), int(7.5 + 16 // 2), int(7.5 + h // 2))
+            for h in CTPN_ANCHOR_HEIGHTS]
+
+
+def _feat_stride(p: pb_message.Message) -> float:
+    cfg = parse_param_str(p.python_param.param_str)
+    if "feat_stride" not in cfg:
+        raise PrototxtError("CTPN's proposal layer needs 'feat_stride' in param_str")
+    return float(cfg["feat_stride"])
+
+
+def text_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+    """(1 x 2A x H x W probs, 1 x 2A x H x W deltas, im_info) -> H*W*A x 4 boxes, H*W*A x 1."""
+    try:
+        _feat_stride(p)
+    except PrototxtError as err:
+        raise ShapeRuleError(err.message) from None
+    a = len(CTPN_ANCHOR_HEIGHTS)
+    if len(ins) != 3 or len(ins[0]) != 4 or tuple(ins[1]) != tuple(ins[0]):
+        raise ShapeRuleError(f"needs bottoms probs and deltas (1 x {2 * a} x H x W) and im_info")
+    if ins[0][0] != 1 or ins[0][1] != 2 * a:
+        raise ShapeRuleError(f"the layer asserts batch 1 and has {a} anchors ({2 * a} "
+                             f"channels), got {ins[0]}")
+    if len(p.top) != 2:
+        raise ShapeRuleError("the layer has two tops (boxes, scores)")
+    rows = ins[0][2] * ins[0][3] * a
+    return LayerShapes(((rows, 4), (rows, 1)))
+
+
+class CTPNTextProposals(nn.Module):
+    """Every anchor's vertical box from its (dy, dh), clipped to the image; no NMS here."""
+
+    def __init__(self, feat_stride: float) -> None:
+        super().__init__()
+        self.feat_stride = feat_stride
+        self.register_buffer("basic", torch.tensor(ctpn_basic_anchors(), dtype=torch.float32))
+
+    def forward(self, probs: torch.Tensor, deltas: torch.Tensor, im_info: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.basic.shape[0]
+        scores = probs[:, a:].permute(0, 2, 3, 1).reshape(-1, 1)
+        d = deltas.permute(0, 2, 3, 1).reshape(-1, 2)
+        ys = torch.arange(probs.shape[2], dtype=probs.dtype, device=probs.device)
+        xs = torch.arange(probs.shape[3], dtype=probs.dtype, device=probs.device)
+        gy, gx = torch.meshgrid(ys * self.feat_stride, xs * self.feat_stride, indexing="ij")
+        shift = torch.stack([gx, gy, gx, gy], dim=-1).unsqueeze(2)  # H x W x 1 x 4
+        anchors = (shift + self.basic.to(probs.dtype)).reshape(-1, 4)
+        y_ctr = (anchors[:, 1] + anchors[:, 3]) / 2.0
+        h = anchors[:, 3] - anchors[:, 1] + 1.0
+        box_h = torch.exp(d[:, 1]) * h
+        top = d[:, 0] * h + y_ctr - box_h / 2.0
+        info = im_info.reshape(-1)
+        x_max, y_max = info[1] - 1.0, info[0] - 1.0
+        x1 = torch.clamp(torch.minimum(anchors[:, 0], x_max), min=0.0)
+        x2 = torch.clamp(torch.minimum(anchors[:, 2], x_max), min=0.0)
+        y1 = torch.clamp(torch.minimum(top, y_max), min=0.0)
+        y2 = torch.clamp(torch.minimum(top + box_h, y_max), min=0.0)
+        return torch.stack([x1, y1, x2, y2], dim=1), scores
+
+
+@register("Python:layers.text_proposal_layer.ProposalLayer", shape=text_proposal_shape,
+          fork="tianzhi0549/CTPN")
+def convert_text_proposal_layer(layer: Layer, net: Net) -> nn.Module:
+    """CTPN's text proposal layer (Python): every anchor's clipped box and score, no NMS."""
+    return CTPNTextProposals(_feat_stride(layer.param))

@@ -104,9 +104,41 @@ class PaddedAvgPool2d(nn.Module):
         return y * self.scale
 
 
+class MaxPoolMask2d(nn.Module):
+    """MAX pooling that also returns Caffe's mask top: the flat index ``h * W + w`` of each
+    window's first strict maximum (row-major scan, as Caffe's and PyTorch's CPU loops), as
+    floats. ``pads``/``extra`` as for :class:`PaddedMaxPool2d`; indices into the explicitly
+    padded input are mapped back to the input (-1 for appended all-padding windows).
+    Caffe never picks padding; here a padding value could win only if every image value in
+    its window were <= -FLT_MAX.
+    """
+
+    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
+                 ceil: bool, width: int, pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+                 extra: tuple[int, int] = (0, 0)) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.pad, self.ceil = kernel, stride, pad, ceil
+        self.width, self.pads, self.extra = width, pads, extra
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pads != (0, 0, 0, 0):
+            x = F.pad(x, self.pads, value=-FLT_MAX)
+        y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil,
+                              return_indices=True)
+        if self.pads != (0, 0, 0, 0):
+            wp = self.width + self.pads[0] + self.pads[1]
+            idx = (torch.div(idx, wp, rounding_mode="floor") - self.pads[2]) * self.width \
+                + torch.remainder(idx, wp) - self.pads[0]
+        mask = idx.to(y.dtype)
+        if self.extra != (0, 0):
+            y = F.pad(y, (0, self.extra[0], 0, self.extra[1]), value=-FLT_MAX)
+            mask = F.pad(mask, (0, self.extra[0], 0, self.extra[1]), value=-1.0)
+        return y, mask
+
+
 @register("Pooling", shape=shapes.pooling_shapes)
 def convert_pooling(layer: Layer, net: Net) -> nn.Module:
-    """Pooling MAX/AVE (global, CEIL/FLOOR, pad up to kernel-1, stride default 1)."""
+    """Pooling MAX/AVE (global, CEIL/FLOOR, pad up to kernel-1, stride default 1, MAX mask top)."""
     pp = layer.param.pooling_param
     x = net.blobs[layer.bottoms[0]].shape
     if len(x) != 4:
@@ -118,10 +150,17 @@ def convert_pooling(layer: Layer, net: Net) -> nn.Module:
         raise UnsupportedLayerError(f"unknown pooling method {pp.pool}")
     hw = (x[2], x[3])
     geo = shapes.pool_geometry(pp, hw)
+    with_mask = len(layer.tops) == 2
+    if with_mask and pp.pool != MAX:
+        raise UnsupportedLayerError("only MAX pooling has a mask top")
+    if geo.global_pooling and with_mask:
+        return MaxPoolMask2d(geo.kernel, (1, 1), (0, 0), False, hw[1])
     if geo.global_pooling:
         return nn.AdaptiveMaxPool2d(1) if pp.pool == MAX else nn.AdaptiveAvgPool2d(1)
     ceil = native_ceil_mode(geo, hw)
     if ceil is not None:
+        if with_mask:
+            return MaxPoolMask2d(geo.kernel, geo.stride, geo.pad, ceil, hw[1])
         if pp.pool == MAX:
             return nn.MaxPool2d(geo.kernel, geo.stride, geo.pad, ceil_mode=ceil)
         return nn.AvgPool2d(geo.kernel, geo.stride, geo.pad, ceil_mode=ceil,
@@ -140,6 +179,8 @@ def convert_pooling(layer: Layer, net: Net) -> nn.Module:
                 zip(padded, geo.kernel, geo.stride, extra[::-1], strict=True))
     if got != geo.out:  # by construction never; a wrong size must not pass silently
         raise ShapeError(f"explicit padding {pads} gives {got}, Caffe {geo.out}")
+    if with_mask:
+        return MaxPoolMask2d(geo.kernel, geo.stride, (0, 0), False, hw[1], pads, extra)
     if pp.pool == MAX:
         return PaddedMaxPool2d(geo.kernel, geo.stride, pads, extra)
     with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too

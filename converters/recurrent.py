@@ -11,6 +11,10 @@ expose_hidden the modules start every forward from zero state, as a freshly set-
 does; a Caffe net that is run again instead carries the previous forward's final state into
 the next one wherever cont[0] != 0.
 
+senlinuc/caffe_ocr's recurrent_layer.cpp also accepts x alone: its unrolled net's cont input is
+then never written and stays all 0, so every step starts afresh (no recurrence at all). The
+modules reproduce that when the layer has one bottom.
+
 OpenCV (4.14) refuses these caffemodels: its Caffe importer hands the blobs to its own LSTM layer,
 which expects (W_h, W_x, b, h_0, c_0) rather than BVLC's (W_xc, b_c, W_hc), and it has no cont.
 """
@@ -45,6 +49,8 @@ def _recurrent_layout(p: pb_message.Message, ins: Sequence[Shape], n_recur: int
         raise ShapeRuleError("recurrent_param.num_output must be positive")
     expose = bool(rp.expose_hidden)
     n_hidden = n_recur if expose else 0
+    if len(ins) == 1 and not expose:  # caffe_ocr: x alone, cont stays all 0 (see CaffeLSTM)
+        ins = [ins[0], tuple(ins[0][:2])]
     if len(ins) not in (2 + n_hidden, 3 + n_hidden):
         raise ShapeRuleError(f"needs bottoms x, cont, [x_static]"
                              f"{f', {n_hidden} initial states' if expose else ''}; got {len(ins)}")
@@ -97,20 +103,30 @@ def _weights(layer: Layer) -> list[torch.Tensor]:
     return [torch.zeros(s) for s in layer.param_shapes]
 
 
+def _cont(x: torch.Tensor, rest: tuple[torch.Tensor, ...], has_cont: bool
+          ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(cont, the bottoms after it); without a cont bottom an all-0 T x N cont (caffe_ocr)."""
+    if has_cont:
+        return rest[0], rest[1:]
+    return x.new_zeros((x.shape[0], x.shape[1])), rest
+
+
 class CaffeLSTM(nn.Module):
     """BVLC LSTM over a fixed number of steps: gate rows i, f, o, g; cont resets h and c."""
 
-    def __init__(self, steps: int, blobs: list[torch.Tensor], static: bool, expose: bool) -> None:
+    def __init__(self, steps: int, blobs: list[torch.Tensor], static: bool, expose: bool,
+                 has_cont: bool = True) -> None:
         super().__init__()
-        self.steps, self.static, self.expose = steps, static, expose
+        self.steps, self.static, self.expose, self.has_cont = steps, static, expose, has_cont
         self.hidden = blobs[-1].shape[1]
         self.weight_xc = nn.Parameter(blobs[0])
         self.bias_c = nn.Parameter(blobs[1])
         self.weight_xc_static = nn.Parameter(blobs[2]) if static else None
         self.weight_hc = nn.Parameter(blobs[-1])
 
-    def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cont, rest = _cont(x, rest, self.has_cont)
         xw = F.linear(x.flatten(2), self.weight_xc, self.bias_c)
         sw = F.linear(rest[0].flatten(1), self.weight_xc_static) if self.static else None
         if self.expose:
@@ -138,17 +154,19 @@ class CaffeLSTM(nn.Module):
 class CaffeRNN(nn.Module):
     """BVLC RNN: h_t = tanh(W_hh (cont_t h_{t-1}) + W_xh x_t + b_h), o_t = tanh(W_ho h_t + b_o)."""
 
-    def __init__(self, steps: int, blobs: list[torch.Tensor], static: bool, expose: bool) -> None:
+    def __init__(self, steps: int, blobs: list[torch.Tensor], static: bool, expose: bool,
+                 has_cont: bool = True) -> None:
         super().__init__()
-        self.steps, self.static, self.expose = steps, static, expose
+        self.steps, self.static, self.expose, self.has_cont = steps, static, expose, has_cont
         self.weight_xh = nn.Parameter(blobs[0])
         self.bias_h = nn.Parameter(blobs[1])
         self.weight_xh_static = nn.Parameter(blobs[2]) if static else None
         self.weight_hh, self.weight_ho, self.bias_o = (nn.Parameter(b) for b in blobs[-3:])
         self.hidden = blobs[-1].shape[0]
 
-    def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        cont, rest = _cont(x, rest, self.has_cont)
         xw = F.linear(x.flatten(2), self.weight_xh, self.bias_h)
         sw = F.linear(rest[0].flatten(1), self.weight_xh_static) if self.static else None
         h = rest[-1][0] if self.expose else x.new_zeros((x.shape[1], self.hidden))
@@ -163,25 +181,26 @@ class CaffeRNN(nn.Module):
         return (out, h.unsqueeze(0)) if self.expose else out
 
 
-def _layout(layer: Layer, n_recur: int) -> tuple[bool, bool]:
+def _layout(layer: Layer, n_recur: int) -> tuple[bool, bool, bool]:
+    """(has x_static, expose_hidden, has a cont bottom)."""
     expose = bool(layer.param.recurrent_param.expose_hidden)
-    return len(layer.bottoms) == 3 + (n_recur if expose else 0), expose
+    return len(layer.bottoms) == 3 + (n_recur if expose else 0), expose, len(layer.bottoms) > 1
 
 
 @register("LSTM", shape=lstm_shape)
 def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """LSTM (BVLC): x (T x N x ...), cont (T x N) -> h; gate rows i, f, o, g; cont resets state."""
-    static, expose = _layout(layer, 2)
+    static, expose, has_cont = _layout(layer, 2)
     steps = net.blobs[layer.bottoms[0]].shape[0]
-    return CaffeLSTM(steps, _weights(layer), static, expose)
+    return CaffeLSTM(steps, _weights(layer), static, expose, has_cont)
 
 
 @register("RNN", shape=rnn_shape)
 def convert_rnn(layer: Layer, net: Net) -> nn.Module:
     """RNN (BVLC): tanh recurrence with a tanh output layer; cont resets the state."""
-    static, expose = _layout(layer, 1)
+    static, expose, has_cont = _layout(layer, 1)
     steps = net.blobs[layer.bottoms[0]].shape[0]
-    return CaffeRNN(steps, _weights(layer), static, expose)
+    return CaffeRNN(steps, _weights(layer), static, expose, has_cont)
 
 
 def continuation_indicator_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:

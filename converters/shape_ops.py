@@ -36,11 +36,14 @@ class Slice(nn.Module):
         if self.n_tops == 1:
             return x
         if self.points is None:  # equal pieces of whatever the axis holds now
-            return tuple(torch.split(x, x.shape[self.axis] // self.n_tops, dim=self.axis))
-        bounds = (0, *self.points)
-        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        sizes.append(x.shape[self.axis] - self.points[-1])  # the last top takes the rest
-        return tuple(torch.split(x, sizes, dim=self.axis))
+            parts = torch.split(x, x.shape[self.axis] // self.n_tops, dim=self.axis)
+        else:
+            bounds = (0, *self.points)
+            sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            sizes.append(x.shape[self.axis] - self.points[-1])  # the last top takes the rest
+            parts = torch.split(x, sizes, dim=self.axis)
+        # indexed, not iterated: torch.fx re-traces the graph (a Proxy cannot be iterated)
+        return tuple(parts[i] for i in range(self.n_tops))
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, n_tops={self.n_tops}, points={self.points}"

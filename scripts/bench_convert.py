@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(timed(argv_, env_))
             print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                   flush=True)
-        ours_pth = out / f"{prototxt.stem}.pth"
+        from caffe_bridge.codegen import module_name
+
+        ours_pth = out / f"{module_name(prototxt.stem)}.pth"
         sizes = {"convert .pth": ours_pth.stat().st_size, "floor .pth": floor_pth.stat().st_size}
     best = {k: min(v) for k, v in times.items()}
     ratio = best["convert"] / best["floor"]

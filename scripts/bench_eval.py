@@ -35,8 +35,9 @@ from caffe_bridge.evaluate import evaluate, set_tf32
 from caffe_bridge.ir import load_net
 from caffe_bridge.random_weights import net_with_random_weights
 
-REPO = Path(__file__).resolve().parents[1]
-PROTOTXT = REPO / "tests" / "fixtures" / "senet" / "SE-ResNet-50.prototxt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_infer import prototxt_path  # noqa: E402 - the one SE-ResNet-50 definition helper
+
 SIZES = [(375, 500), (500, 375), (333, 500), (500, 500), (427, 640), (480, 640)]  # (h, w)
 
 
@@ -56,17 +57,6 @@ def write_images(folder: Path, count: int, seed: int = 0) -> Path:
     labels = folder / "val.txt"
     labels.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return labels
-
-
-def prototxt_path(folder: Path) -> Path:
-    if PROTOTXT.is_file():
-        return PROTOTXT
-    from caffe_bridge.models import senet as S
-    from caffe_bridge.models.senet_caffe import caffe_prototxt_text
-
-    path = folder / "SE-ResNet-50.prototxt"
-    path.write_text(caffe_prototxt_text(S.se_resnet50(), "SE-ResNet-50"), encoding="utf-8")
-    return path
 
 
 def loader_only(dataset: ImageDataset, batch_size: int, workers: int) -> float:

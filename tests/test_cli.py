@@ -59,17 +59,18 @@ def _extra(command: str) -> list[str]:
     return ["--onnx", "out.onnx"] if command == "export" else []
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "layers"])
+@pytest.mark.parametrize("command", [*COMMANDS, "layers", "eval", "demo"])
 def test_help_explains_with_example(command: str) -> None:
     res = run(command, "--help")
     assert res.exit_code == 0
-    assert "Example" in res.output
+    assert "Example" in res.output and f"caffe2torch {command}" in res.output
 
 
 def test_group_help_and_version() -> None:
     assert "Exit codes" in run("--help").output
-    res = run("--version")
-    assert res.exit_code == 0 and "caffe2torch" in res.output
+    for flag in ("--version", "-V"):
+        res = run(flag)
+        assert res.exit_code == 0 and "caffe2torch" in res.output
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -111,8 +112,16 @@ def test_unreadable_prototxt(work: Path) -> None:
     assert_one_line_error(run("inspect", "tiny.prototxt"), "tiny.prototxt")
 
 
-def test_inspect_table_and_totals(work: Path) -> None:
+def test_inspect_finds_the_caffemodel_beside(work: Path) -> None:
+    """Like every command: no WEIGHTS means NET.caffemodel when it is there."""
     res = run("inspect", "tiny.prototxt")
+    assert res.exit_code == 0 and "weights: tiny.caffemodel" in res.output
+    alone = run("inspect", "tiny.prototxt", "--no-weights")
+    assert alone.exit_code == 0 and "weights:" not in alone.output
+
+
+def test_inspect_table_and_totals(work: Path) -> None:
+    res = run("inspect", "tiny.prototxt", "--no-weights")
     assert res.exit_code == 0, res.output
     assert "conv 1x4x6x6" in res.output and "fc 1x3" in res.output
     assert "total: 3 layers, 547 parameters" in res.output  # 4*27+4 + 3*144+3
@@ -199,14 +208,49 @@ def test_convert_interrupted_leaves_nothing(work: Path, monkeypatch: pytest.Monk
 
 def test_export_writes_checked_files(work: Path) -> None:
     res = run("export", "tiny.prototxt", "--onnx", "t.onnx", "--torchscript", "t.pt",
-              "--pt2", "t.pt2", "--dynamic-batch", "--opset", "17")
+              "--pt2", "t.pt2", "--opset", "17")
     assert res.exit_code == 0, res.output
     assert res.output.count("wrote ") == 3
     assert all((work / n).stat().st_size > 0 for n in ("t.onnx", "t.pt", "t.pt2"))
 
 
 def test_export_needs_an_output(work: Path) -> None:
-    assert_one_line_error(run("export", "tiny.prototxt"), "nothing to export")
+    assert_usage_error(run("export", "tiny.prototxt"), "nothing to export")
+
+
+def test_export_defaults_dynamic_batch_with_metadata_and_progress(work: Path) -> None:
+    """ONNX with a batch axis that varies, the preprocessing as metadata, progress per format."""
+    import onnx
+    import onnxruntime as ort
+
+    res = run("export", "tiny.prototxt", "--onnx", "t.onnx", "--pt2", "t.pt2",
+              "--mean", "104,117,123", "--channel-order", "bgr")
+    assert res.exit_code == 0, res.output
+    model = onnx.load(str(work / "t.onnx"))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["mean"] == "104,117,123" and meta["channel_order"] == "bgr"
+    assert meta["inputs"].startswith("data:") and meta["source"] == "tiny.prototxt"
+    session = ort.InferenceSession(str(work / "t.onnx"), providers=["CPUExecutionProvider"])
+    shape = [4, *(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])]
+    assert session.run(None, {"data": np.zeros(shape, np.float32)})[0].shape[0] == 4
+    static = run("export", "tiny.prototxt", "--onnx", "s.onnx", "--static-batch", "-q")
+    assert static.exit_code == 0, static.output
+    dim = onnx.load(str(work / "s.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_value >= 1 and not dim.dim_param and static.stderr == ""
+
+
+def test_export_reports_progress_per_format(work: Path) -> None:
+    from caffe_bridge.export import export_net
+    from caffe_bridge.ir import load_net
+
+    heard: list[tuple[str, int, int]] = []
+    export_net(load_net("tiny.prototxt", "tiny.caffemodel"), onnx="p.onnx", pt2="p.pt2",
+               progress=lambda *a: heard.append(a))
+    assert heard == [("export ONNX", 0, 1), ("export ONNX", 1, 1), ("export", 1, 2),
+                     ("export torch.export", 0, 1), ("export torch.export", 1, 1),
+                     ("export", 2, 2)]
 
 
 def test_export_failed_check_exit_2_no_file(work: Path) -> None:

@@ -501,3 +501,25 @@ def test_eval_random_weights_only_on_the_flag(tiny: TinySet, tmp_path: Path) -> 
     assert "weights     SEEDED RANDOM" in out and "images      7" in out.splitlines()
     both = run_eval([*base_args(tiny), "--random-weights"])
     assert both[0] == 2 and "not both" in both[2]
+
+
+def test_eval_truncated_jpeg_is_an_error_naming_it(tiny: TinySet, tmp_path: Path) -> None:
+    """libjpeg decodes a cut-off file with a stderr line only; eval must refuse it by name."""
+    root = tmp_path / "val"
+    shutil.copytree(tiny.root, root)
+    whole = tmp_path / "whole.jpg"
+    assert cv2.imwrite(str(whole), np.full((40, 40, 3), 90, np.uint8))
+    (root / "cut.jpg").write_bytes(whole.read_bytes()[:300])
+    labels = tmp_path / "labels.txt"
+    labels.write_text(tiny.labels.read_text() + "cut.jpg 0\n")
+    args = [str(tiny.prototxt), str(tiny.caffemodel), "--val-dir", str(root), "--labels",
+            str(labels), "--workers", "0"]
+    code, out, err = run_eval(args)
+    assert code == 2 and "truncated image" in err and "cut.jpg" in err
+
+
+def test_conflicting_mean_options_are_a_usage_error(tiny: TinySet, tmp_path: Path) -> None:
+    mean_file = tmp_path / "m.binaryproto"
+    mean_file.write_bytes(b"x")
+    code, _, err = run_eval([*base_args(tiny), "--mean", "1,2,3", "--mean-file", str(mean_file)])
+    assert code == 2 and err.startswith("Usage: ") and "not both" in err

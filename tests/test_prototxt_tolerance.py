@@ -40,7 +40,7 @@ def test_fork_param_block_and_extra_fields_are_skipped_with_file_line_and_path(
         'layer {\n'                                                          # 4
         '  name: "conv" type: "Convolution" bottom: "data" top: "conv"\n'    # 5
         '  convolution_param { num_output: 4 kernel_size: 3 fork_knob: 7 }\n'  # 6
-        '  bn_param { scale_filler { type: "constant" value: 1 } slope: [1, 2] }\n'  # 7
+        '  my_bn_param { scale_filler { type: "constant" value: 1 } slope: [1, 2] }\n'  # 7
         '}\n'
         'fork_net_option: "x"\n'                                             # 9
     )
@@ -50,18 +50,18 @@ def test_fork_param_block_and_extra_fields_are_skipped_with_file_line_and_path(
     assert len(messages) == 3
     assert f"{path}:6: layer 'conv': unknown field layer.convolution_param.fork_knob" \
         in messages[0]
-    assert f"{path}:7: layer 'conv': unknown field layer.bn_param" in messages[1]
+    assert f"{path}:7: layer 'conv': unknown field layer.my_bn_param" in messages[1]
     assert f"{path}:9: unknown field fork_net_option" in messages[2]
 
 
 def test_one_warning_per_distinct_field_however_often_it_occurs(tmp_path: Path) -> None:
     layers = "".join(
         f'layer {{ name: "r{i}" type: "ReLU" bottom: "data" top: "r{i}" '
-        f'relu_param {{ negative_slope: 0 }} upsample_param {{ scale: 2 }} }}\n'
+        f'relu_param {{ negative_slope: 0 }} my_upsample_param {{ scale: 2 }} }}\n'
         for i in range(5))
     _, messages = _load(tmp_path, HEAD + layers)
     assert len(messages) == 1
-    assert ":4: layer 'r0': unknown field layer.upsample_param skipped" in messages[0]
+    assert ":4: layer 'r0': unknown field layer.my_upsample_param skipped" in messages[0]
     assert "and 4 more time(s)" in messages[0]
 
 
@@ -280,3 +280,31 @@ def test_first_layer_of_a_repeated_name_gets_the_weights() -> None:
         net = build_net(upgrade(parsed), source="<w>", weights={"s": [np.ones(3, np.float32)]})
     assert [len(layer.blobs) for layer in net.layers] == [0, 1, 0]
     assert net.layer("s").type == "ReLU"  # lookup by name: the last, as Caffe's layer_by_name
+
+
+def test_python_layer_with_a_registered_converter_converts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import caffe_bridge
+    from caffe_bridge import converters
+
+    monkeypatch.setattr(converters.REGISTRY, "_by_type", dict(converters.REGISTRY._by_type))
+
+    class _Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    @caffe_bridge.register("Python:my.layers.Magic")
+    def convert_magic(layer: object, net: object) -> torch.nn.Module:
+        """my.layers.Magic: doubles (test Python layer)."""
+        return _Double()
+
+    text = HEAD + ('layer { name: "magic" type: "Python" bottom: "data" top: "out"\n'
+                   '  python_param { module: "my.layers" layer: "Magic" } }\n')
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    model = caffe_bridge.convert(path)
+    x = torch.ones(1, 3, 8, 8)
+    torch.testing.assert_close(model(x), 2 * x)

@@ -23,3 +23,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert re.search(rf"^{re.escape(command)}(\s|$)", readme, re.M), "README's test command"
     assert re.search(rf"^{re.escape(command)}\s*$", ci, re.M), "CI runs the README's command"
     assert re.search(r"^pip install -e \. && caffe2torch demo(\s|$)", readme, re.M)
+
+
+def test_readme_cpu_torch_line_and_user_story() -> None:
+    """A CPU-only install that really is (a plain `pip install torch` pulls CUDA on Linux), the
+    timm/Cadene recipes, and the commands behind the items users tripped over."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"^pip install torch --index-url https://download\.pytorch\.org/whl/cpu$",
+                     readme, re.M)
+    for needle in ("--fold-input", "legacy_seresnet50", "pretrainedmodels.se_resnet50",
+                   "load_senet", "--random-weights", "--static-batch", "se_resnet_50.py",
+                   "caffe2torch -V", "[safetensors]"):
+        assert needle in readme, needle

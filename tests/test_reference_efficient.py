@@ -68,6 +68,12 @@ def test_mish_values_and_thresholds() -> None:
     np.testing.assert_allclose(y[3], -25.0 * np.tanh(np.exp(-25.0)), rtol=1e-12)
 
 
+def test_hard_swish_values() -> None:
+    """-4 -> 0, -1.5 -> -1.5 * 1.5 / 6 = -0.375, 1 -> 1 * 4 / 6, 4 -> 4."""
+    y = run1(make_layer("HardSwish"), np.array([-4.0, -1.5, 1.0, 4.0]))
+    np.testing.assert_allclose(y, [0.0, -0.375, 4 / 6, 4.0], rtol=1e-15)
+
+
 def test_convolution_depthwise_ignores_num_output() -> None:
     """Output channels = input channels, weight (C, 1, k, k), whatever num_output says."""
     x = np.arange(2 * 3 * 3, dtype=np.float64).reshape(1, 2, 3, 3)

@@ -33,7 +33,7 @@ def run(layer: SimpleNamespace, *inputs: Any) -> list[np.ndarray]:
 
 def test_sequence_types_are_in_the_reference() -> None:
     assert {"LSTM", "RNN", "ContinuationIndicator", "Lstm", "Reverse", "Transpose", "Im2col",
-            "CTCGreedyDecoder"} <= reference.SUPPORTED
+            "CTCGreedyDecoder", "DenseBlock"} <= reference.SUPPORTED
 
 
 # ---------------------------------------------------------------- BVLC LSTM
@@ -201,3 +201,50 @@ def test_ctc_greedy_decoder_by_hand() -> None:
     assert run(plain, x)[0].ravel().tolist() == [1, 1, 1, 2, 2, -1]
     last = make_layer("CTCGreedyDecoder", "ctc_decoder_param { blank_index: -1 }")
     assert run(last, x)[0].ravel().tolist() == [1, 0, 1, -1, -1, -1]
+
+
+def test_dense_block_by_hand() -> None:
+    """One transition, growth 1: BN-ReLU then a 3 x 3 kernel with one 1 at (0, 0), which as a
+    true convolution reads the input at (h + 1, w + 1): the new channel is shifted up-left."""
+    x = np.arange(9.0).reshape(1, 1, 3, 3) - 4.0
+    kernel = np.zeros((1, 1, 3, 3))
+    kernel[0, 0, 0, 0] = 1.0
+    mean, var = 1.0, 4.0 - 1e-5  # (x - 1) / 2
+    blobs = (kernel, [[[[2.0]]]], [[[[0.5]]]], [[[[mean]]]], [[[[var]]]], [0.0])
+    layer = make_layer("DenseBlock", "denseblock_param { numTransition: 1 growthRate: 1 }", blobs)
+    (out,) = run(layer, x)
+    y = np.maximum(2.0 * (x[0, 0] - 1.0) / 2.0 + 0.5, 0.0)
+    want = np.zeros((3, 3))
+    want[:2, :2] = y[1:, 1:]
+    assert out.shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(out[0, 0], x[0, 0])
+    np.testing.assert_allclose(out[0, 1], want, atol=1e-6)
+
+
+def test_lstm_with_x_alone_never_recurs() -> None:
+    """caffe_ocr's one-bottom LSTM: cont is all 0, so each step sees only its own x."""
+    layer = make_layer("LSTM", "recurrent_param { num_output: 1 }", (W_XC, B_C, W_HC))
+    (h,) = run(layer, np.array([1.0, -1.0, 0.5]).reshape(3, 1, 1))
+    np.testing.assert_allclose(h.ravel(), [lstm_by_hand([v], [0])[0] for v in (1, -1, 0.5)],
+                               atol=1e-12)
+
+
+def test_ctpn_text_proposals_by_hand() -> None:
+    """Python 2.7 anchors: h = 11 spans y 2..12 (int(7.5 - 5), int(7.5 + 5)), h = 283 spans
+    -133..148; x spans 0..15. A box keeps the anchor's centre and (height + 1) for zero deltas:
+    2..12 -> 1.5..12.5. Two positions (x = 0, 1; stride 16)."""
+    layer = make_layer("Python", 'python_param { module: "layers.text_proposal_layer" '
+                       "layer: \"ProposalLayer\" param_str: \"'feat_stride': 16\" }")
+    probs = np.zeros((1, 20, 1, 2))
+    probs[0, 10:, 0, 1] = np.arange(10) / 10.0
+    deltas = np.zeros((1, 20, 1, 2))
+    deltas[0, 1, 0, 1] = np.log(2.0)  # anchor 0 at x = 1: twice as tall
+    boxes, scores = run(layer, probs, deltas, [[1000.0, 1000.0, 1.0]])
+    assert boxes.shape == (20, 4) and scores.shape == (20, 1)
+    np.testing.assert_array_equal(scores[10:, 0], np.arange(10) / 10.0)
+    np.testing.assert_array_equal(boxes[0], [0, 1.5, 15, 12.5])
+    np.testing.assert_array_equal(boxes[9], [0, 0, 15, 148.5])  # -133.5 clipped to 0
+    # x = 1, anchor 0: centre 7, height 11 -> 22: y from 7 - 11 = -4 (clipped to 0) to 18
+    np.testing.assert_allclose(boxes[10], [16, 0, 31, 18], atol=1e-12)
+    clipped, _ = run(layer, probs, deltas, [[10.0, 20.0, 1.0]])
+    np.testing.assert_allclose(clipped[10], [16, 0, 19, 9], atol=1e-12)

@@ -1,9 +1,8 @@
 """Whole OCR nets that OpenCV refuses, against the numpy reference with seeded weights:
 jolibrain's CRNN (captcha) and CTPN's deploy definition (tests/fixtures/wild/SOURCES-seq.md).
 
-Both files are tested through minimal rewrites, said at each test: CRNN's `Permute` (SSD fork,
-not converted on this branch) becomes the identical OCR-fork `Transpose`; CTPN's input is
-shrunk (VGG-16 at 600 x 900 is slow in numpy) and its Python proposal layer dropped.
+CRNN runs as published, and once more with its `Permute` (SSD fork) spelled as the identical
+OCR-fork `Transpose`; CTPN's input is shrunk (VGG-16 at 600 x 900 is slow in numpy).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import Net, build_net, with_weights
 from caffe_bridge.prototxt import parse_prototxt_text
-from caffe_bridge.testing import random_inputs, random_weights
+from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
 
 WILD = Path(__file__).parent / "fixtures" / "wild"
@@ -34,10 +33,11 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
-def run_all(net: Net, seed: int) -> dict[str, float]:
-    """Relative max error of every net output (ours float32 vs the float64 reference)."""
+def run_all(net: Net, seed: int, **fixed: np.ndarray) -> dict[str, float]:
+    """Relative max error of every net output (ours float32 vs the float64 reference);
+    ``fixed`` inputs replace the random ones."""
     net = with_weights(net, random_weights(net, seed))
-    feeds = random_inputs(net, seed + 1)
+    feeds = {**random_inputs(net, seed + 1), **fixed}
     ref = reference.run_net(net, feeds)
     model = build_module(net)
     with torch.no_grad():
@@ -70,42 +70,34 @@ def test_crnn_matches_reference() -> None:
     assert max(errors.values()) < 1e-5, errors
 
 
-def test_crnn_unchanged_file_needs_only_permute() -> None:
-    """The file as published: every layer type but the SSD fork's Permute is converted here."""
-    from caffe_bridge.converters.registry import REGISTRY
-
-    net = net_of((WILD / "crnn_jolibrain_deploy.prototxt").read_text(), "crnn") \
-        if "Permute" in REGISTRY else None
-    if net is None:
-        text = (WILD / "crnn_jolibrain_deploy.prototxt").read_text()
-        types = set(re.findall(r'type: "(\w+)"', text)) - {"xavier", "constant", "Input"}
-        assert types - set(REGISTRY.types()) == {"Permute"}
-        pytest.skip("Permute (SSD fork) has no converter on this branch")
-    if "Permute" not in reference.SUPPORTED:
-        pytest.skip("Permute (SSD fork) has no numpy reference on this branch")
+def test_crnn_unchanged_file_matches_reference() -> None:
+    """The file as published (its Permute converted by the SSD layers)."""
+    net = net_of((WILD / "crnn_jolibrain_deploy.prototxt").read_text(), "crnn")
     errors = run_all(net, 0)
     assert max(errors.values()) < 1e-5, errors
 
 
 def ctpn_text(height: int = 48, width: int = 80) -> str:
-    """CTPN's deploy with a small input and without the Python proposal layer (and im_info)."""
+    """CTPN's deploy with a small input (VGG-16 at 600 x 900 is slow in numpy)."""
     text = (WILD / "ctpn_deploy.prototxt").read_text()
-    text, n1 = re.subn(r"dim: 600\s*dim: 900", f"dim: {height}\n    dim: {width}", text)
-    text, n2 = re.subn(r"input: 'im_info'\s*input_shape \{\s*dim: 1\s*dim: 3\s*\}", "", text)
-    start = text.index("layer {\n  name: 'proposal'")
-    assert n1 == n2 == 1 and text[start:].count("layer {") == 1
-    return text[:start]
+    text, n = re.subn(r"dim: 600\s*dim: 900", f"dim: {height}\n    dim: {width}", text)
+    assert n == 1
+    return text
 
 
+@pytest.mark.slow
 def test_ctpn_matches_reference() -> None:
-    net = net_of(ctpn_text(), "ctpn_deploy.prototxt (small input, no proposal layer)")
+    """VGG-16, Im2col, the row-wise BLSTM (Lstm, Reverse), and the Python text proposals."""
+    net = net_of(ctpn_text(), "ctpn_deploy.prototxt (small input)")
     types = [layer.type for layer in net.layers]
     assert types.count("Lstm") == 2 and types.count("Reverse") == 2
-    assert types.count("Transpose") == 2 and "Im2col" in types
+    assert types.count("Transpose") == 2 and "Im2col" in types and "Python" in types
     # T = feature width 5, N = feature rows 3: the streams are the rows
     assert net.blobs[net.value("lstm_input")].shape == (5, 3, 512 * 9)
-    errors = run_all(net, 0)
-    assert set(net.outputs) == {"rpn_cls_prob_reshape", "rpn_bbox_pred"}
+    assert set(net.outputs) == {"rois", "scores"}
+    assert net.blobs["rois"].shape == (3 * 5 * 10, 4)
+    im_info = np.array([[40.0, 70.0, 1.0]], np.float32)  # clips some boxes
+    errors = run_all(net, 0, im_info=im_info)
     assert max(errors.values()) < 1e-5, errors
 
 
@@ -123,3 +115,22 @@ def test_nets_retrace_with_torch_fx(which: str) -> None:
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
                     strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_crnn_exports_to_onnx(tmp_path: Path) -> None:
+    """The unrolled LSTMs export: ONNX Runtime agrees with PyTorch."""
+    from caffe_bridge.export import export_net
+
+    net = net_of(crnn_text(), "crnn")
+    net = with_weights(net, random_weights(net, 0))
+    (result,) = export_net(net, onnx=tmp_path / "crnn.onnx")
+    assert result.max_rel_err < 1e-5
+
+
+def test_captcha_lstm_as_published() -> None:
+    """jolibrain's two-LSTM captcha reader: x is 128 steps of 3 x 32 image columns."""
+    net = net_of((WILD / "lstm_ctc_jolibrain_deploy.prototxt").read_text(), "lstm_ctc")
+    assert net.blobs[net.value("indicator")].shape == (128, 1)
+    errors = run_all(net, 0)
+    assert max(errors.values()) < 1e-5, errors

@@ -176,9 +176,11 @@ def test_input_shape_option_and_inspect_json(tmp_path: Path) -> None:
     text = TRAIN_VAL.replace("mean_value: 104 mean_value: 117 mean_value: 123", "")
     path = _write(tmp_path, text)
     runner = CliRunner()
-    failed = runner.invoke(main, ["inspect", str(path)])
+    failed = runner.invoke(main, ["convert", str(path), "--no-weights", "-o", str(tmp_path)])
     assert failed.exit_code == 2
     assert "--input-shape data=N,C,H,W" in failed.output
+    partial = runner.invoke(main, ["inspect", str(path)])
+    assert partial.exit_code == 0 and "inputs: data ?" in partial.stdout
     result = runner.invoke(main, ["inspect", "--json", str(path), "--input-shape",
                                   "data=1,3,11,11"])
     assert result.exit_code == 0, result.output
@@ -201,3 +203,63 @@ def test_input_shape_option_and_inspect_json(tmp_path: Path) -> None:
 def test_every_net_loading_command_has_the_input_shape_option(command: str) -> None:
     result = CliRunner().invoke(main, [command, "--help"])
     assert "--input-shape NAME=N,C,H,W" in result.output
+
+
+def test_deploy_definition_is_the_deploy_net_as_text(tmp_path: Path) -> None:
+    from caffe_bridge.deploy import deploy_definition
+
+    net = deploy_definition(_write(tmp_path, TRAIN_VAL))
+    assert [(layer.name, layer.type) for layer in net.layer] == [
+        ("data", "Input"), ("conv1", "Convolution"), ("relu1", "ReLU"), ("fc", "InnerProduct")]
+    assert list(net.layer[0].input_param.shape[0].dim) == [10, 3, 11, 11]
+
+
+def test_a_silenced_only_result_stays_the_output(tmp_path: Path) -> None:
+    text = ('input: "x" input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 3\n'
+            'layer { name: "r" type: "ReLU" bottom: "x" top: "r" }\n'
+            'layer { name: "Silence" type: "Silence" bottom: "r" }\n')
+    net, _ = _load(_write(tmp_path, text))
+    assert net.outputs == ("r",)
+
+
+def test_opencv_reads_the_deploy_form_of_a_train_val_file(tmp_path: Path) -> None:
+    from caffe_bridge.deploy import default_input_shapes
+    from caffe_bridge.opencv_reference import opencv_definition, opencv_forward
+    from caffe_bridge.random_weights import random_inputs, random_weights
+
+    pytest.importorskip("cv2")
+    path = _write(tmp_path, TRAIN_VAL)
+    text = opencv_definition(path)
+    assert text is not None and 'type: "Input"' in text and "SoftmaxWithLoss" not in text
+    with warnings.catch_warnings(), default_input_shapes({"data": (1, 3, 11, 11)}):
+        warnings.simplefilter("ignore")
+        net = load_net(path)
+        inputs = random_inputs(net, seed=0)
+        got = opencv_forward(path, random_weights(net, seed=0), inputs)
+    assert got["fc"].shape == (1, 5)
+
+
+def test_inspect_gives_a_partial_table_for_unsupported_types_and_unknown_shapes(
+    tmp_path: Path,
+) -> None:
+    text = TRAIN_VAL.replace("mean_value: 104 mean_value: 117 mean_value: 123", "").replace(
+        'layer { name: "fc" type: "InnerProduct"',
+        'layer { name: "perm" type: "FancyFork" bottom: "conv1" top: "p" }\n'
+        'layer { name: "fc" type: "InnerProduct"')
+    path = _write(tmp_path, text)
+    runner = CliRunner()
+    data = json.loads(runner.invoke(main, ["inspect", "--json", str(path)]).stdout)
+    assert data["created_inputs"][0]["shape"] == []
+    assert data["created_inputs"][0]["shape_from"] == "unknown (give --input-shape)"
+    assert [r["top_shapes"] for r in data["layers"]] == [None] * 5
+    given = runner.invoke(main, ["inspect", "--json", str(path), "--input-shape",
+                                 "data=1,3,11,11"])
+    data = json.loads(given.stdout)
+    shapes = {r["name"]: r["top_shapes"] for r in data["layers"]}
+    assert shapes["conv1"] == [[1, 4, 9, 9]] and shapes["perm"] is None
+    assert data["unsupported"] == [{"name": "perm", "type": "FancyFork",
+                                    "message": "no converter for 'FancyFork'"}]
+    assert set(data["outputs"]) == {"fc", "p"}
+    shown = runner.invoke(main, ["inspect", str(path), "--input-shape", "data=1,3,11,11"])
+    assert shown.exit_code == 0
+    assert "not convertible yet: FancyFork: perm; shapes after it unknown (?)" in shown.stdout

@@ -183,9 +183,8 @@ def test_network_order(files: dict[str, Path]) -> None:
 
 
 def _zoo(shared_dir: Path, name: str) -> Path:
-    """A zoo definition: the vendored copy when there is one, else ../shared/zoo."""
-    vendored = Path(__file__).parent / "fixtures" / "zoo" / name
-    return vendored if vendored.is_file() else shared_dir / "zoo" / name
+    """A zoo definition (vendored in tests/fixtures/zoo)."""
+    return shared_dir / "zoo" / name
 
 
 @pytest.mark.parametrize("name", ["squeezenet_v1.0_deploy.prototxt",

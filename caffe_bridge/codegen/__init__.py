@@ -8,7 +8,8 @@ The generated ``<stem>.py`` imports only torch and the standard library. It hold
   ``inspect.getsource`` together with the helpers and constants they use;
 * one ``nn.Module`` class whose ``__init__`` creates one named submodule per Caffe layer by
   repeating the constructor call the converter made (captured while converting), whose
-  ``CAFFE_NAMES`` maps submodules back to Caffe layer names, and whose ``forward`` is written
+  each line commented with its Caffe layer name (``CAFFE_NAMES`` holds only the names a
+  comment cannot show exactly), and whose ``forward`` is written
   from the fx graph with variables named after the Caffe blobs;
 * ``build(weights: str | None = None) -> torch.nn.Module``: the model in eval mode, loading a
   plain state dict (``<stem>.pth``, for ``torch.load(weights_only=True)``) when given.
@@ -25,7 +26,9 @@ import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
+import keyword
 import os
+import re
 import secrets
 import sys
 import threading
@@ -58,6 +61,7 @@ __all__ = [
     "check_identifiers",
     "display_text",
     "generate",
+    "module_name",
     "load_generated",
     "sha256_file",
     "state_dict_for_saving",
@@ -224,6 +228,14 @@ def check_generated(
                            "bit", file=os.fspath(py_path))
 
 
+def module_name(stem: str) -> str:
+    """An importable module name for a file stem: ``SE-ResNet-50`` -> ``se_resnet_50``."""
+    name = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_") or "net"
+    if name[0].isdigit() or keyword.iskeyword(name):
+        name = f"net_{name}"
+    return name
+
+
 def write_module_files(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str] | None,
@@ -232,16 +244,19 @@ def write_module_files(
     force: bool = False,
     check: bool = True,
     progress: Progress | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``OUTDIR/<stem>.py`` and ``OUTDIR/<stem>.pth`` atomically; return their paths.
+    """Write ``OUTDIR/<module>.py`` and ``OUTDIR/<module>.pth`` atomically; return their paths.
 
-    Without ``caffemodel`` the state dict holds what the converters make without weights.
+    ``<module>`` is the prototxt's stem made importable (:func:`module_name`). ``outputs``
+    chooses the blobs ``forward`` returns (default: the net's outputs). Without ``caffemodel``
+    the state dict holds what the converters make without weights.
     """
     from caffe_bridge.atomic import atomic_outputs
     from caffe_bridge.ir import load_net
 
     folder = Path(outdir)
-    stem = Path(prototxt).stem
+    stem = module_name(Path(prototxt).stem)
     targets = [folder / f"{stem}.py", folder / f"{stem}.pth"]
     if folder.exists() and not folder.is_dir():
         raise CaffeBridgeError("output folder is a file", file=str(folder))
@@ -255,11 +270,11 @@ def write_module_files(
         net = load_net(prototxt, caffemodel)
         warn_unused_weights(net, caffemodel)
         with recording() as records:
-            gm = build_module(net)
+            gm = build_module(net, outputs)
         digests = hashes.result()
         sources = [(role, Path(p).name, d) for (role, p), d in zip(files, digests, strict=True)]
         source = render_module(net, gm, records, sources=sources, check=check,
-                               progress=progress)
+                               progress=progress, stem=Path(prototxt).stem)
     finally:
         hashes.cancel()
     created = not folder.exists()

@@ -571,10 +571,6 @@ def _forward_source(net: Net, inputs: list[str], stmts: list[_Statement], output
         fresh: set[str] = set()
         targets = [bind(v, i, fresh) for v in s.targets]
         lines.append(f"{', '.join(targets)} = {call}")
-        dead = sorted({var[v] for v in {*s.args, *s.targets}
-                       if last_use[v] == i and holder.get(var[v]) == v and v not in inputs})
-        if dead:
-            lines.append(f"del {', '.join(dead)}")
     result = [var[v] for v in outputs]
     lines.append(f"return {result[0]}" if single else f"return {', '.join(result)}")
     return ", ".join(args), "\n".join(" " * 8 + line for line in lines)
@@ -606,6 +602,21 @@ def _wrap_call(prefix: str, expr: str, width: int = 100) -> str:
            f"{' ' * (len(prefix) - len(prefix.lstrip()))})"
 
 
+def _comment_shows(name: str) -> bool:
+    """Whether a ``# name`` comment shows the Caffe name exactly (a safe, printable subset)."""
+    return re.fullmatch(r"[A-Za-z0-9 _.,:+()/\-]{1,80}", name) is not None
+
+
+def _init_line(attr: str, expr: str, caffe: str) -> str:
+    """``self.<attr> = <expr>``, with the Caffe layer name as a comment where it differs."""
+    comment = f"  # {caffe}" if caffe != attr and _comment_shows(caffe) else ""
+    line = _wrap_call(f"        self.{attr} = ", expr, 100 - len(comment))
+    if not comment or "\n" not in line:
+        return line + comment
+    first, rest = line.split("\n", 1)
+    return f"{first}{comment}\n{rest}"
+
+
 def _template() -> string.Template:
     text = resources.files("caffe_bridge.codegen").joinpath("module.py.tmpl").read_text("utf-8")
     return string.Template(text)
@@ -627,11 +638,20 @@ def check_identifiers(source: str, filename: str = "<generated>") -> None:
                 raise CodegenError(f"generated source has a non-ASCII identifier {ident!r}")
 
 
-def _class_name(net: Net, taken: set[str]) -> str:
-    base = re.sub(r"\W", "", (net.name or "CaffeNet").title(), flags=re.ASCII)[:48] or "CaffeNet"
-    if not base[0].isalpha():
+def class_name_for(name: str) -> str:
+    """A CamelCase class name from a net or file name: ``SE-ResNet-50`` -> ``SEResNet50``,
+    ``squeezenet_v1.1_deploy`` -> ``SqueezenetV11Deploy`` (letters' own case kept)."""
+    parts = re.split(r"[^A-Za-z0-9]+", name)
+    base = "".join(p[:1].upper() + p[1:] for p in parts)[:48]
+    if not base or not base[0].isalpha():
         base = f"Net{base}"
-    return safe_identifier(base, taken)
+    return base
+
+
+def _class_name(net: Net, stem: str | None, taken: set[str]) -> str:
+    """From the net's name, else the file's stem (never a made-up "Caffenet")."""
+    name = net.name if re.search(r"[A-Za-z0-9]", net.name or "") else (stem or "CaffeNet")
+    return safe_identifier(class_name_for(name), taken)
 
 
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -727,6 +747,24 @@ def _check_layer(attr: str, name: str, original: nn.Module, expr: str,
                            file=net.source, layer=name)
 
 
+def _init_lines(net: Net, gm: fx.GraphModule, renderer: _Renderer, stmts: list[_Statement],
+                check: bool, progress: Progress | None) -> list[str]:
+    """``self.<attr> = <constructor call>`` per submodule, each rebuilt and checked if asked."""
+    shapes = {s.attr: [net.blobs[a].shape for a in s.args] for s in stmts}
+    names = caffe_layer_names(gm)
+    children = list(gm.named_children())
+    lines = []
+    for k, (attr, module) in enumerate(children):
+        expr = renderer.module(module)
+        if check:
+            _check_layer(attr, names.get(attr, attr), module, expr,
+                         renderer.emitter.namespace(), shapes.get(attr, []), net)
+        lines.append(_init_line(attr, expr, names.get(attr, attr)))
+        if progress is not None:
+            progress("render", k + 1, len(children))
+    return lines
+
+
 def render_module(
     net: Net,
     gm: fx.GraphModule,
@@ -735,27 +773,21 @@ def render_module(
     sources: Sequence[tuple[str, str, str]] = (),
     check: bool = True,
     progress: Progress | None = None,
+    stem: str | None = None,
 ) -> str:
-    """The standalone source of ``gm`` (built from ``net`` while ``records`` recorded)."""
+    """The standalone source of ``gm`` (built from ``net`` while ``records`` recorded).
+
+    ``stem`` (the file's name) names the class when the net has no name.
+    """
     import caffe_bridge
 
     reserved = {"build", "SOURCES", "NET_NAME", "annotations"}
     emitter = _Emitter(reserved)
-    renderer = _Renderer(emitter, records)
     inputs, stmts, outputs = _graph_statements(gm, net)
-    shapes = {s.attr: [net.blobs[a].shape for a in s.args] for s in stmts}
     names = caffe_layer_names(gm)
     children = list(gm.named_children())
-    init_lines = []
-    for k, (attr, module) in enumerate(children):
-        expr = renderer.module(module)
-        if check:
-            _check_layer(attr, names.get(attr, attr), module, expr, emitter.namespace(),
-                         shapes.get(attr, []), net)
-        init_lines.append(_wrap_call(f"        self.{attr} = ", expr))
-        if progress is not None:
-            progress("render", k + 1, len(children))
-    class_name = _class_name(net, set(emitter.bound) | reserved)
+    init_lines = _init_lines(net, gm, _Renderer(emitter, records), stmts, check, progress)
+    class_name = _class_name(net, stem, set(emitter.bound) | reserved)
     emitter.reserved.add(class_name)
     single = len(outputs) == 1
     fwd_args, fwd_body = _forward_source(net, inputs, stmts, outputs,
@@ -766,7 +798,8 @@ def render_module(
     future = "from __future__ import annotations"
     imports = sorted((s for s in emitter.imports if s != future),
                      key=lambda s: (not s.startswith("import "), s))
-    caffe_names = [(repr(attr), repr(names.get(attr, attr))) for attr, _ in children]
+    caffe_names = [(repr(attr), repr(names[attr])) for attr, _ in children
+                   if attr in names and not _comment_shows(names[attr])]
     input_items = [(repr(net.blobs[v].caffe_name), _literal(net.blobs[v].shape)) for v in inputs]
     source = _template().substitute(
         title=f"{display_text(net.name) or 'A Caffe net'}, converted to PyTorch by caffe-bridge.",

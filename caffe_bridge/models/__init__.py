@@ -1,7 +1,8 @@
 """Idiomatic PyTorch definitions of model families, with their Caffe mappings.
 
-``from_caffe`` / ``to_caffe`` (``senet_caffe``) are imported on first use: they need the parser
-and the caffemodel writer, which the plain model definitions do not.
+``from_caffe`` / ``to_caffe`` (``senet_caffe``) and ``load_senet`` / ``fold_input``
+(``senet_export``) are imported on first use: they need the parser and the caffemodel writer,
+which the plain model definitions do not.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from caffe_bridge.models.senet import (
 __all__ = [
     "SEBNInception",
     "SENet",
+    "fold_input",
     "from_caffe",
+    "load_senet",
     "se_bn_inception",
     "se_resnet50",
     "se_resnet101",
@@ -40,4 +43,8 @@ def __getattr__(name: str) -> Any:
         from caffe_bridge.models import senet_caffe
 
         return getattr(senet_caffe, name)
+    if name in ("load_senet", "fold_input"):
+        from caffe_bridge.models import senet_export
+
+        return getattr(senet_export, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

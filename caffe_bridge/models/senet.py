@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,6 +124,43 @@ class CaffeInput(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.input_format)
+
+
+class TimmInterface:
+    """timm's classifier interface, shared by :class:`SENet` and :class:`SEBNInception`.
+
+    ``forward_features`` -> ``(N, C, 7, 7)``; ``forward_head(x, pre_logits=True)`` -> the pooled
+    ``(N, num_features)`` features, else the logits; ``get_classifier`` / ``reset_classifier``
+    swap ``last_linear`` (``num_classes=0``: an ``nn.Identity``, the model returns features).
+    """
+
+    num_features: int
+    num_classes: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # type: ignore[attr-defined]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avg_pool(x)  # type: ignore[attr-defined]
+        dropout = getattr(self, "dropout", None)  # SENet-154 only
+        if dropout is not None:
+            x = dropout(x)
+        # Caffe: InnerProduct flattens from axis 1 (C x 1 x 1 at 224x224 input).
+        x = torch.flatten(x, 1)
+        return x if pre_logits else self.last_linear(x)  # type: ignore[attr-defined]
+
+    def get_classifier(self) -> nn.Module:
+        return self.last_linear  # type: ignore[attr-defined]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg"):
+            raise ValueError("only the Caffe head's average pooling is available")
+        self.num_classes = num_classes
+        self.last_linear = (nn.Linear(self.num_features, num_classes) if num_classes > 0
+                            else nn.Identity())
+
+    def _set_input_format(self, input_format: str) -> None:
+        self.input_transform = None if input_format == "caffe" else CaffeInput(input_format)
 
 
 class SEModule(nn.Module):
@@ -258,7 +296,36 @@ class SEResNeXtBottleneck(Bottleneck):
 BottleneckType = type[SEBottleneck] | type[SEResNetBottleneck] | type[SEResNeXtBottleneck]
 
 
-class SENet(nn.Module):
+def _senet_stem(inplanes: int, input_3x3: bool) -> nn.Sequential:
+    """``layer0``: one 7x7 conv (or SENet-154's three 3x3 convs), BatchNorm, ReLU, max pool."""
+    stem: list[tuple[str, nn.Module]]
+    if input_3x3:
+        # Caffe (SENet-154): conv1_1/3x3_s2 (64), conv1_2/3x3 (64), conv1_3/3x3 (128).
+        stem = [
+            ("conv1", nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)),
+            ("bn1", _bn(64)),
+            ("relu1", nn.ReLU(inplace=True)),
+            ("conv2", nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False)),
+            ("bn2", _bn(64)),
+            ("relu2", nn.ReLU(inplace=True)),
+            ("conv3", nn.Conv2d(64, inplanes, kernel_size=3, stride=1, padding=1, bias=False)),
+            ("bn3", _bn(inplanes)),
+            ("relu3", nn.ReLU(inplace=True)),
+        ]
+    else:
+        # Caffe: conv1/7x7_s2, 64 outputs, pad 3, no bias.
+        stem = [
+            ("conv1", nn.Conv2d(3, inplanes, kernel_size=7, stride=2, padding=3, bias=False)),
+            ("bn1", _bn(inplanes)),
+            ("relu1", nn.ReLU(inplace=True)),
+        ]
+    # Caffe: pool1/3x3_s2 is MAX 3x3/2 with no pad; CEIL rounding gives 112 -> 56 (FLOOR: 55).
+    # Named `layer0.pool` as in pretrainedmodels (timm calls it `pool0`; no parameters).
+    stem.append(("pool", _stem_max_pool()))
+    return nn.Sequential(OrderedDict(stem))
+
+
+class SENet(TimmInterface, nn.Module):
     """SE-ResNet / SE-ResNeXt / SENet-154 (the legacy ``pretrainedmodels`` layout).
 
     Args:
@@ -271,6 +338,8 @@ class SENet(nn.Module):
         input_3x3: three 3x3 stem convs (SENet-154) instead of one 7x7.
         downsample_kernel_size, downsample_padding: projection conv of stages 2-4.
         num_classes: outputs of ``last_linear``.
+        input_format: the images it takes, ``"caffe"`` or another ``CaffeInput.FORMATS``
+            (then ``input_transform`` converts them to Caffe input first).
     """
 
     def __init__(
@@ -285,37 +354,15 @@ class SENet(nn.Module):
         downsample_kernel_size: int = 1,
         downsample_padding: int = 0,
         num_classes: int = 1000,
+        input_format: str = "caffe",
     ) -> None:
         super().__init__()
         self.inplanes = inplanes
         self.num_classes = num_classes
         # Optional conversion of other image layouts to Caffe input (see ``CaffeInput``).
         self.input_transform: nn.Module | None = None
-        stem: list[tuple[str, nn.Module]]
-        if input_3x3:
-            # Caffe (SENet-154): conv1_1/3x3_s2 (64), conv1_2/3x3 (64), conv1_3/3x3 (128).
-            stem = [
-                ("conv1", nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)),
-                ("bn1", _bn(64)),
-                ("relu1", nn.ReLU(inplace=True)),
-                ("conv2", nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False)),
-                ("bn2", _bn(64)),
-                ("relu2", nn.ReLU(inplace=True)),
-                ("conv3", nn.Conv2d(64, inplanes, kernel_size=3, stride=1, padding=1, bias=False)),
-                ("bn3", _bn(inplanes)),
-                ("relu3", nn.ReLU(inplace=True)),
-            ]
-        else:
-            # Caffe: conv1/7x7_s2, 64 outputs, pad 3, no bias.
-            stem = [
-                ("conv1", nn.Conv2d(3, inplanes, kernel_size=7, stride=2, padding=3, bias=False)),
-                ("bn1", _bn(inplanes)),
-                ("relu1", nn.ReLU(inplace=True)),
-            ]
-        # Caffe: pool1/3x3_s2 is MAX 3x3/2 with no pad; CEIL rounding gives 112 -> 56 (FLOOR: 55).
-        # Named `layer0.pool` as in pretrainedmodels (timm calls it `pool0`; no parameters).
-        stem.append(("pool", _stem_max_pool()))
-        self.layer0 = nn.Sequential(OrderedDict(stem))
+        self._set_input_format(input_format)
+        self.layer0 = _senet_stem(inplanes, input_3x3)
         # Caffe: conv2_1's projection is always 1x1/1; SENet-154 uses 3x3/2 pad 1 from conv3_1 on.
         self.layer1 = self._make_layer(block, 64, layers[0], groups, reduction)
         self.layer2 = self._make_layer(
@@ -377,11 +424,7 @@ class SENet(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Head: AVE 7x7/1, (dropout), InnerProduct ``classifier``."""
-        x = self.avg_pool(x)
-        if self.dropout is not None:
-            x = self.dropout(x)
-        # Caffe: InnerProduct flattens from axis 1 (C x 1 x 1 at 224x224 input).
-        return self.last_linear(torch.flatten(x, 1))
+        return self.forward_head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(x))
@@ -538,14 +581,16 @@ _BN_INCEPTION_STAGES: tuple[tuple[tuple[int | str, ...], ...], ...] = (
 )
 
 
-class SEBNInception(nn.Module):
+class SEBNInception(TimmInterface, nn.Module):
     """SE-BN-Inception (layout in the comment block above)."""
 
-    def __init__(self, num_classes: int = 1000, reduction: int = 16) -> None:
+    def __init__(self, num_classes: int = 1000, reduction: int = 16,
+                 input_format: str = "caffe") -> None:
         super().__init__()
         self.num_classes = num_classes
         # Optional conversion of other image layouts to Caffe input (see ``CaffeInput``).
         self.input_transform: nn.Module | None = None
+        self._set_input_format(input_format)
         self.layer0 = nn.Sequential(
             OrderedDict(
                 [
@@ -596,7 +641,7 @@ class SEBNInception(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Head: AVE 7x7/1, InnerProduct ``classifier``."""
-        return self.last_linear(torch.flatten(self.avg_pool(x), 1))
+        return self.forward_head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(x))
@@ -614,33 +659,33 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def se_resnet50(num_classes: int = 1000) -> SENet:
-    """SE-ResNet-50 (SE-ResNet-50.prototxt)."""
-    return SENet(SEResNetBottleneck, [3, 4, 6, 3], 1, 16, num_classes=num_classes)
+def se_resnet50(num_classes: int = 1000, **kwargs: Any) -> SENet:
+    """SE-ResNet-50 (SE-ResNet-50.prototxt); ``kwargs`` go to :class:`SENet`."""
+    return SENet(SEResNetBottleneck, [3, 4, 6, 3], 1, 16, num_classes=num_classes, **kwargs)
 
 
-def se_resnet101(num_classes: int = 1000) -> SENet:
-    """SE-ResNet-101 (SE-ResNet-101.prototxt)."""
-    return SENet(SEResNetBottleneck, [3, 4, 23, 3], 1, 16, num_classes=num_classes)
+def se_resnet101(num_classes: int = 1000, **kwargs: Any) -> SENet:
+    """SE-ResNet-101 (SE-ResNet-101.prototxt); ``kwargs`` go to :class:`SENet`."""
+    return SENet(SEResNetBottleneck, [3, 4, 23, 3], 1, 16, num_classes=num_classes, **kwargs)
 
 
-def se_resnet152(num_classes: int = 1000) -> SENet:
-    """SE-ResNet-152 (SE-ResNet-152.prototxt)."""
-    return SENet(SEResNetBottleneck, [3, 8, 36, 3], 1, 16, num_classes=num_classes)
+def se_resnet152(num_classes: int = 1000, **kwargs: Any) -> SENet:
+    """SE-ResNet-152 (SE-ResNet-152.prototxt); ``kwargs`` go to :class:`SENet`."""
+    return SENet(SEResNetBottleneck, [3, 8, 36, 3], 1, 16, num_classes=num_classes, **kwargs)
 
 
-def se_resnext50_32x4d(num_classes: int = 1000) -> SENet:
-    """SE-ResNeXt-50 (32x4d) (SE-ResNeXt-50.prototxt)."""
-    return SENet(SEResNeXtBottleneck, [3, 4, 6, 3], 32, 16, num_classes=num_classes)
+def se_resnext50_32x4d(num_classes: int = 1000, **kwargs: Any) -> SENet:
+    """SE-ResNeXt-50 (32x4d) (SE-ResNeXt-50.prototxt); ``kwargs`` go to :class:`SENet`."""
+    return SENet(SEResNeXtBottleneck, [3, 4, 6, 3], 32, 16, num_classes=num_classes, **kwargs)
 
 
-def se_resnext101_32x4d(num_classes: int = 1000) -> SENet:
-    """SE-ResNeXt-101 (32x4d) (SE-ResNeXt-101.prototxt)."""
-    return SENet(SEResNeXtBottleneck, [3, 4, 23, 3], 32, 16, num_classes=num_classes)
+def se_resnext101_32x4d(num_classes: int = 1000, **kwargs: Any) -> SENet:
+    """SE-ResNeXt-101 (32x4d) (SE-ResNeXt-101.prototxt); ``kwargs`` go to :class:`SENet`."""
+    return SENet(SEResNeXtBottleneck, [3, 4, 23, 3], 32, 16, num_classes=num_classes, **kwargs)
 
 
-def senet154(num_classes: int = 1000) -> SENet:
-    """SENet-154 (SENet-154.prototxt)."""
+def senet154(num_classes: int = 1000, **kwargs: Any) -> SENet:
+    """SENet-154 (SENet-154.prototxt); ``kwargs`` go to :class:`SENet`."""
     return SENet(
         SEBottleneck,
         [3, 8, 36, 3],
@@ -652,9 +697,10 @@ def senet154(num_classes: int = 1000) -> SENet:
         downsample_kernel_size=3,
         downsample_padding=1,
         num_classes=num_classes,
+        **kwargs,
     )
 
 
-def se_bn_inception(num_classes: int = 1000) -> SEBNInception:
-    """SE-BN-Inception (SE-BN-Inception.prototxt)."""
-    return SEBNInception(num_classes=num_classes)
+def se_bn_inception(num_classes: int = 1000, **kwargs: Any) -> SEBNInception:
+    """SE-BN-Inception (SE-BN-Inception.prototxt); ``kwargs`` go to :class:`SEBNInception`."""
+    return SEBNInception(num_classes=num_classes, **kwargs)

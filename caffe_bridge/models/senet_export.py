@@ -29,7 +29,8 @@ from torch import nn
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.models import senet as S
 
-__all__ = ["CONSTRUCTORS", "FORMAT_VERSION", "convert_senet", "load_senet", "preset"]
+__all__ = ["CONSTRUCTORS", "FORMAT_VERSION", "WEIGHT_FORMATS", "convert_senet", "fold_input",
+           "load_senet", "preset"]
 
 PathLike = str | os.PathLike[str]
 FORMAT_VERSION = 1
@@ -45,6 +46,7 @@ CONSTRUCTORS = {
     "SENet-154": "senet154",
 }
 CLASS_ORDERS = ("caffe", "torchvision")
+WEIGHT_FORMATS = ("pth", "safetensors")
 
 # What the caller does to an image before the model, per input format: channel order, value
 # range, then (x - mean) / std per channel in that order. The model's CaffeInput stage turns the
@@ -59,6 +61,34 @@ _PREPROCESS: dict[str, dict[str, Any]] = {
     "torchvision": {"channel_order": "RGB", "input_range": [0, 1],
                     "mean": list(S.TORCHVISION_MEAN_RGB), "std": list(S.TORCHVISION_STD_RGB)},
 }
+
+
+@torch.no_grad()
+def fold_input(model: nn.Module, input_format: str) -> nn.Module:
+    """Fold the ``CaffeInput(input_format)`` stage into ``layer0.conv1`` and ``layer0.bn1``.
+
+    The channel flip and the per-channel scale (``std * 255`` for torchvision input) go into
+    conv1's weights; the constant shift (``mean * 255 - (104, 117, 123)``) becomes a per-output
+    constant ``W . shift``, which ``bn1``'s running mean absorbs (conv1 has no bias: the legacy
+    key layout stays as it is). The model then takes ``input_format`` images with no input stage,
+    as timm's and Cadene's SENets do. Exact except where conv1's zero padding meets the border:
+    there the padded zeros stand for Caffe pixels equal to the shift instead of 0 (measured in
+    the README). Returns ``model`` (changed in place, ``input_transform`` removed).
+    """
+    if input_format == "caffe" or input_format not in S.CaffeInput.FORMATS:
+        raise CaffeBridgeError(f"--fold-input needs an input format other than caffe "
+                               f"({', '.join(S.CaffeInput.FORMATS[1:])}), not {input_format!r}")
+    stage = S.CaffeInput(input_format)
+    conv, bn = model.get_submodule("layer0.conv1"), model.get_submodule("layer0.bn1")
+    w = conv.weight.double()  # (out, 3, k, k), input channels in Caffe's BGR order
+    scale = stage.scale.double().reshape(1, 3, 1, 1)
+    shift = stage.shift.double().reshape(1, 3, 1, 1)
+    constant = (w * shift).sum(dim=(1, 2, 3))  # what the shift adds to every interior output
+    folded = w * scale
+    conv.weight.copy_((folded.flip(1) if stage.flip else folded).float())
+    bn.running_mean.copy_((bn.running_mean.double() - constant).float())
+    model.input_transform = None
+    return model
 
 
 def _check_options(class_order: str, input_format: str) -> None:
@@ -81,6 +111,7 @@ def preset(
     prototxt: PathLike | None = None,
     caffemodel: PathLike | None = None,
     state_dict: str | None = None,
+    folded: bool = False,
 ) -> dict[str, Any]:
     """The preset JSON object for a converted SENet (see the module docstring)."""
     from caffe_bridge import __version__
@@ -101,7 +132,8 @@ def preset(
         "state_dict": state_dict,
         "outputs": "logits (no softmax)",
         "input_format": input_format,
-        "input_transform": None if input_format == "caffe"
+        "input_folded": folded,
+        "input_transform": None if input_format == "caffe" or folded
         else f"caffe_bridge.models.senet.CaffeInput({input_format!r})",
         "preprocess": {
             "resize": 256,
@@ -125,11 +157,28 @@ def preset(
     }
 
 
-def _same_state(model: nn.Module, loaded: dict[str, torch.Tensor]) -> bool:
-    want = model.state_dict()
-    return set(want) == set(loaded) and all(
-        want[k].dtype == loaded[k].dtype and torch.equal(want[k], loaded[k]) for k in want
-    )
+def _save_weights(state: dict[str, torch.Tensor], fmt: str, path: Path) -> None:
+    """Save as a torch ``.pth`` or a ``.safetensors`` file, and check it loads back the same."""
+    if fmt == "safetensors":
+        save_file, load_file = _safetensors()
+        save_file(state, str(path))
+        loaded = load_file(str(path))
+    else:
+        torch.save(state, path)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if set(loaded) != set(state) or not all(
+            loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) for k, v in state.items()):
+        raise CaffeBridgeError("the saved state dict does not load back identically",
+                               file=str(path))
+
+
+def _safetensors() -> tuple[Any, Any]:
+    try:
+        from safetensors.torch import load_file, save_file
+    except ImportError:
+        raise CaffeBridgeError("--format safetensors needs the safetensors package "
+                               "(pip install 'caffe-bridge[safetensors]')") from None
+    return save_file, load_file
 
 
 def convert_senet(
@@ -139,43 +188,50 @@ def convert_senet(
     class_order: str = "caffe",
     input_format: str = "caffe",
     force: bool = False,
+    *,
+    fold: bool = False,
+    formats: tuple[str, ...] = ("pth",),
 ) -> list[Path]:
-    """Write ``<stem>.pth`` and ``<stem>.preset.json`` for a released SENet; return their paths.
+    """Write ``<stem>.pth`` (and/or ``.safetensors``) and ``<stem>.preset.json``; return paths.
 
     ``stem`` is the prototxt's file name without its suffix; ``outdir`` is created if missing.
-    ``caffemodel=None`` converts the definition alone (freshly initialised weights).
+    ``caffemodel=None`` converts the definition alone (freshly initialised weights). ``fold``
+    folds the ``input_format`` conversion into the weights (:func:`fold_input`).
     """
     from caffe_bridge.atomic import atomic_outputs
     from caffe_bridge.ir import load_net
     from caffe_bridge.models.senet_caffe import from_caffe, recognise
 
     _check_options(class_order, input_format)
+    if not formats or any(f not in WEIGHT_FORMATS for f in formats):
+        raise CaffeBridgeError(f"weight formats must be among {', '.join(WEIGHT_FORMATS)}")
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise CaffeBridgeError("is not a directory", file=str(out))
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(prototxt).stem
-    pth, js = out / f"{stem}.pth", out / f"{stem}.preset.json"
-    with atomic_outputs([pth, js], force=force) as (tmp_pth, tmp_js):
+    weights = [out / f"{stem}.{f}" for f in dict.fromkeys(formats)]
+    js = out / f"{stem}.preset.json"
+    with atomic_outputs([*weights, js], force=force) as temps:
         model = from_caffe(prototxt, caffemodel, class_order=class_order)
+        if fold:
+            fold_input(model, input_format)
         arch = recognise(load_net(prototxt))
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        torch.save(state, tmp_pth)
-        loaded = torch.load(tmp_pth, map_location="cpu", weights_only=True)
-        if not _same_state(model, loaded):
-            raise CaffeBridgeError("the saved state dict does not load back identically",
-                                   file=str(pth))
+        for path, tmp in zip(weights, temps, strict=False):
+            _save_weights(state, path.suffix[1:], tmp)
         num_classes = model.get_submodule("last_linear").out_features
         obj = preset(arch, num_classes, class_order, input_format, prototxt=prototxt,
-                     caffemodel=caffemodel, state_dict=pth.name)
-        text = json.dumps(obj, indent=2) + "\n"
-        json.loads(text)
-        tmp_js.write_text(text, encoding="utf-8")
-    return [pth, js]
+                     caffemodel=caffemodel, state_dict=weights[0].name, folded=fold)
+        temps[-1].write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    return [*weights, js]
 
 
 def load_senet(preset_path: PathLike, state_dict_path: PathLike | None = None) -> nn.Module:
-    """Rebuild the model a preset describes, with its weights and input stage, in eval mode."""
+    """Rebuild the model a preset describes, with its weights and input stage, in eval mode.
+
+    ``state_dict_path`` (a ``.pth`` or ``.safetensors``) defaults to the one the preset names.
+    """
     from caffe_bridge import models
 
     path = Path(preset_path)
@@ -192,8 +248,12 @@ def load_senet(preset_path: PathLike, state_dict_path: PathLike | None = None) -
     model: nn.Module = getattr(models, name)(**obj.get("constructor_kwargs", {}))
     weights = Path(state_dict_path) if state_dict_path is not None else \
         path.with_name(str(obj["state_dict"]))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    if weights.suffix == ".safetensors":
+        state = _safetensors()[1](str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
     fmt = obj.get("input_format", "caffe")
-    if fmt != "caffe":
+    if fmt != "caffe" and not obj.get("input_folded", False):
         model.input_transform = S.CaffeInput(fmt)
     return model.eval()

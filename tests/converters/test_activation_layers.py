@@ -9,14 +9,14 @@ import torch
 
 import reference
 from caffe_bridge.build import build_module
-from caffe_bridge.errors import PrototxtError
+from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import with_weights
 from caffe_bridge.random_weights import random_inputs, random_weights
 from layer_check import check_batch, check_layer, net_from_text, net_text, rel_err
 from layer_check import layer_text as one
 
 COVERS = {"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL",
-          "Threshold", "Dropout", "Softmax"}
+          "Threshold", "Dropout", "Softmax", "Python:spatial_dropout.SpatialDropoutLayer"}
 
 X4 = (2, 3, 4, 5)
 
@@ -199,3 +199,24 @@ def test_modules_follow_the_device(layer: str) -> None:
     model = build_module(with_weights(net, random_weights(net, 0))).to("meta")
     out = model(torch.empty(X4, device="meta"))
     assert out.device.type == "meta" and tuple(out.shape) == X4
+
+
+def _spatial_dropout(param_str: str) -> str:
+    """ENet's Python SpatialDropoutLayer, as its deploy prototxt writes it."""
+    return one("Python", 'python_param { module: "spatial_dropout" layer: "SpatialDropoutLayer" '
+                         f'param_str: "{param_str}" }}')
+
+
+def test_enet_spatial_dropout_scales_at_test_time() -> None:
+    """ENet's spatial dropout at TEST multiplies by 1 / (1 - p) (its Python source does): with
+    p = 0.01 the identity a dropout usually is would be 1% off at every bottleneck."""
+    text = net_text(_spatial_dropout("{\\'phase\\': \\'TEST\\', \\'p\\': \\'0.01\\'}"), X4)
+    check_layer(text)
+    x = np.full(X4, 99.0, dtype=np.float32)
+    np.testing.assert_allclose(_run(text, x), 100.0, rtol=1e-6)
+
+
+def test_enet_spatial_dropout_in_train_phase_is_refused() -> None:
+    text = net_text(_spatial_dropout("{\\'phase\\': \\'TRAIN\\', \\'p\\': 0.1}"), X4)
+    with pytest.raises(UnsupportedLayerError, match=r"<test>:3: layer 'l' \(Python\): .*TRAIN"):
+        build_module(net_from_text(text))

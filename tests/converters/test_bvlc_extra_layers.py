@@ -153,3 +153,60 @@ def test_pooling3d_max_with_pad_is_refused() -> None:
 def test_convolution3d_bias_blob_shape() -> None:
     net = net_from_text(net_text(CASES["conv3d"][0], X5))
     assert net.layer("l").param_shapes == ((4, 3, 3, 3, 3), (1, 1, 1, 1, 4))
+
+
+SCALAR_SCALE = """layer { name: "r" type: "Reduction" bottom: "data" top: "s"
+  reduction_param { operation: MEAN coeff: 0.5 } }
+layer { name: "l" type: "Scale" bottom: "data" bottom: "s" top: "out" }
+layer { name: "b" type: "Bias" bottom: "out" bottom: "s" top: "out2" }
+"""
+
+PARAM_SCALE = """layer { name: "p" type: "Parameter" top: "g"
+  parameter_param { shape { dim: 6 dim: 7 } } }
+layer { name: "l" type: "Scale" bottom: "data" bottom: "g" top: "out" scale_param { axis: -2
+  bias_term: true } }
+"""
+
+
+def test_scale_and_bias_by_a_0d_blob() -> None:
+    """Reduction over every axis gives a 0-D blob; Scale / Bias take it as a scalar bottom[1]."""
+    net = net_from_text(net_text(SCALAR_SCALE, X4))
+    assert net.blobs["s"].shape == ()
+    check_layer(net_text(SCALAR_SCALE, X4), weights={})
+
+
+def test_scale_by_a_parameter_blob_from_a_negative_axis() -> None:
+    check_layer(net_text(PARAM_SCALE, X4))
+
+
+@pytest.mark.parametrize("layer,shape", CASES.values(), ids=CASES.keys())
+def test_re_traces_with_torch_fx(layer: str, shape: tuple[int, ...]) -> None:
+    """Every module is fx-traceable: the whole graph re-traces and computes the same."""
+    gm = build_module(net_from_text(net_text(layer, shape)))
+    traced = torch.fx.symbolic_trace(gm)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), gm(x), rtol=0, atol=0)
+
+
+C3D_BLOCK = """layer { name: "conv1" type: "Convolution3D" bottom: "data" top: "conv1"
+  convolution3d_param { num_output: 4 kernel_size: 3 kernel_depth: 3 pad: 1 temporal_pad: 1
+  stride: 2 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution3D" bottom: "conv1" top: "conv2"
+  convolution3d_param { num_output: 4 kernel_size: 3 kernel_depth: 3 pad: 1 temporal_pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "conv1" bottom: "conv2" top: "sum" }
+layer { name: "pool" type: "Pooling3D" bottom: "sum" top: "pool"
+  pooling3d_param { pool: AVE kernel_size: 4 kernel_depth: 2 stride: 4 temporal_stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+  inner_product_param { num_output: 5 } }
+"""
+
+
+def test_c3d_resnet_style_block() -> None:
+    """C3D-v1.1's ResNet-18 pattern (Convolution3D, BatchNorm/Scale on 5-D, Eltwise,
+    Pooling3D, InnerProduct) end to end, with another batch too."""
+    check_layer(net_text(C3D_BLOCK, (2, 3, 5, 9, 9)))
+    check_batch(C3D_BLOCK, (1, 3, 5, 9, 9))

@@ -14,7 +14,7 @@ from layer_check import check_batch, check_layer, net_from_text, net_text
 from layer_check import layer_text as one
 
 COVERS = {"ConvolutionDepthwise", "DepthwiseConvolution", "ShuffleChannel", "ReLU6", "Clip",
-          "Swish", "Mish"}
+          "Swish", "Mish", "HardSwish"}
 
 X4 = (2, 6, 5, 7)
 
@@ -46,6 +46,7 @@ CASES = {
     "swish": (one("Swish"), X4),
     "swish-beta": (one("Swish", "swish_param { beta: 1.7 }"), X4),
     "mish": (one("Mish"), X4),
+    "hard-swish": (one("HardSwish"), X4),
 }
 
 
@@ -107,7 +108,7 @@ def test_relu6_caps_and_leaks() -> None:
 
 def test_mish_and_swish_at_large_magnitudes() -> None:
     x = np.array([[-80.0, -25.0, -19.0, 0.0, 19.0, 25.0, 80.0]], dtype=np.float32)
-    for body in ("Mish", "Swish"):
+    for body in ("Mish", "Swish", "HardSwish"):
         check_layer(net_text(one(body), x.shape), inputs={"data": x})
 
 
@@ -131,3 +132,13 @@ def test_slice_into_many_tops_feeding_a_shuffle() -> None:
 def test_eltwise_with_negative_coeff() -> None:
     """x - relu6(x) - 0.5 x, as a MobileNetV3-style hard-swish residual would write it."""
     check_layer(net_text(ELTWISE_NEG, X4))
+
+
+@pytest.mark.parametrize("layer,shape", CASES.values(), ids=CASES.keys())
+def test_re_traces_with_torch_fx(layer: str, shape: tuple[int, ...]) -> None:
+    """Every module is fx-traceable: the whole graph re-traces and computes the same."""
+    gm = build_module(net_from_text(net_text(layer, shape)))
+    traced = torch.fx.symbolic_trace(gm)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), gm(x), rtol=0, atol=0)

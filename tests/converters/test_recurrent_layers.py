@@ -11,11 +11,11 @@ import torch
 import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import with_weights
-from caffe_bridge.testing import random_weights
+from caffe_bridge.random_weights import random_weights
 from layer_check import check_layer, net_from_text, rel_err
 
 COVERS = {"LSTM", "RNN", "ContinuationIndicator", "Lstm", "Reverse", "Transpose", "Im2col",
-          "CTCGreedyDecoder"}
+          "CTCGreedyDecoder", "DenseBlock", "Python:layers.text_proposal_layer.ProposalLayer"}
 
 
 def seq_net(layer: str, inputs: dict[str, tuple[int, ...]]) -> str:
@@ -362,3 +362,106 @@ def test_modules_retrace_with_torch_fx_and_other_batch(layer: str, shapes: dict)
         x = torch.randn(4, 3, 7, 9)
         want = reference.run_layer(net.layer("i"), [x.numpy()])[0]
         assert rel_err(traced(x).numpy(), want) < 1e-6
+
+
+# ---------------------------------------------------------------- DenseBlock (caffe_ocr)
+
+
+def dense_layer(n_t: int, growth: int, bc: bool = False) -> str:
+    extra = " use_BC: true" if bc else ""
+    return (f'layer {{ name: "db" type: "DenseBlock" bottom: "data" top: "out" denseblock_param '
+            f"{{ numTransition: {n_t} initChannel: 99 growthRate: {growth}{extra} }} }}")
+
+
+def dense_weights(text: str, seed: int) -> dict[str, list[np.ndarray]]:
+    """Filters, BN scale/bias/mean and a positive variance per transition; the scalar 0."""
+    net = net_from_text(text)
+    layer = net.layer("db")
+    n_t = layer.param.denseblock_param.numTransition
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for i, s in enumerate(layer.param_shapes):
+        group = i // n_t
+        if len(s) == 1:
+            arr = np.zeros(s)
+        elif group in (0, 5):
+            arr = rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))
+        elif group in (1, 6):
+            arr = rng.uniform(0.5, 1.5, s)
+        elif group in (4, 9):
+            arr = rng.uniform(0.2, 2.0, s)
+        else:
+            arr = rng.standard_normal(s) * 0.3
+        blobs.append(arr.astype(np.float32))
+    return {"db": blobs}
+
+
+@pytest.mark.parametrize("n_t,growth,bc,shape", [(3, 2, False, (2, 3, 4, 5)),
+                                                (2, 3, True, (1, 2, 5, 4)),
+                                                (1, 4, False, (1, 1, 1, 1))])
+def test_dense_block(n_t: int, growth: int, bc: bool, shape: tuple[int, ...]) -> None:
+    text = seq_net(dense_layer(n_t, growth, bc), {"data": shape})
+    net = net_from_text(text)
+    assert net.blobs[net.value("out")].shape == (shape[0], shape[1] + n_t * growth, *shape[2:])
+    assert len(net.layer("db").param_shapes) == (10 if bc else 5) * n_t + 1
+    check_layer(text, weights=dense_weights(text, 17))
+
+
+def test_dense_block_convolves_not_correlates() -> None:
+    """cuDNN's CUDNN_CONVOLUTION (and the fork's CPU loop) flip the kernel: Caffe's usual
+    cross-correlation with the stored filters gives another result."""
+    text = seq_net(dense_layer(1, 2), {"data": (1, 2, 4, 4)})
+    w = dense_weights(text, 18)
+    x = np.random.default_rng(19).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    (ours,), ref = _run(text, w, {"data": x})
+    assert rel_err(ours, ref["out"]) < 1e-5
+    scale, bias, mean, var = (torch.from_numpy(w["db"][k]).reshape(-1) for k in (1, 2, 3, 4))
+    y = torch.relu(torch.nn.functional.batch_norm(torch.from_numpy(x), mean, var, scale, bias,
+                                                  False, 0.0, 1e-5))
+    correlated = torch.nn.functional.conv2d(y, torch.from_numpy(w["db"][0]), padding=1)
+    assert rel_err(correlated.numpy(), ref["out"][:, 2:]) > 1e-2
+
+
+@pytest.mark.parametrize("type_,top", [("LSTM", "h"), ("RNN", "o")])
+def test_recurrent_without_cont_bottom_is_caffe_ocrs_all_zero_cont(type_: str, top: str) -> None:
+    """caffe_ocr accepts x alone; its cont then stays 0: the same as feeding cont = 0."""
+    alone = seq_net(recurrent(type_, ["x"], [top], 4), {"x": (4, 2, 3)})
+    w = big_weights(alone, 20)
+    check_layer(alone, weights=w)
+    x = np.random.default_rng(21).standard_normal((4, 2, 3)).astype(np.float32)
+    (ours,), _ = _run(alone, w, {"x": x})
+    with_cont = seq_net(recurrent(type_, ["x", "cont"], [top], 4), {"x": (4, 2, 3), "cont": (4, 2)})
+    (zero,), _ = _run(with_cont, w, {"x": x, "cont": np.zeros((4, 2), np.float32)})
+    np.testing.assert_array_equal(ours, zero)
+
+
+def test_dense_block_with_random_weights() -> None:
+    """random_weights draws a DenseBlock with positive variances (finite, non-trivial output)."""
+    errors = check_layer(seq_net(dense_layer(2, 2, True), {"data": (1, 3, 4, 4)}), seed=3)
+    assert max(errors.values()) < 1e-5
+
+
+# ---------------------------------------------------------------- CTPN's text proposals
+
+PROPOSAL = ('layer { name: "p" type: "Python" bottom: "data" bottom: "b1" bottom: "b2" '
+            'top: "rois" top: "scores" python_param { module: "layers.text_proposal_layer" '
+            "layer: \"ProposalLayer\" param_str: \"'feat_stride': 16\" } }")
+
+
+@pytest.mark.parametrize("hw,info", [((2, 3), (30.0, 40.0)), ((3, 4), (200.0, 300.0))])
+def test_ctpn_text_proposals(hw: tuple[int, int], info: tuple[float, float]) -> None:
+    text = seq_net(PROPOSAL, {"data": (1, 20, *hw), "b1": (1, 20, *hw), "b2": (1, 3)})
+    rng = np.random.default_rng(22)
+    probs = rng.uniform(0, 1, (1, 20, *hw)).astype(np.float32)
+    inputs = {"data": probs, "b1": (rng.standard_normal((1, 20, *hw)) * 0.5).astype(np.float32),
+              "b2": np.array([[*info, 1.0]], np.float32)}
+    errors = check_layer(text, inputs=inputs)
+    assert max(errors.values()) < 1e-5
+
+
+def test_ctpn_text_proposals_needs_batch_one_and_ten_anchors() -> None:
+    from caffe_bridge.errors import CaffeBridgeError
+
+    for shape in [(2, 20, 2, 2), (1, 18, 2, 2)]:
+        with pytest.raises(CaffeBridgeError, match="batch 1"):
+            net_from_text(seq_net(PROPOSAL, {"data": shape, "b1": shape, "b2": (1, 3)}))

@@ -71,6 +71,15 @@ def _strings_outside_covers(path: Path) -> set[str]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip}
 
 
+def _written(layer_type: str, strings: set[str]) -> bool:
+    """``layer_type`` appears in a snippet; a ``Python:<module>.<layer>`` key as its module and
+    class in a Python layer's python_param."""
+    if layer_type.startswith("Python:"):
+        module, _, cls = layer_type[len("Python:"):].rpartition(".")
+        return any(f'module: "{module}"' in s and f'layer: "{cls}"' in s for s in strings)
+    return layer_type in strings or any(f'type: "{layer_type}"' in s for s in strings)
+
+
 @pytest.mark.parametrize("path", sorted(collect_covers()), ids=lambda p: p.name)
 def test_covers_are_backed_by_check_layer_prototxts(path: Path) -> None:
     """Each type a module claims is written in its prototxt snippets (``type: "T"``, or passed to
@@ -78,36 +87,36 @@ def test_covers_are_backed_by_check_layer_prototxts(path: Path) -> None:
     assert "check_layer(" in path.read_text(encoding="utf-8"), \
         f"{path.name} declares COVERS but never calls check_layer"
     strings = _strings_outside_covers(path)
-    missing = sorted(t for t in collect_covers()[path]
-                     if t not in strings and not any(f'type: "{t}"' in s for s in strings))
+    missing = sorted(t for t in collect_covers()[path] if not _written(t, strings))
     assert not missing, f"{path.name} lists {missing} in COVERS without a prototxt using them"
 
 
-PRIOR_BOX = """name: "ssd_head"
+FORK_NET = """name: "dcn_head"
 layer { name: "in" type: "Input" top: "data"
         input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
 
 layer {
-  name: "conv4_3_priorbox"
-  type: "NoSuchPriorBox"
+  name: "res5_dcn"
+  type: "DeformableConvolution"
   bottom: "data"
   top: "prior"
+  deformable_convolution_param { num_output: 8 kernel_size: 3 }
 }
 """
 
 
 def test_unknown_layer_type_names_file_line_layer_and_supported_types(tmp_path: Path) -> None:
-    path = tmp_path / "ssd.prototxt"
-    path.write_text(PRIOR_BOX, encoding="utf-8")
+    path = tmp_path / "dcn.prototxt"
+    path.write_text(FORK_NET, encoding="utf-8")
     with pytest.raises(UnsupportedLayerError) as info:
         convert(path)
     msg = str(info.value)
-    assert msg.startswith(f"{path}:6: layer 'conv4_3_priorbox' (NoSuchPriorBox): "), msg
-    assert "NoSuchPriorBox" in info.value.message and "supported" in msg
+    assert msg.startswith(f"{path}:6: layer 'res5_dcn' (DeformableConvolution): "), msg
+    assert "DeformableConvolution" in info.value.message and "supported" in msg
     assert all(t in msg for t in ("Convolution", "ReLU", "Softmax", "Axpy")), msg
     assert (info.value.line, info.value.layer, info.value.layer_type) == (
-        6, "conv4_3_priorbox", "NoSuchPriorBox")
+        6, "res5_dcn", "DeformableConvolution")
 
 
 def test_type_without_converter_is_reported_by_the_registry() -> None:
@@ -119,7 +128,7 @@ def test_type_without_converter_is_reported_by_the_registry() -> None:
         build_module(net)
     msg = str(info.value)
     assert msg.startswith("<test>:3: layer 'act' (NoSuchFork): no converter"), msg
-    assert "Axpy, BNLL" in msg and "caffe_bridge.register" in msg
+    assert "Axpy, BN, BNLL" in msg and "caffe_bridge.register" in msg
 
 
 @pytest.fixture

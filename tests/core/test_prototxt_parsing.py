@@ -147,8 +147,8 @@ def test_semantic_errors_name_layer_and_type() -> None:
 
 def test_unknown_layer_type_is_unsupported_with_location() -> None:
     text = 'input: "x" input_dim: 1 input_dim: 1 input_dim: 4 input_dim: 4\n\n' \
-           'layer { name: "pb" type: "NoSuchPriorBox" bottom: "x" top: "pb" }\n'
-    with pytest.raises(UnsupportedLayerError, match=r"^<test>:3: layer 'pb' \(NoSuchPriorBox\)"):
+           'layer { name: "pb" type: "NoSuchForkLayer" bottom: "x" top: "pb" }\n'
+    with pytest.raises(UnsupportedLayerError, match=r"^<test>:3: layer 'pb' \(NoSuchForkLayer\)"):
         net_from_text(text)
 
 

@@ -11,25 +11,8 @@ import torch
 from caffe_bridge import CaffeBridgeError, PrototxtError
 from caffe_bridge.models import se_bn_inception
 from caffe_bridge.models import senet as S
-from caffe_bridge.models.senet_caffe import from_caffe, to_caffe
+from caffe_bridge.models.senet_caffe import from_caffe
 from caffe_bridge.models.senet_export import convert_senet, load_senet, preset
-
-
-@pytest.fixture(scope="module")
-def caffe_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """SE-BN-Inception (the smallest released architecture) written in the released layout."""
-    d = tmp_path_factory.mktemp("net")
-    torch.manual_seed(0)
-    model = se_bn_inception()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.normal_(0, 0.1)
-    proto, weights = d / "SE-BN-Inception.prototxt", d / "SE-BN-Inception.caffemodel"
-    to_caffe(model.eval(), proto, weights)
-    return proto, weights
 
 
 def _input(fmt: str) -> torch.Tensor:

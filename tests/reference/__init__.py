@@ -41,9 +41,12 @@ SUPPORTED: frozenset[str] = frozenset(DISPATCH)
 
 def run_layer(layer: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run one layer on its bottoms (in order); returns its tops (in order), float64."""
-    fn = DISPATCH.get(layer.type)
+    key = layer.type
+    if key == "Python":  # Python layers are keyed by module and class, as in the registry
+        key = f"Python:{layer.param.python_param.module}.{layer.param.python_param.layer}"
+    fn = DISPATCH.get(key)
     if fn is None:
-        raise NotImplementedError(f"reference has no layer type {layer.type!r}")
+        raise NotImplementedError(f"reference has no layer type {key!r}")
     return fn(layer, list(inputs))
 
 

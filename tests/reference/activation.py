@@ -4,6 +4,7 @@ Threshold, Dropout (test phase). One bottom, one top each.
 
 from __future__ import annotations
 
+import ast
 import math
 from typing import Any
 
@@ -118,7 +119,22 @@ def dropout(layer: Any, inputs: list[Array]) -> list[Array]:
     return [x.copy()]
 
 
+def spatial_dropout(layer: Any, inputs: list[Array]) -> list[Array]:
+    """ENet's Python SpatialDropoutLayer at TEST: x * 1 / (1 - p).
+
+    TimoSaemann/caffe-enet python/spatial_dropout.py, forward(): the non-TRAIN branch writes
+    bottom * scale_ with scale_ = 1. / (1. - p) (p from the param_str dict); numpy multiplies
+    the float32 blob by that factor rounded to float32.
+    """
+    cfg = ast.literal_eval(layer.param.python_param.param_str)
+    if cfg["phase"] == "TRAIN":
+        raise NotImplementedError("TRAIN phase drops channels at random")
+    factor = float(np.float32(1.0 / (1.0 - float(cfg["p"]))))
+    return [f64(inputs[0]) * factor]
+
+
 LAYERS: dict[str, LayerFn] = {
+    "Python:spatial_dropout.SpatialDropoutLayer": spatial_dropout,
     "ReLU": relu,
     "PReLU": prelu,
     "ELU": elu,

@@ -1,5 +1,5 @@
 """Layers of the efficient-net forks (MobileNet, ShuffleNet ports) and the newer activations:
-ConvolutionDepthwise, DepthwiseConvolution, ShuffleChannel, ReLU6, Clip, Swish, Mish.
+ConvolutionDepthwise, DepthwiseConvolution, ShuffleChannel, ReLU6, Clip, Swish, Mish, HardSwish.
 
 Each function cites the C++ source whose CPU forward it follows.
 """
@@ -137,6 +137,16 @@ def mish(layer: Any, inputs: list[Array]) -> list[Array]:
     return [x * np.tanh(sp)]
 
 
+def hard_swish(layer: Any, inputs: list[Array]) -> list[Array]:
+    """x * min(max(x + 3, 0), 6) / 6; no parameters.
+
+    Source: Zeitzmz/micronet-caffe src/caffe/layers/hard_swish_layer.cpp (synopsys-caffe's
+    hard_swish_layer.cpp computes the same).
+    """
+    x = f64(inputs[0])
+    return [x * np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0]
+
+
 LAYERS: dict[str, LayerFn] = {
     "ConvolutionDepthwise": convolution_depthwise,
     "DepthwiseConvolution": depthwise_convolution,
@@ -145,4 +155,5 @@ LAYERS: dict[str, LayerFn] = {
     "Clip": clip,
     "Swish": swish,
     "Mish": mish,
+    "HardSwish": hard_swish,
 }

@@ -1,5 +1,5 @@
-"""The OCR forks' layers: `Lstm` (lstm_param), `Reverse`, `Transpose`, `CTCGreedyDecoder`, and
-BVLC's `Im2col` (which CTPN feeds into its Lstm).
+"""The OCR forks' layers: `Lstm` (lstm_param), `Reverse`, `Transpose`, `CTCGreedyDecoder`,
+`DenseBlock`, and BVLC's `Im2col` (which CTPN feeds into its Lstm).
 
 Homes: tianzhi0549/CTPN (caffe/src/caffe/layers/) and senlinuc/caffe_ocr (src/caffe/layers/),
 whose Lstm (caffe_ocr: lstm_layer_Junhyuk.cpp), Reverse and Transpose agree.
@@ -134,10 +134,108 @@ def ctc_greedy_decoder(layer: Any, inputs: list[Array]) -> list[Array]:
     return [out.reshape(n, t_len, 1, 1)]
 
 
+def _conv_flipped_same(x: Array, w: Array) -> Array:
+    """A true convolution (kernel flipped, as CUDNN_CONVOLUTION), 'same' size, stride 1."""
+    k = w.shape[2]
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    n, _, hgt, wid = x.shape
+    out = np.zeros((n, w.shape[0], hgt, wid))
+    for fx in range(k):
+        for fy in range(k):
+            # output (h, w) reads input (h + p - fx, w + p - fy)
+            patch = xp[:, :, 2 * p - fx:2 * p - fx + hgt, 2 * p - fy:2 * p - fy + wid]
+            out += np.einsum("oc,nchw->nohw", w[:, :, fx, fy], patch)
+    return out
+
+
+def _bn_relu(x: Array, scale: Array, bias: Array, mean: Array, var: Array) -> Array:
+    c = x.shape[1]
+    shape = (1, c, 1, 1)
+    y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5)
+    return np.maximum(y + bias.reshape(shape), 0.0)
+
+
+def dense_block(layer: Any, inputs: list[Array]) -> list[Array]:
+    """caffe_ocr's DenseBlock at test time: numTransition x (BN-ReLU-[Conv1x1-BN-ReLU]-Conv3x3),
+    each transition's growthRate channels appended to its input.
+
+    Source: senlinuc/caffe_ocr src/caffe/layers/DenseBlock_layer.cu (Forward_gpu, TEST) and
+    DenseBlock_layer.cpp (LayerSetUp: blob layout; Forward_cpu, convolution_Fwd, BN_inf_Fwd).
+    Kernels are flipped (CUDNN_CONVOLUTION; the CPU loop flips too), pad 1, stride 1 whatever
+    the geometry fields say; BN eps 1e-5 (CUDNN_BN_MIN_EPSILON of the cuDNN of its time, and the
+    CPU's constant). Blobs (nT transitions): 3x3 filters [0, nT), BN scale [nT, 2nT), BN bias,
+    mean, var, then with use_BC the 1x1 filters [5nT, 6nT) and the bottleneck BN scale, bias,
+    mean, var; last a scalar. The GPU uses mean and var as stored; the CPU forward divides them
+    by that scalar (0 after GPU training, zeroing them): this follows the GPU.
+    """
+    x = f64(inputs[0])
+    p = layer.param.denseblock_param
+    n_t = int(get(p, "numTransition", 40))
+    bc = bool(get(p, "use_BC", False))
+    b = [f64(v) for v in layer.blobs]
+    feats = x
+    for t in range(n_t):
+        y = _bn_relu(feats, *(b[k * n_t + t] for k in (1, 2, 3, 4)))
+        if bc:
+            y = _conv_flipped_same(y, b[5 * n_t + t])
+            y = _bn_relu(y, *(b[k * n_t + t] for k in (6, 7, 8, 9)))
+        feats = np.concatenate([feats, _conv_flipped_same(y, b[t])], axis=1)
+    return [feats]
+
+
+def _py2_half(v: int) -> int:
+    return v // 2  # Python 2.7 `v/2` on ints
+
+
+def ctpn_text_proposals(layer: Any, inputs: list[Array]) -> list[Array]:
+    """CTPN's Python text proposal layer: an anchor per (row y, column x, height a), its box
+    from (dy, dh) and its foreground score; clipped to the image; no NMS, no sorting.
+
+    Source: tianzhi0549/CTPN src/layers/text_proposal_layer.py (forward), src/anchor.py
+    (AnchorText: heights 11..283, width 16, int32 corners from Python 2.7 integer `h/2`),
+    src/other.py (clip_boxes). Rows are ordered y, x, a; scores are channels A.. of the probs;
+    deltas are channel pairs (2a, 2a + 1) = (dy, dh); box y = dy*h_a + cy_a - exp(dh)*h_a/2,
+    height exp(dh)*h_a, x from the anchor; x clipped to [0, W_img - 1], y to [0, H_img - 1].
+    """
+    from .rcnn import _yaml_dict
+
+    stride = float(_yaml_dict(layer.param.python_param.param_str)["feat_stride"])
+    probs, deltas, info = (f64(v) for v in inputs)
+    if probs.shape[0] != 1:
+        raise ValueError("CTPN's proposal layer asserts single-item batches")
+    basic = []
+    for h in (11, 16, 23, 33, 48, 68, 97, 139, 198, 283):
+        x_ctr = y_ctr = (0 + 15) * 0.5
+        corners = [x_ctr - _py2_half(16), y_ctr - _py2_half(h), x_ctr + _py2_half(16),
+                   y_ctr + _py2_half(h)]
+        basic.append(np.trunc(corners))  # stored into an int32 array
+    basic = np.array(basic)
+    n_a = len(basic)
+    _, _, fh, fw = probs.shape
+    rows = []
+    for y in range(fh):
+        for x in range(fw):
+            for a in range(n_a):
+                ax1, ay1, ax2, ay2 = basic[a] + np.array([x, y, x, y]) * stride
+                dy, dh = deltas[0, 2 * a, y, x], deltas[0, 2 * a + 1, y, x]
+                cy, ha = (ay1 + ay2) / 2.0, ay2 - ay1 + 1.0
+                bh = np.exp(dh) * ha
+                top = dy * ha + cy - bh / 2.0
+                rows.append([ax1, top, ax2, top + bh, probs[0, n_a + a, y, x]])
+    out = np.array(rows)
+    img_h, img_w = info.reshape(-1)[:2]
+    out[:, 0:4:2] = np.clip(out[:, 0:4:2], None, img_w - 1).clip(0, None)
+    out[:, 1:4:2] = np.clip(out[:, 1:4:2], None, img_h - 1).clip(0, None)
+    return [out[:, :4], out[:, 4:]]
+
+
 LAYERS: dict[str, LayerFn] = {
     "Lstm": lstm_fork,
     "Reverse": reverse,
     "Transpose": transpose,
     "Im2col": im2col,
     "CTCGreedyDecoder": ctc_greedy_decoder,
+    "DenseBlock": dense_block,
+    "Python:layers.text_proposal_layer.ProposalLayer": ctpn_text_proposals,
 }

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._util import Array, LayerFn, f64, get, has, values
+from ._util import Array, LayerFn, f64, get, has, num_tops, values
 
 MAX, AVE, STOCHASTIC = 0, 1, 2
 _FLT_MAX = float(np.finfo(np.float32).max)
@@ -96,7 +96,7 @@ def ceil_mode_of(p: Any) -> bool:
 
 
 def pooling(layer: Any, inputs: list[Array]) -> list[Array]:
-    """Pooling layer (one top; Caffe's optional MAX mask top is not produced)."""
+    """Pooling layer; MAX with two tops also gives Caffe's mask (pooling_layer.cpp)."""
     p = layer.param.pooling_param
     x = f64(inputs[0])
     if get(p, "global_pooling", False):
@@ -109,7 +109,35 @@ def pooling(layer: Any, inputs: list[Array]) -> list[Array]:
         raise ValueError("global pooling needs pad 0 and stride 1")
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ValueError(f"pooling pad {pad} must be smaller than kernel {kernel}")
-    return [pool2d(x, get(p, "pool", MAX), kernel, stride, pad, ceil_mode_of(p))]
+    method = get(p, "pool", MAX)
+    y = pool2d(x, method, kernel, stride, pad, ceil_mode_of(p))
+    if num_tops(layer) == 1:
+        return [y]
+    if method != MAX or num_tops(layer) != 2:
+        raise ValueError("only MAX pooling has a second (mask) top")
+    return [y, max_mask(x, y.shape[2:], kernel, stride, pad)]
+
+
+def max_mask(x: Array, out: tuple[int, ...], kernel: tuple[int, int],
+             stride: tuple[int, int], pad: tuple[int, int]) -> Array:
+    """Caffe's MAX mask top (floats): flat index h * W + w of the window's first strict
+    maximum over the image part (scan row by row from -FLT_MAX); -1 when nothing beats it.
+    BVLC src/caffe/layers/pooling_layer.cpp; the same loop in alexgkendall/caffe-segnet and
+    TimoSaemann/caffe-enet, whose Upsample consumes the mask."""
+    n, c, h, w = x.shape
+    mask = np.full((n, c, *out), -1.0)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            hs, ws = i * stride[0] - pad[0], j * stride[1] - pad[1]
+            he, we = min(hs + kernel[0], h), min(ws + kernel[1], w)
+            best = np.full((n, c), -_FLT_MAX)
+            for hh in range(max(hs, 0), he):
+                for ww in range(max(ws, 0), we):
+                    v = x[:, :, hh, ww].astype(np.float32)
+                    win = v > best
+                    best = np.where(win, v, best)
+                    mask[:, :, i, j] = np.where(win, hh * w + ww, mask[:, :, i, j])
+    return mask
 
 
 LAYERS: dict[str, LayerFn] = {"Pooling": pooling}

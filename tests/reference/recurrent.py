@@ -27,6 +27,10 @@ def _split_bottoms(layer: Any, inputs: list[Array], n_recur: int) -> tuple[
     """(x, cont, x_static or None, exposed initial states or None), as recurrent_layer.cpp."""
     expose = bool(get(layer.param.recurrent_param, "expose_hidden", False))
     n_hidden = n_recur if expose else 0
+    if len(inputs) == 1 and not expose:
+        # senlinuc/caffe_ocr src/caffe/layers/recurrent_layer.cpp accepts x alone: the unrolled
+        # net's cont input is then never written and keeps its zero-initialised memory.
+        inputs = [inputs[0], np.zeros(np.shape(inputs[0])[:2])]
     if len(inputs) not in (2 + n_hidden, 3 + n_hidden):
         raise ValueError(f"{layer.type} needs x, cont, [x_static], {n_hidden} hidden bottoms")
     x, cont = f64(inputs[0]), f64(inputs[1])
