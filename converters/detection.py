@@ -453,6 +453,13 @@ def _count(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
+def _top_k(p: object) -> int:
+    """nms_param.top_k; else a ``top_k`` written beside nms_param (OpenCV reads it so)."""
+    if _has(p.nms_param, "top_k"):  # type: ignore[attr-defined]
+        return int(p.nms_param.top_k)  # type: ignore[attr-defined]
+    return int(p.top_k) if _has(p, "top_k") else -1  # type: ignore[attr-defined]
+
+
 @register("DetectionOutput", shape=detection_output_shape, fork="weiliu89/caffe (ssd)")
 def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     """DetectionOutput (SSD): decode + per-class NMS; rows [image, label, score, box] x N."""
@@ -477,6 +484,6 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     return SSDDetectionOutput(
         where, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
-        float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k,
+        float(np.float32(nms.eta)), _top_k(p), p.keep_top_k,
         p.clip)
 

@@ -289,3 +289,38 @@ def test_converted_ssd_retraces_with_fx(result) -> None:  # type: ignore[no-unty
     with torch.no_grad():
         out = traced(*(torch.from_numpy(feeds[n]) for n in r.net.inputs)).numpy()
     np.testing.assert_array_equal(out, r.ours[r.det])
+
+
+@pytest.mark.parametrize("where", ["nms_param { nms_threshold: 0.45 top_k: 5 }",
+                                   "top_k: 5 nms_param { nms_threshold: 0.45 }"])
+def test_detection_output_layer_alone_matches_opencv(where: str) -> None:
+    """One DetectionOutput on random inputs, both placements of top_k (OpenCV flattens the
+    parameters, so a top_k beside nms_param acts as nms_param's)."""
+    if not HAVE_CV2:
+        pytest.skip("needs opencv-python-headless")
+    import tempfile
+
+    from caffe_bridge.opencv_reference import opencv_forward
+
+    p, c = 60, 4
+    text = (f'name: "t" input: "loc" input_shape {{ dim: 1 dim: {p * 4} }} input: "conf" '
+            f'input_shape {{ dim: 1 dim: {p * c} }} input: "prior" input_shape {{ dim: 1 dim: 2 '
+            f'dim: {p * 4} }}\nlayer {{ name: "det" type: "DetectionOutput" bottom: "loc" '
+            f'bottom: "conf" bottom: "prior" top: "out" detection_output_param {{ num_classes: '
+            f"{c} share_location: true background_label_id: 0 code_type: CENTER_SIZE "
+            f"keep_top_k: 12 confidence_threshold: 0.1 {where} }} }}\n")
+    rng = np.random.default_rng(4)
+    ctr, size = rng.uniform(0.2, 0.8, (p, 2)), rng.uniform(0.1, 0.4, (p, 2))
+    prior = np.concatenate([ctr - size / 2, ctr + size / 2], 1).reshape(-1)
+    feeds = {"loc": rng.normal(0, 0.5, (1, p * 4)).astype(np.float32),
+             "conf": rng.uniform(0, 1, (1, p * c)).astype(np.float32),
+             "prior": np.stack([prior, np.tile([.1, .1, .2, .2], p)])[None].astype(np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "det.prototxt"
+        path.write_text(text, encoding="utf-8")
+        cv = opencv_forward(path, {}, feeds, ["out"])["out"]
+        net = load_net(path)
+    with torch.no_grad():
+        ours = convert(net)(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+    rep = compare_detections(ours, cv, min_iou=0.999)
+    assert rep.same and rep.n_ours == 12 and rep.worst_score_rel == 0, str(rep)

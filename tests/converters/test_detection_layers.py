@@ -142,6 +142,8 @@ CASES = {
                                    "nms_threshold: 0.3 }", 2, 30, 3, 3, 0),
     "opencv-clip": ("num_classes: 3 code_type: CENTER_SIZE confidence_threshold: 0.2 clip: true "
                     + NMS, 2, 40, 3, 1, 0),
+    "top-k-beside-nms-param": ("num_classes: 3 code_type: CENTER_SIZE confidence_threshold: 0.1 "
+                               "top_k: 6 nms_param { nms_threshold: 0.45 }", 1, 40, 3, 1, 0),
     "corner-no-threshold": ("num_classes: 2 background_label_id: 1 nms_param { nms_threshold: "
                             "0.5 top_k: 400 }", 1, 25, 2, 1, 0),
 }

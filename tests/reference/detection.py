@@ -209,7 +209,8 @@ def _do_params(p: Any) -> dict[str, Any]:
         "conf_thr": float(F32(p.confidence_threshold)) if has(p, "confidence_threshold")
         else -FLT_MAX,
         "nms_thr": get(nms, "nms_threshold", 0.3), "eta": float(F32(get(nms, "eta", 1.0))),
-        "top_k": get(nms, "top_k", -1),
+        # a top_k beside nms_param is not Caffe's; OpenCV flattens parameters and reads it
+        "top_k": get(nms, "top_k", get(p, "top_k", -1)),
         # OpenCV's fork field (opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp,
         # DecodeBBox): clamp every decoded coordinate to [0, 1] before NMS and output
         "clip": get(p, "clip", False),
