@@ -10,6 +10,10 @@ detection_output}_layer.cpp and src/caffe/util/bbox_util.cpp. Traps a naive mapp
 - OpenCV's copy of DetectionOutputParameter adds ``clip`` (decoded boxes clamped to [0, 1]
   before NMS; opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp) and
   ``normalized_bbox`` (false is refused here).
+- RefineDet's DetectionOutput (sfzhang15/RefineDet detection_output_layer.cpp, bbox_util.cpp
+  OSGetConfidenceScores / CasRegDecodeBBoxesAll) takes arm_conf (4th bottom: priors with
+  objectness < objectness_score score 1 for class 0 and 0 elsewhere) and arm_loc (5th: the
+  priors are decoded by it first, then the locations against them, same variances).
 - DetectionOutput sorts candidates with ``std::stable_sort`` (equal scores keep prior order),
   keeps a box when its IoU with every kept box is ``<=`` the threshold, shrinks the threshold by
   ``eta`` after each keep while it is > 0.5, writes rows grouped by image then by ascending label,
@@ -374,9 +378,10 @@ class SSDDetectionOutput(nn.Module):
 
     def __init__(self, layer: str, num_priors: int, num_classes: int, share_location: bool,
                  background: int, code: int, in_target: bool, conf_thr: float, nms_thr: float,
-                 eta: float, top_k: int, keep_top_k: int, clip: bool = False) -> None:
+                 eta: float, top_k: int, keep_top_k: int, clip: bool = False,
+                 objectness: float = 0.01) -> None:
         super().__init__()
-        self.clip = clip
+        self.clip, self.objectness = clip, objectness
         self.layer, self.P, self.C = layer, num_priors, num_classes
         self.share, self.code, self.in_target = share_location, code, in_target
         self.conf_thr, self.keep_top_k = conf_thr, keep_top_k
@@ -390,31 +395,39 @@ class SSDDetectionOutput(nn.Module):
             table.append(table[-1] * torch.tensor(eta, dtype=torch.float32))
         self.register_buffer("thresholds", torch.stack(table))
 
-    def candidates(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor
+    def candidates(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
+                   arm: tuple[torch.Tensor, ...] = ()
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per (image, class): top-K candidates by stable descending score: boxes, scores,
-        validity (score > confidence_threshold)."""
+        validity (score > confidence_threshold). ``arm``: RefineDet's (arm_conf[, arm_loc])."""
         n_loc = 1 if self.share else self.C
         priors = prior[0, 0].reshape(self.P, 1, 4)
         var = prior[0, 1].reshape(self.P, 1, 4)
         if self.in_target:
             var = torch.ones_like(var)
         n = conf.shape[0]  # loc, conf and priors must agree: a wrong size fails here, loudly
+        if len(arm) > 1:  # RefineDet: the ARM's offsets refine the priors first
+            priors = decode_boxes(arm[1].reshape(n, self.P, 1, 4), priors, var, self.code)
         boxes = decode_boxes(loc.reshape(n, self.P, n_loc, 4), priors, var, self.code)
         if self.clip:  # OpenCV's fork field: clamp to [0, 1] before NMS
             boxes = boxes.clamp(0.0, 1.0)
         boxes = boxes.expand(-1, -1, self.C, -1) if self.share else boxes
         boxes = boxes.index_select(2, self.labels).transpose(1, 2)  # N x C' x P x 4
-        scores = conf.reshape(n, self.P, self.C).index_select(2, self.labels).transpose(1, 2)
+        conf = conf.reshape(n, self.P, self.C)
+        if arm:  # RefineDet: low objectness -> scores (1, 0, 0, ...) for classes (0, 1, ...)
+            easy = arm[0].reshape(n, self.P, 2)[..., 1:] < self.objectness
+            background = (torch.arange(self.C, device=conf.device) == 0).to(conf.dtype)
+            conf = torch.where(easy, background, conf)
+        scores = conf.index_select(2, self.labels).transpose(1, 2)
         valid = scores > self.conf_thr
         key = torch.where(valid, scores, torch.full_like(scores, -math.inf))
         order = torch.sort(key, dim=-1, descending=True, stable=True)[1][..., :self.K]
         boxes = boxes.gather(2, order.unsqueeze(-1).expand(-1, -1, -1, 4))
         return boxes, scores.gather(2, order), valid.gather(2, order)
 
-    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor
-                ) -> torch.Tensor:
-        boxes, scores, valid = self.candidates(loc, conf, prior)
+    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
+                *arm: torch.Tensor) -> torch.Tensor:
+        boxes, scores, valid = self.candidates(loc, conf, prior, arm)
         n, c, k = valid.shape
         keep = greedy_nms(boxes.reshape(n * c, k, 4), valid.reshape(n * c, k),
                           self.thresholds, self.layer).reshape(n, c, k)
@@ -435,17 +448,21 @@ class SSDDetectionOutput(nn.Module):
 
 def detection_output_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerShapes:
     """Caffe's Reshape: 1 x 1 x 1 x 7 (the forward resizes to the number of detections)."""
-    if len(in_shapes) != 3:
+    if not 3 <= len(in_shapes) <= 5:
         raise ShapeRuleError(
-            f"DetectionOutput with {len(in_shapes)} bottoms is not the SSD layer (loc, conf, "
-            "priors); forks with extra inputs (RefineDet's ARM, YOLO ports) are not supported")
-    p = param.detection_output_param
+            f"DetectionOutput with {len(in_shapes)} bottoms is neither SSD's (loc, conf, priors) "
+            "nor RefineDet's (+ arm_conf [, arm_loc]); YOLO ports' variants are not supported")
+    p = param.detection_output_param  # type: ignore[attr-defined]
     n_pri = in_shapes[2][-1] // 4
     n_loc = 1 if p.share_location else p.num_classes
-    if _count(in_shapes[0][1:]) != n_pri * n_loc * 4:
-        raise ShapeRuleError("DetectionOutput: number of priors does not match the locations")
-    if _count(in_shapes[1][1:]) != n_pri * p.num_classes:
-        raise ShapeRuleError("DetectionOutput: number of priors does not match the confidences")
+    counts = [n_pri * n_loc * 4, n_pri * p.num_classes, None, n_pri * 2, n_pri * 4]
+    names = ["locations", "confidences", "", "arm_conf (RefineDet)", "arm_loc (RefineDet)"]
+    for i, shape in enumerate(in_shapes):
+        if counts[i] is not None and _count(shape[1:]) != counts[i]:
+            raise ShapeRuleError(
+                f"DetectionOutput: {n_pri} priors do not match the {names[i]} {shape}")
+    if len(in_shapes) == 5 and not p.share_location:
+        raise ShapeRuleError("RefineDet's DetectionOutput (arm_loc) needs share_location")
     return LayerShapes(tops=((1, 1, 1, 7),))
 
 
@@ -460,7 +477,8 @@ def _top_k(p: object) -> int:
     return int(p.top_k) if _has(p, "top_k") else -1  # type: ignore[attr-defined]
 
 
-@register("DetectionOutput", shape=detection_output_shape, fork="weiliu89/caffe (ssd)")
+@register("DetectionOutput", shape=detection_output_shape,
+          fork="weiliu89/caffe (ssd); sfzhang15/RefineDet (4-5 bottoms)")
 def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     """DetectionOutput (SSD): decode + per-class NMS; rows [image, label, score, box] x N."""
     p = layer.param.detection_output_param
@@ -485,5 +503,5 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
         where, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
         float(np.float32(nms.eta)), _top_k(p), p.keep_top_k,
-        p.clip)
+        p.clip, float(np.float32(p.objectness_score)))
 

@@ -211,11 +211,46 @@ def test_detection_output_refuses_to_be_traced_for_export() -> None:
         torch.jit.trace(build_module(net), args, check_trace=False)
 
 
-def test_detection_output_rejects_extra_inputs() -> None:
-    text = do_net("num_classes: 3", 1, 4, 3).replace('bottom: "prior"',
-                                                     'bottom: "prior" bottom: "loc"')
-    with pytest.raises(CaffeBridgeError, match="not the SSD layer"):
-        net_from_text(text)
+def test_detection_output_rejects_other_inputs() -> None:
+    text = do_net("num_classes: 3", 1, 4, 3)
+    six = text.replace('bottom: "prior"', 'bottom: "prior"' + ' bottom: "loc"' * 3)
+    with pytest.raises(CaffeBridgeError, match="neither SSD's"):
+        net_from_text(six)
+    with pytest.raises(CaffeBridgeError, match="arm_conf"):  # 16 values, 4 priors want 8
+        net_from_text(text.replace('bottom: "prior"', 'bottom: "prior" bottom: "loc"'))
+
+
+def refinedet_net(body: str, n: int, p: int, c: int, arm_loc: bool) -> str:
+    text = do_net(body, n, p, c)
+    extra = f" shape {{ dim: {n} dim: {p * 2} }}" + (f" shape {{ dim: {n} dim: {p * 4} }}"
+                                                     if arm_loc else "")
+    tops = ' top: "arm_conf"' + (' top: "arm_loc"' if arm_loc else "")
+    text = text.replace('top: "prior" ', 'top: "prior"' + tops + " ", 1)
+    text = text.replace(" } }\nlayer", extra + " } }\nlayer", 1)
+    return text.replace('bottom: "prior"', 'bottom: "prior" bottom: "arm_conf"'
+                        + (' bottom: "arm_loc"' if arm_loc else ""))
+
+
+@pytest.mark.parametrize("arm_loc", [False, True], ids=["arm-conf", "arm-conf-and-loc"])
+def test_refinedet_detection_output(arm_loc: bool) -> None:
+    """RefineDet's ARM inputs: easy negatives become background; arm_loc refines the priors."""
+    body = ("num_classes: 4 code_type: CENTER_SIZE keep_top_k: 20 confidence_threshold: 0.2 "
+            "objectness_score: 0.3 nms_param { nms_threshold: 0.45 top_k: 30 }")
+    n, p, c = 2, 40, 4
+    net = net_from_text(refinedet_net(body, n, p, c, arm_loc))
+    for seed in range(3):
+        feeds = do_inputs(seed, n, p, c)
+        rng = np.random.default_rng(seed + 10)
+        obj = rng.uniform(0, 1, (n, p, 1))
+        feeds["arm_conf"] = np.concatenate([1 - obj, obj], -1).reshape(n, -1).astype(np.float32)
+        if arm_loc:
+            feeds["arm_loc"] = rng.normal(0, 0.5, (n, p * 4)).astype(np.float32)
+        ref = reference.run_net(net, feeds)["out"]
+        with torch.no_grad():
+            got = build_module(net)(*(torch.from_numpy(feeds[k]) for k in net.inputs)).numpy()
+        assert_rows(got, ref)
+        plain, _ = run_both(do_net(body, n, p, c), {k: feeds[k] for k in ("loc", "conf", "prior")})
+        assert plain.shape != got.shape or np.abs(plain - got).max() > 0.01  # the ARM matters
 
 
 def test_rel_err_helper_sanity() -> None:

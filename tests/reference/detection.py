@@ -252,25 +252,42 @@ def detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
     """detection_output_layer.cpp: rows [image, label, score, xmin, ymin, xmax, ymax] of shape
     1 x 1 x N x 7, images in order, labels ascending, then NMS order. Boxes are not clipped.
     With no detection in the whole batch: one row per image, [i, -1, -1, -1, -1, -1, -1].
+
+    RefineDet (sfzhang15/RefineDet src/caffe/layers/detection_output_layer.cpp, bbox_util.cpp
+    OSGetConfidenceScores and CasRegDecodeBBoxesAll): a 4th bottom arm_conf (N x P*2) turns a
+    prior whose objectness arm_conf[p*2+1] < objectness_score into scores 1 (class 0) and 0 (the
+    others); a 5th bottom arm_loc (N x P*4) is decoded against the priors first, and the
+    locations are decoded against those refined priors with the same variances.
     """
-    if len(inputs) != 3:
-        raise ValueError("DetectionOutput reference takes (loc, conf, priors)")
+    if not 3 <= len(inputs) <= 5:
+        raise ValueError("DetectionOutput reference takes (loc, conf, priors[, arm_conf[, "
+                         "arm_loc]])")
     if not get(layer.param.detection_output_param, "normalized_bbox", True):
         raise ValueError("DetectionOutput normalized_bbox: false is not modelled")
     q = _do_params(layer.param.detection_output_param)
-    loc, conf, pri = (f64(v) for v in inputs)
+    loc, conf, pri = (f64(v) for v in inputs[:3])
     num = loc.shape[0]
     n_pri = pri.shape[2] // 4
     priors, var = pri[0, 0].reshape(n_pri, 4), pri[0, 1].reshape(n_pri, 4)
+    obj_thr = float(F32(get(layer.param.detection_output_param, "objectness_score", 0.01)))
     rows = []
     for n in range(num):
+        pr = priors
+        if len(inputs) == 5:  # CasRegDecodeBBoxesAll: refine the priors by the ARM's offsets
+            arm_loc = f64(inputs[4])[n].reshape(n_pri, 4)
+            pr = np.array([decode(priors[i], var[i], q["code"], q["in_target"], arm_loc[i])
+                           for i in range(n_pri)])
+        cf = conf[n].reshape(n_pri, q["C"]).copy()
+        if len(inputs) >= 4:  # OSGetConfidenceScores
+            easy = f64(inputs[3])[n].reshape(n_pri, 2)[:, 1] < obj_thr
+            cf[easy] = 0.0
+            cf[easy, 0] = 1.0
         lc = loc[n].reshape(n_pri, -1)
-        dets = _image_detections(q, lc, conf[n], priors, var)
+        dets = _image_detections(q, lc, cf.reshape(-1), pr, var)
         n_loc = 1 if q["share"] else q["C"]
         lc = lc.reshape(n_pri, n_loc, 4)
-        cf = conf[n].reshape(n_pri, q["C"])
         for c, i in dets:
-            box = _decode(q, priors[i], var[i], lc[i, 0 if q["share"] else c])
+            box = _decode(q, pr[i], var[i], lc[i, 0 if q["share"] else c])
             rows.append([n, c, cf[i, c], *box])
     if not rows:
         rows = [[n] + [-1.0] * 6 for n in range(num)]
