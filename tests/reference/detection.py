@@ -4,6 +4,8 @@ Written from the fork's CPU forwards (commit 4817bf8b of branch ssd):
 src/caffe/layers/{permute,normalize,prior_box,detection_output}_layer.cpp and
 src/caffe/util/bbox_util.cpp (DecodeBBox, JaccardOverlap, BBoxSize, GetMaxScoreIndex,
 ApplyNMSFast). Loops follow the C++ literally; this is the spec, not the fast path.
+Fork variants of DetectionOutput: RefineDet's ARM bottoms (sfzhang15/RefineDet) and OpenCV's
+``clip`` field (opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp).
 """
 
 from __future__ import annotations
