@@ -22,7 +22,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
@@ -282,3 +282,8 @@ def convert_yolo_detection_output(layer: Layer, net: Net) -> nn.Module:
     except ShapeRuleError as err:
         raise UnsupportedLayerError(str(err)) from None
     return YoloDetectionOutput(**cfg)
+
+
+refuse("Region", "Region (YOLOv2's output layer) is not converted: no Caffe fork found gives it a "
+                 "CPU forward and a region_param, and OpenCV runs its RegionLayer only from its "
+                 "Darknet importer; the converter does not guess its semantics")
