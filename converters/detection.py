@@ -75,11 +75,7 @@ class CaffePermute(nn.Module):
 @register("Permute", shape=permute_shape, fork="weiliu89/caffe (ssd)")
 def convert_permute(layer: Layer, net: Net) -> nn.Module:
     """Permute (SSD): reorder axes; unlisted axes follow in their original order."""
-    try:
-        order = permute_order(layer.param, len(net.blobs[layer.bottoms[0]].shape))
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
-    return CaffePermute(order)
+    return CaffePermute(permute_order(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
 
 
 # --------------------------------------------------------------------------- Normalize
@@ -238,10 +234,7 @@ def convert_prior_box(layer: Layer, net: Net) -> nn.Module:
     """PriorBox (SSD): default boxes and variances, 1 x 2 x (H*W*priors*4), from the shapes."""
     feat = net.blobs[layer.bottoms[0]].shape
     img = net.blobs[layer.bottoms[1]].shape
-    try:
-        priors = prior_boxes(layer.param.prior_box_param, feat[2], feat[3], (img[2], img[3]))
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
+    priors = prior_boxes(layer.param.prior_box_param, feat[2], feat[3], (img[2], img[3]))
     return PriorBoxes(torch.from_numpy(priors))
 
 
