@@ -25,7 +25,8 @@ from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
-SUM, ASUM, SUMSQ, MEAN = 1, 2, 3, 4
+_OP = schema.ReductionParameter
+SUM, ASUM, SUMSQ, MEAN = _OP.SUM, _OP.ASUM, _OP.SUMSQ, _OP.MEAN
 
 
 def _f32(value: float) -> float:

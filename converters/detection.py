@@ -29,13 +29,15 @@ import torch
 import torch.fx
 from torch import nn
 
+from caffe_bridge import schema
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 FLT_MAX = float(np.finfo(np.float32).max)
-CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3
+_CODE = schema.PriorBoxParameter
+CORNER, CENTER_SIZE, CORNER_SIZE = _CODE.CORNER, _CODE.CENTER_SIZE, _CODE.CORNER_SIZE
 
 
 def _has(msg: object, name: str) -> bool:
