@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge import convert
 from caffe_bridge.converters.registry import REGISTRY
 from caffe_bridge.detection_report import compare_detections, detections
 from caffe_bridge.ir import Net, load_net, with_weights
 from caffe_bridge.random_weights import random_inputs, random_weights
+from tests import reference
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).parent / "fixtures" / "wild"

@@ -10,7 +10,7 @@ from caffe_bridge.detection_report import compare_detections, detections
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.export import export_net
 from caffe_bridge.verify import compare_blobs
-from layer_check import net_from_text
+from tests.helpers.layer_check import net_from_text
 
 ROWS = np.array([[0, 1, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 1, 0.8, 0.6, 0.6, 0.9, 0.9],
                  [0, 2, 0.7, 0.2, 0.2, 0.4, 0.4]], np.float32)

@@ -8,10 +8,17 @@ import pytest
 import torch
 import torch.fx
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
-from layer_check import check_batch, check_layer, layer_text, net_from_text, net_text, rel_err
+from tests import reference
+from tests.helpers.layer_check import (
+    check_batch,
+    check_layer,
+    layer_text,
+    net_from_text,
+    net_text,
+    rel_err,
+)
 
 COVERS = {"Permute", "Normalize", "PriorBox", "DetectionOutput"}
 

@@ -9,8 +9,8 @@ import pytest
 from caffe_bridge import converters, shapes
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import UnsupportedLayerError
-from layer_check import layer_text as one
-from layer_check import net_from_text, net_text
+from tests.helpers.layer_check import layer_text as one
+from tests.helpers.layer_check import net_from_text, net_text
 
 
 def test_loader_types_are_the_registered_converters() -> None:

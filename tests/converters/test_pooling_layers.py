@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.converters import REGISTRY
 from caffe_bridge.converters.pooling import PaddedAvgPool2d, PaddedMaxPool2d
 from caffe_bridge.errors import UnsupportedLayerError
-from layer_check import check_layer, net_from_text
+from tests import reference
+from tests.helpers.layer_check import check_layer, net_from_text
 
 COVERS = {"Pooling"}
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import caffe_bridge
-import reference
 from caffe_bridge import converters, shapes
 from caffe_bridge.build import build_module, convert
 from caffe_bridge.converters.registry import ENTRY_POINT_GROUP, Registry
@@ -26,7 +25,8 @@ from caffe_bridge.errors import (
 )
 from caffe_bridge.ir import with_weights
 from caffe_bridge.support import support_table
-from layer_check import net_from_text
+from tests import reference
+from tests.helpers.layer_check import net_from_text
 
 HERE = Path(__file__).resolve().parent
 
