@@ -21,12 +21,12 @@ from torch import nn
 from caffe_bridge import schema, shapes
 from caffe_bridge.converters import conv, pooling
 from caffe_bridge.converters.registry import refuse, register
-from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
-SUM, ASUM, SUMSQ, MEAN = 1, 2, 3, 4
+_OP = schema.ReductionParameter
+SUM, ASUM, SUMSQ, MEAN = _OP.SUM, _OP.ASUM, _OP.SUMSQ, _OP.MEAN
 
 
 def _f32(value: float) -> float:
@@ -272,10 +272,7 @@ class SPPCaffe(nn.Module):
 def convert_spp(layer: Layer, net: Net) -> nn.Module:
     """SPP: pyramid of Caffe poolings (kernel ceil(H/2^i), pad, stride = kernel), concatenated."""
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        levels = _spp_levels(layer.param, x)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
+    levels = _spp_levels(layer.param, x)
     mods = [pooling.convert_pooling(dataclasses.replace(layer, type="Pooling", param=lp), net)
             for lp in levels]
     return mods[0] if len(mods) == 1 else SPPCaffe(mods)

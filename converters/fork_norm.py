@@ -128,10 +128,7 @@ def _stored_stats(blobs: list[torch.Tensor], eps: float) -> nn.Module:
           fork="hszhao/PSPNet, yjxiong/caffe, alexgkendall/caffe-segnet, TimoSaemann/caffe-enet")
 def convert_bn(layer: Layer, net: Net) -> nn.Module:
     """BN of the forks (PSPNet/TSN, SegNet/ENet incl. bn_mode LEARN, PSPNet initial commit)."""
-    try:
-        kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
+    kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
     bp = layer.param.bn_param
     axis = bp.axis if kind == INITIAL else 1
     shape = tuple(layer.param_shapes[0])

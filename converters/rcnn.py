@@ -434,10 +434,7 @@ def _proposal_shapes(cfg: dict[str, object], p: object, ins: Sequence[Shape]) ->
 
 def python_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     """At most post_nms_topn rows per image (the count is data-dependent, as in Caffe)."""
-    try:
-        return _proposal_shapes(_python_proposal_cfg(p), p, ins)
-    except PrototxtError as err:
-        raise ShapeRuleError(err.message) from None
+    return _proposal_shapes(_python_proposal_cfg(p), p, ins)
 
 
 def opencv_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
