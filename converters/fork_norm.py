@@ -1,7 +1,7 @@
 """The forks' custom ``BN`` layer (PSPNet/TSN, SegNet/ENet, PSPNet's initial commit) and MVN.
 
 Which variant a ``BN`` layer is comes from its ``bn_param`` fields (and, with weights, its blob
-count): see :func:`bn_variant` and docs/forks.md. Stored statistics map onto
+count): see :func:`bn_variant` and docs/SEMANTICS.md. Stored statistics map onto
 ``nn.BatchNorm2d``; variants that normalise with the batch's own statistics at test time
 (SegNet's ``bn_mode: LEARN``, the default there, and the initial PSPNet variant without
 ``moving_average``) use :class:`BatchStatNorm`, reproducing each fork's variance formula.
