@@ -1,6 +1,6 @@
 """Whole segmentation nets from the wild (tests/fixtures/wild/, SOURCES-seg.md), converted at a
-small input size (tests/helpers/seg_nets.py rewrites), against the float64 numpy reference at EVERY blob
-and, for DeepLab v2 (no fork BN, no unpooling), against OpenCV at every blob.
+small input size (tests/helpers/seg_nets.py rewrites), against the float64 numpy reference at
+EVERY blob and, for DeepLab v2 (no fork BN, no unpooling), against OpenCV at every blob.
 
 Seeded random weights (``random_weights``: fork BN statistics calibrated). Bound per blob, as in
 test_whole_net.py: ``max(1e-5, 3 x float32 floor)``, the floor being our float32 run against the
