@@ -21,9 +21,10 @@ def is_detection_blob(shape: tuple[int, ...]) -> bool:
 
 
 def detections(blob: np.ndarray) -> np.ndarray:
-    """The N x 7 rows of a DetectionOutput top, without Caffe's ``label == -1`` filler rows."""
+    """The N x 7 rows of a DetectionOutput top without filler rows: Caffe's ``label == -1``
+    rows (no detection in the batch) and OpenCV's all-zero rows (its output in that case)."""
     rows = np.asarray(blob, dtype=np.float64).reshape(-1, 7)
-    return rows[rows[:, 1] != -1]
+    return rows[(rows[:, 1] != -1) & np.any(rows != 0, axis=1)]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -256,10 +256,13 @@ def pool_ceil_mode(pp: pb_message.Message) -> bool:
     return pp.round_mode == schema.PoolingParameter.CEIL
 
 
-def pooled_size(size: int, k: int, s: int, pd: int, ceil: bool) -> int:
-    """Caffe's pooled size: ceil (or floor) division, then clip a window starting in the pad."""
+def pooled_size(size: int, k: int, s: int, pd: int, ceil: bool, extra: int = 0) -> int:
+    """Caffe's pooled size: ceil (or floor) division, then clip a window starting in the pad.
+
+    ``extra`` windows are added before the clip (ChenYingpeng/caffe-yolov3's fork rule).
+    """
     span = size + 2 * pd - k
-    out = (-(-span // s) if ceil else span // s) + 1
+    out = (-(-span // s) if ceil else span // s) + 1 + extra
     if pd > 0 and (out - 1) * s >= size + pd:
         out -= 1  # the last window would start inside the bottom/right padding
     return out
@@ -298,8 +301,11 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
     if gp:
         out = (1, 1)
     else:
-        out = (pooled_size(h, kernel[0], stride[0], pad[0], ceil),
-               pooled_size(w, kernel[1], stride[1], pad[1], ceil))
+        # ChenYingpeng/caffe-yolov3 pooling_layer.cpp: both sizes grow by one when
+        # (kernel_h - stride_h) is odd (it tests the height only)
+        extra = int(pp.odd_window_extra and (kernel[0] - stride[0]) % 2 == 1)
+        out = (pooled_size(h, kernel[0], stride[0], pad[0], ceil, extra),
+               pooled_size(w, kernel[1], stride[1], pad[1], ceil, extra))
         if min(out) <= 0:
             raise ShapeRuleError(f"kernel {kernel} larger than padded input {(h, w)}")
     return PoolGeometry(kernel, stride, pad, ceil, gp, out)

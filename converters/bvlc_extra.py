@@ -20,13 +20,13 @@ from torch import nn
 
 from caffe_bridge import schema, shapes
 from caffe_bridge.converters import conv, pooling
-from caffe_bridge.converters.registry import register
-from caffe_bridge.errors import PrototxtError
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
-SUM, ASUM, SUMSQ, MEAN = 1, 2, 3, 4
+_OP = schema.ReductionParameter
+SUM, ASUM, SUMSQ, MEAN = _OP.SUM, _OP.ASUM, _OP.SUMSQ, _OP.MEAN
 
 
 def _f32(value: float) -> float:
@@ -272,10 +272,7 @@ class SPPCaffe(nn.Module):
 def convert_spp(layer: Layer, net: Net) -> nn.Module:
     """SPP: pyramid of Caffe poolings (kernel ceil(H/2^i), pad, stride = kernel), concatenated."""
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        levels = _spp_levels(layer.param, x)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
+    levels = _spp_levels(layer.param, x)
     mods = [pooling.convert_pooling(dataclasses.replace(layer, type="Pooling", param=lp), net)
             for lp in levels]
     return mods[0] if len(mods) == 1 else SPPCaffe(mods)
@@ -283,10 +280,6 @@ def convert_spp(layer: Layer, net: Net) -> nn.Module:
 
 # ---------------------------------------------------------------- Filter
 
-# Types refused, with the reason. No converter is registered for them (a registered type must
-# pass check_layer against the reference), so the loader reports them as unsupported.
-REFUSED = {
-    "Filter": "Filter is not convertible: its tops hold as many items as the selector (last "
-              "bottom) has non-zero values, decided from the data at every forward (BVLC "
-              "filter_layer.cpp), so no static graph has its shape",
-}
+refuse("Filter", "Filter is not convertible: its tops hold as many items as the selector (last "
+                 "bottom) has non-zero values, decided from the data at every forward (BVLC "
+                 "filter_layer.cpp), so no static graph has its shape")

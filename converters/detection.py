@@ -4,8 +4,16 @@ Semantics from the fork's CPU forwards: src/caffe/layers/{permute,normalize,prio
 detection_output}_layer.cpp and src/caffe/util/bbox_util.cpp. Traps a naive mapping misses:
 
 - Normalize adds ``eps`` to the sum of squares inside the square root (not to the norm).
-- PriorBox reads min/max sizes as ``int`` (Pelee's 21.28 is 21), orders priors per cell as
-  min box, sqrt(min*max) box, then the aspect ratios in setup order (1/ar right after ar).
+- PriorBox reads min/max sizes as ``int`` (Pelee's 21.28 is 21) and ``clip`` defaults to false
+  (OpenCV reads float sizes and clips when the field is absent). Priors per cell: min box,
+  sqrt(min*max) box, then the aspect ratios in setup order (1/ar right after ar).
+- OpenCV's copy of DetectionOutputParameter adds ``clip`` (decoded boxes clamped to [0, 1]
+  before NMS; opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp) and
+  ``normalized_bbox`` (false is refused here).
+- RefineDet's DetectionOutput (sfzhang15/RefineDet detection_output_layer.cpp, bbox_util.cpp
+  OSGetConfidenceScores / CasRegDecodeBBoxesAll) takes arm_conf (4th bottom: priors with
+  objectness < objectness_score score 1 for class 0 and 0 elsewhere) and arm_loc (5th: the
+  priors are decoded by it first, then the locations against them, same variances).
 - DetectionOutput sorts candidates with ``std::stable_sort`` (equal scores keep prior order),
   keeps a box when its IoU with every kept box is ``<=`` the threshold, shrinks the threshold by
   ``eta`` after each keep while it is > 0.5, writes rows grouped by image then by ascending label,
@@ -21,24 +29,15 @@ import torch
 import torch.fx
 from torch import nn
 
-from caffe_bridge import shapes as _shapes
-from caffe_bridge.converters import registry as _registry
+from caffe_bridge import schema
+from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 FLT_MAX = float(np.finfo(np.float32).max)
-CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3
-
-
-def register(type_: str, *, shape: object, fork: str):  # type: ignore[no-untyped-def]
-    """The registry's ``register(type, shape=, fork=)``; until that API is merged, the old
-    ``register(type)`` plus ``shapes.shape_rule`` (TODO: plain import after the merge)."""
-    try:
-        return _registry.register(type_, shape=shape, fork=fork)  # type: ignore[call-arg]
-    except TypeError:
-        _shapes.shape_rule(type_)(shape)  # type: ignore[arg-type]
-        return _registry.register(type_)
+_CODE = schema.PriorBoxParameter
+CORNER, CENTER_SIZE, CORNER_SIZE = _CODE.CORNER, _CODE.CENTER_SIZE, _CODE.CORNER_SIZE
 
 
 def _has(msg: object, name: str) -> bool:
@@ -78,11 +77,7 @@ class CaffePermute(nn.Module):
 @register("Permute", shape=permute_shape, fork="weiliu89/caffe (ssd)")
 def convert_permute(layer: Layer, net: Net) -> nn.Module:
     """Permute (SSD): reorder axes; unlisted axes follow in their original order."""
-    try:
-        order = permute_order(layer.param, len(net.blobs[layer.bottoms[0]].shape))
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
-    return CaffePermute(order)
+    return CaffePermute(permute_order(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
 
 
 # --------------------------------------------------------------------------- Normalize
@@ -133,6 +128,10 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
 
 def prior_setup(p: object) -> tuple[list[int], list[int], list[float], list[float]]:
     """min sizes and max sizes (int, as the forward reads them), aspect ratios, variances."""
+    extra = [f for f in ("offset_h", "offset_w", "width", "height") if len(getattr(p, f))]
+    if extra:
+        raise ShapeRuleError(
+            f"PriorBox {'/'.join(extra)} (OpenCV's explicit prior sizes) is not supported")
     if not p.min_size or min(p.min_size) <= 0:  # type: ignore[attr-defined]
         raise ShapeRuleError("PriorBox needs at least one positive min_size")
     mins = [int(v) for v in p.min_size]  # type: ignore[attr-defined]
@@ -224,9 +223,9 @@ def prior_boxes(p: object, fh: int, fw: int, img: tuple[int, int]) -> np.ndarray
 class PriorBoxes(nn.Module):
     """Returns its precomputed priors (they depend only on the blob shapes, not the values)."""
 
-    def __init__(self, priors: np.ndarray) -> None:
+    def __init__(self, priors: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("priors", torch.from_numpy(priors))
+        self.register_buffer("priors", priors)
 
     def forward(self, feature: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.priors
@@ -237,11 +236,8 @@ def convert_prior_box(layer: Layer, net: Net) -> nn.Module:
     """PriorBox (SSD): default boxes and variances, 1 x 2 x (H*W*priors*4), from the shapes."""
     feat = net.blobs[layer.bottoms[0]].shape
     img = net.blobs[layer.bottoms[1]].shape
-    try:
-        priors = prior_boxes(layer.param.prior_box_param, feat[2], feat[3], (img[2], img[3]))
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
-    return PriorBoxes(priors)
+    priors = prior_boxes(layer.param.prior_box_param, feat[2], feat[3], (img[2], img[3]))
+    return PriorBoxes(torch.from_numpy(priors))
 
 
 # --------------------------------------------------------------------------- DetectionOutput
@@ -271,46 +267,78 @@ def box_size(b: torch.Tensor) -> torch.Tensor:
     return torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
 
 
+NMS_BLOCK = 32  # candidates settled together; blocks run in score order
+
+
 @torch.fx.wrap
 def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, thresholds: torch.Tensor,
                layer: str) -> torch.Tensor:
     """ApplyNMSFast on score-sorted candidates: which of ``boxes`` (B x K x 4) are kept.
 
-    ``thresholds[m]`` is the overlap threshold after m keeps (eta schedule). Vectorised as a
-    fixed-point iteration over the keep mask (no loop over boxes): candidate i is kept iff it
-    is valid and overlaps no kept j < i by more than ``thresholds[#kept before i]``. The
-    greedy result is the unique fixed point; each pass settles at least one more candidate,
-    and in practice a handful of passes (the depth of suppression chains) suffice.
-    Classes are processed in chunks so the K x K overlap matrices stay small.
+    Candidate i is kept iff it is valid and overlaps no kept j < i by more than
+    ``thresholds[#kept before i]`` (the eta schedule). Vectorised over classes and images;
+    candidates are settled in blocks of ``NMS_BLOCK`` in score order (a loop over K / 32
+    blocks, not over boxes): inside a block the keep mask is the unique fixed point of that
+    rule given the earlier blocks, found by iterating the whole-block update (each pass
+    settles at least one more candidate; in practice a few passes).
     """
     if _exporting():
-        raise UnsupportedLayerError(
-            f"DetectionOutput layer {layer!r} cannot be exported: its NMS keeps a "
-            "data-dependent number of boxes (a traced graph would freeze one input's result). "
-            "Export the net up to DetectionOutput's bottoms and run DetectionOutput in PyTorch.")
-    b, k = valid.shape
+        raise RuntimeError(  # plain torch/stdlib here: this code is copied by codegen
+            f"DetectionOutput layer {layer} cannot be exported: its NMS keeps a data-dependent "
+            "number of boxes (a traced graph would freeze one input's result). Export the net "
+            "up to its bottoms (caffe_bridge.convert(net, outputs=[...])) and run "
+            "DetectionOutput in PyTorch.")
     keep = valid.clone()
-    if b == 0 or k == 0:
-        return keep
-    k_used = int(valid.sum(1).max())  # valid candidates come first (sorted)
+    k_used = int(valid.sum(1).max()) if valid.numel() else 0  # valid candidates come first
     if k_used == 0:
         return keep
-    before = torch.ones(k_used, k_used, dtype=torch.bool, device=valid.device).tril(-1)
     chunk = max(1, (1 << 24) // (k_used * k_used))
-    for lo in range(0, b, chunk):
+    for lo in range(0, valid.shape[0], chunk):
         bx, vl = boxes[lo:lo + chunk, :k_used], valid[lo:lo + chunk, :k_used]
-        iou = pairwise_iou(bx, bx)  # [i, j]
+        keep[lo:lo + chunk, :k_used] = _nms_blocks(bx, vl, thresholds)
+    return keep
+
+
+def _nms_blocks(boxes: torch.Tensor, valid: torch.Tensor, thresholds: torch.Tensor
+                ) -> torch.Tensor:
+    """Greedy keep mask of score-sorted ``boxes`` (B x K x 4), block by block; each block's
+    overlaps are computed against itself and the kept boxes of the earlier blocks only."""
+    b, k = valid.shape
+    kept = torch.zeros_like(valid)
+    n_kept = torch.zeros(b, dtype=torch.long, device=valid.device)
+    last = thresholds.numel() - 1
+    for lo in range(0, k, NMS_BLOCK):
+        hi = min(lo + NMS_BLOCK, k)
+        vl = valid[:, lo:hi]
+        inner = pairwise_iou(boxes[:, lo:hi], boxes[:, lo:hi])
+        cross, prev = _overlaps_with_kept(boxes, kept, lo, hi)
+        before = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=valid.device).tril(-1)
         cur = vl.clone()
         while True:
-            n_before = cur.long().cumsum(1) - cur.long()
-            thr = thresholds[n_before]
-            hit = (iou > thr.unsqueeze(-1)) & before & cur.unsqueeze(-2)
-            new = vl & ~hit.any(-1)
+            count = n_kept.unsqueeze(1) + cur.long().cumsum(1) - cur.long()
+            thr = thresholds[count.clamp(max=last)].unsqueeze(-1)
+            hit = ((cross > thr) & prev.unsqueeze(1)).any(-1)
+            hit |= ((inner > thr) & before & cur.unsqueeze(-2)).any(-1)
+            new = vl & ~hit
             if torch.equal(new, cur):
                 break
             cur = new
-        keep[lo:lo + chunk, :k_used] = cur
-    return keep
+        kept[:, lo:hi] = cur
+        n_kept += cur.sum(1)
+    return kept
+
+
+def _overlaps_with_kept(boxes: torch.Tensor, kept: torch.Tensor, lo: int, hi: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU of candidates lo:hi with the boxes kept before lo (B x blk x M, M = most kept in
+    any row; padded), and the mask of real (not padding) kept boxes (B x M)."""
+    n = kept[:, :lo].sum(1)
+    m = int(n.max()) if lo else 0
+    order = torch.sort(kept[:, :lo].to(torch.uint8), dim=1, descending=True, stable=True)[1]
+    idx = order[:, :m]
+    prev = torch.arange(m, device=kept.device).unsqueeze(0) < n.unsqueeze(1)
+    kept_boxes = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+    return pairwise_iou(boxes[:, lo:hi], kept_boxes), prev
 
 
 def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, var: torch.Tensor, code: int
@@ -345,43 +373,56 @@ class SSDDetectionOutput(nn.Module):
 
     def __init__(self, layer: str, num_priors: int, num_classes: int, share_location: bool,
                  background: int, code: int, in_target: bool, conf_thr: float, nms_thr: float,
-                 eta: float, top_k: int, keep_top_k: int) -> None:
+                 eta: float, top_k: int, keep_top_k: int, clip: bool = False,
+                 objectness: float = 0.01) -> None:
         super().__init__()
+        self.clip, self.objectness = clip, objectness
         self.layer, self.P, self.C = layer, num_priors, num_classes
         self.share, self.code, self.in_target = share_location, code, in_target
         self.conf_thr, self.keep_top_k = conf_thr, keep_top_k
         self.K = num_priors if top_k < 0 else min(top_k, num_priors)
         self.register_buffer("labels", torch.tensor(
             [c for c in range(num_classes) if c != background], dtype=torch.long))
-        thr, table = np.float32(nms_thr), []
-        for _ in range(self.K + 1):
-            table.append(thr)
-            if eta < 1 and thr > 0.5:
-                thr = np.float32(thr * np.float32(eta))
-        self.register_buffer("thresholds", torch.tensor(np.asarray(table, np.float32)))
+        # threshold after m keeps, in float as the source computes it; constant once
+        # eta == 1 or the threshold is <= 0.5 (counts past the end use the last entry)
+        table = [torch.tensor(nms_thr, dtype=torch.float32)]
+        while eta < 1 and float(table[-1]) > 0.5 and len(table) <= self.K:
+            table.append(table[-1] * torch.tensor(eta, dtype=torch.float32))
+        self.register_buffer("thresholds", torch.stack(table))
 
-    def candidates(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor
+    def candidates(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
+                   arm: tuple[torch.Tensor, ...] = ()
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per (image, class): top-K candidates by stable descending score: boxes, scores,
-        validity (score > confidence_threshold)."""
+        validity (score > confidence_threshold). ``arm``: RefineDet's (arm_conf[, arm_loc])."""
         n_loc = 1 if self.share else self.C
         priors = prior[0, 0].reshape(self.P, 1, 4)
         var = prior[0, 1].reshape(self.P, 1, 4)
         if self.in_target:
             var = torch.ones_like(var)
-        boxes = decode_boxes(loc.reshape(-1, self.P, n_loc, 4), priors, var, self.code)
+        n = conf.shape[0]  # loc, conf and priors must agree: a wrong size fails here, loudly
+        if len(arm) > 1:  # RefineDet: the ARM's offsets refine the priors first
+            priors = decode_boxes(arm[1].reshape(n, self.P, 1, 4), priors, var, self.code)
+        boxes = decode_boxes(loc.reshape(n, self.P, n_loc, 4), priors, var, self.code)
+        if self.clip:  # OpenCV's fork field: clamp to [0, 1] before NMS
+            boxes = boxes.clamp(0.0, 1.0)
         boxes = boxes.expand(-1, -1, self.C, -1) if self.share else boxes
         boxes = boxes.index_select(2, self.labels).transpose(1, 2)  # N x C' x P x 4
-        scores = conf.reshape(-1, self.P, self.C).index_select(2, self.labels).transpose(1, 2)
+        conf = conf.reshape(n, self.P, self.C)
+        if arm:  # RefineDet: low objectness -> scores (1, 0, 0, ...) for classes (0, 1, ...)
+            easy = arm[0].reshape(n, self.P, 2)[..., 1:] < self.objectness
+            background = (torch.arange(self.C, device=conf.device) == 0).to(conf.dtype)
+            conf = torch.where(easy, background, conf)
+        scores = conf.index_select(2, self.labels).transpose(1, 2)
         valid = scores > self.conf_thr
         key = torch.where(valid, scores, torch.full_like(scores, -math.inf))
         order = torch.sort(key, dim=-1, descending=True, stable=True)[1][..., :self.K]
         boxes = boxes.gather(2, order.unsqueeze(-1).expand(-1, -1, -1, 4))
         return boxes, scores.gather(2, order), valid.gather(2, order)
 
-    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor
-                ) -> torch.Tensor:
-        boxes, scores, valid = self.candidates(loc, conf, prior)
+    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
+                *arm: torch.Tensor) -> torch.Tensor:
+        boxes, scores, valid = self.candidates(loc, conf, prior, arm)
         n, c, k = valid.shape
         keep = greedy_nms(boxes.reshape(n * c, k, 4), valid.reshape(n * c, k),
                           self.thresholds, self.layer).reshape(n, c, k)
@@ -402,17 +443,21 @@ class SSDDetectionOutput(nn.Module):
 
 def detection_output_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerShapes:
     """Caffe's Reshape: 1 x 1 x 1 x 7 (the forward resizes to the number of detections)."""
-    if len(in_shapes) != 3:
+    if not 3 <= len(in_shapes) <= 5:
         raise ShapeRuleError(
-            f"DetectionOutput with {len(in_shapes)} bottoms is not the SSD layer (loc, conf, "
-            "priors); forks with extra inputs (RefineDet's ARM, YOLO ports) are not supported")
-    p = param.detection_output_param
+            f"DetectionOutput with {len(in_shapes)} bottoms is neither SSD's (loc, conf, priors) "
+            "nor RefineDet's (+ arm_conf [, arm_loc]); YOLO ports' variants are not supported")
+    p = param.detection_output_param  # type: ignore[attr-defined]
     n_pri = in_shapes[2][-1] // 4
     n_loc = 1 if p.share_location else p.num_classes
-    if _count(in_shapes[0][1:]) != n_pri * n_loc * 4:
-        raise ShapeRuleError("DetectionOutput: number of priors does not match the locations")
-    if _count(in_shapes[1][1:]) != n_pri * p.num_classes:
-        raise ShapeRuleError("DetectionOutput: number of priors does not match the confidences")
+    counts = [n_pri * n_loc * 4, n_pri * p.num_classes, None, n_pri * 2, n_pri * 4]
+    names = ["locations", "confidences", "", "arm_conf (RefineDet)", "arm_loc (RefineDet)"]
+    for i, shape in enumerate(in_shapes):
+        if counts[i] is not None and _count(shape[1:]) != counts[i]:
+            raise ShapeRuleError(
+                f"DetectionOutput: {n_pri} priors do not match the {names[i]} {shape}")
+    if len(in_shapes) == 5 and not p.share_location:
+        raise ShapeRuleError("RefineDet's DetectionOutput (arm_loc) needs share_location")
     return LayerShapes(tops=((1, 1, 1, 7),))
 
 
@@ -420,7 +465,15 @@ def _count(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-@register("DetectionOutput", shape=detection_output_shape, fork="weiliu89/caffe (ssd)")
+def _top_k(p: object) -> int:
+    """nms_param.top_k; else a ``top_k`` written beside nms_param (OpenCV reads it so)."""
+    if _has(p.nms_param, "top_k"):  # type: ignore[attr-defined]
+        return int(p.nms_param.top_k)  # type: ignore[attr-defined]
+    return int(p.top_k) if _has(p, "top_k") else -1  # type: ignore[attr-defined]
+
+
+@register("DetectionOutput", shape=detection_output_shape,
+          fork="weiliu89/caffe (ssd); sfzhang15/RefineDet (4-5 bottoms)")
 def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     """DetectionOutput (SSD): decode + per-class NMS; rows [image, label, score, box] x N."""
     p = layer.param.detection_output_param
@@ -431,13 +484,19 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     nms = p.nms_param
     if nms.nms_threshold < 0 or not 0 < nms.eta <= 1:
         raise PrototxtError("DetectionOutput needs nms_threshold >= 0 and 0 < eta <= 1")
+    if not p.normalized_bbox:
+        raise UnsupportedLayerError("DetectionOutput normalized_bbox: false (OpenCV's field: "
+                                    "pixel boxes with +1 sizes) is not supported")
     if p.visualize:
         raise UnsupportedLayerError("DetectionOutput visualize: true draws with OpenCV windows; "
                                     "not supported (set it to false)")
     n_pri = net.blobs[layer.bottoms[2]].shape[-1] // 4
     conf_thr = float(np.float32(p.confidence_threshold)) if _has(p, "confidence_threshold") \
         else -FLT_MAX
+    where = f"{layer.name!r} (bottoms {', '.join(layer.caffe_bottoms)})"
     return SSDDetectionOutput(
-        layer.name, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
+        where, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
         p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
-        float(np.float32(nms.eta)), nms.top_k if _has(nms, "top_k") else -1, p.keep_top_k)
+        float(np.float32(nms.eta)), _top_k(p), p.keep_top_k,
+        p.clip, float(np.float32(p.objectness_score)))
+

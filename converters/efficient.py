@@ -93,10 +93,7 @@ def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     """ConvolutionDepthwise: nn.Conv2d with groups = channels; num_output/group are ignored."""
     cp = layer.param.convolution_param
     c = net.blobs[layer.bottoms[0]].shape[1]
-    try:
-        geo = dw_geometry(cp)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
+    geo = dw_geometry(cp)
     make = conv.uninitialised if layer.blobs else conv._plain
     module = make(nn.Conv2d, c, c, geo.kernel, stride=geo.stride, padding=geo.pad,
                   dilation=geo.dilation, groups=c, bias=cp.bias_term)

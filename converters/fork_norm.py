@@ -1,7 +1,7 @@
 """The forks' custom ``BN`` layer (PSPNet/TSN, SegNet/ENet, PSPNet's initial commit) and MVN.
 
 Which variant a ``BN`` layer is comes from its ``bn_param`` fields (and, with weights, its blob
-count): see :func:`bn_variant` and docs/forks.md. Stored statistics map onto
+count): see :func:`bn_variant` and docs/SEMANTICS.md. Stored statistics map onto
 ``nn.BatchNorm2d``; variants that normalise with the batch's own statistics at test time
 (SegNet's ``bn_mode: LEARN``, the default there, and the initial PSPNet variant without
 ``moving_average``) use :class:`BatchStatNorm`, reproducing each fork's variance formula.
@@ -128,10 +128,7 @@ def _stored_stats(blobs: list[torch.Tensor], eps: float) -> nn.Module:
           fork="hszhao/PSPNet, yjxiong/caffe, alexgkendall/caffe-segnet, TimoSaemann/caffe-enet")
 def convert_bn(layer: Layer, net: Net) -> nn.Module:
     """BN of the forks (PSPNet/TSN, SegNet/ENet incl. bn_mode LEARN, PSPNet initial commit)."""
-    try:
-        kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
+    kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
     bp = layer.param.bn_param
     axis = bp.axis if kind == INITIAL else 1
     shape = tuple(layer.param_shapes[0])

@@ -328,10 +328,7 @@ def _feat_stride(p: pb_message.Message) -> float:
 
 def text_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """(1 x 2A x H x W probs, 1 x 2A x H x W deltas, im_info) -> H*W*A x 4 boxes, H*W*A x 1."""
-    try:
-        _feat_stride(p)
-    except PrototxtError as err:
-        raise ShapeRuleError(err.message) from None
+    _feat_stride(p)
     a = len(CTPN_ANCHOR_HEIGHTS)
     if len(ins) != 3 or len(ins[0]) != 4 or tuple(ins[1]) != tuple(ins[0]):
         raise ShapeRuleError(f"needs bottoms probs and deltas (1 x {2 * a} x H x W) and im_info")

@@ -38,7 +38,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
@@ -434,10 +434,7 @@ def _proposal_shapes(cfg: dict[str, object], p: object, ins: Sequence[Shape]) ->
 
 def python_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     """At most post_nms_topn rows per image (the count is data-dependent, as in Caffe)."""
-    try:
-        return _proposal_shapes(_python_proposal_cfg(p), p, ins)
-    except PrototxtError as err:
-        raise ShapeRuleError(err.message) from None
+    return _proposal_shapes(_python_proposal_cfg(p), p, ins)
 
 
 def opencv_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
@@ -455,3 +452,11 @@ def convert_python_proposal_layer(layer: Layer, net: Net) -> nn.Module:
 def convert_proposal(layer: Layer, net: Net) -> nn.Module:
     """Proposal (OpenCV's type): py-faster-rcnn's RPN proposals from proposal_param."""
     return RPNProposal(**_opencv_proposal_cfg(layer.param), n_tops=len(layer.tops))
+
+
+for _training_only in ("rpn.anchor_target_layer.AnchorTargetLayer",
+                       "rpn.proposal_target_layer.ProposalTargetLayer"):
+    refuse(f"Python:{_training_only}",
+           f"py-faster-rcnn's {_training_only} is a training layer: it samples anchors or rois "
+           f"against the ground-truth boxes for the losses; convert the test definition "
+           f"(test.prototxt), whose proposal layer converts")

@@ -29,7 +29,6 @@ from caffe_bridge import shapes
 from caffe_bridge.converters import conv
 from caffe_bridge.converters.pooling import AVE, FLT_MAX, MAX
 from caffe_bridge.converters.registry import register
-from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
@@ -158,10 +157,7 @@ def convert_pooling3d(layer: Layer, net: Net) -> nn.Module:
     """Pooling3D (facebook/C3D): MAX/AVE over (L, H, W), C3D's ceil size without clip rule."""
     pp = layer.param.pooling3d_param
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        kernel, stride, pad, out = pool3d_geometry(pp, x)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
+    kernel, stride, pad, out = pool3d_geometry(pp, x)
     # F.pad order: (w_left, w_right, h_left, h_right, l_left, l_right); a negative right pad
     # crops input no window reaches.
     amounts = [(p, (o - 1) * s + k - n - p) for n, k, s, p, o in

@@ -22,8 +22,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from caffe_bridge.converters.registry import register
-from caffe_bridge.errors import UnsupportedLayerError
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
@@ -198,11 +197,7 @@ def yolov3_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
 @register("Yolov3DetectionOutput", shape=yolov3_shape, fork="eric612/MobileNet-YOLO")
 def convert_yolov3_detection_output(layer: Layer, net: Net) -> nn.Module:
     """Yolov3DetectionOutput (MobileNet-YOLO): decoding, threshold, class-agnostic NMS."""
-    try:
-        cfg = _yolov3_cfg(layer.param, len(layer.bottoms))
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
-    return Yolov3DetectionOutput(**cfg)
+    return Yolov3DetectionOutput(**_yolov3_cfg(layer.param, len(layer.bottoms)))
 
 
 # --- YoloDetectionOutput (YOLOv2) -----------------------------------------------------------
@@ -277,8 +272,9 @@ def yolov2_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
 @register("YoloDetectionOutput", shape=yolov2_shape, fork="eric612/MobileNet-YOLO")
 def convert_yolo_detection_output(layer: Layer, net: Net) -> nn.Module:
     """YoloDetectionOutput (MobileNet-YOLO, YOLOv2): decoding, threshold, class-agnostic NMS."""
-    try:
-        cfg = _yolov2_cfg(layer.param)
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
-    return YoloDetectionOutput(**cfg)
+    return YoloDetectionOutput(**_yolov2_cfg(layer.param))
+
+
+refuse("Region", "Region (YOLOv2's output layer) is not converted: no Caffe fork found gives it a "
+                 "CPU forward and a region_param, and OpenCV runs its RegionLayer only from its "
+                 "Darknet importer; the converter does not guess its semantics")

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import Net, build_net, with_weights
 from caffe_bridge.prototxt import parse_prototxt_text
 from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
+from tests import reference
 
 WILD = Path(__file__).parent / "fixtures" / "wild"
 

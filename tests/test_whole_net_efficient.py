@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.export import export_net
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
+from tests import reference
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).resolve().parent / "fixtures" / "wild"

@@ -20,12 +20,12 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_weights
+from tests import reference
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).parent / "fixtures" / "wild"

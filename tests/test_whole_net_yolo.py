@@ -27,7 +27,7 @@ from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_weights
-from reference import yolo as yolo_ref
+from tests.reference import yolo as yolo_ref
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cv2") is None,
                                 reason="OpenCV (cv2) is not installed")
