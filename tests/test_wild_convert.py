@@ -22,10 +22,9 @@ import torch
 from click.testing import CliRunner
 from torch import fx
 
-from caffe_bridge import UnsupportedLayerError, load_net
+from caffe_bridge import UnsupportedLayerError, converters, load_net
 from caffe_bridge.build import CAFFE_LAYER, build_module
 from caffe_bridge.cli import main
-from caffe_bridge.errors import ShapeError
 from caffe_bridge.ir import Layer, Net
 
 WILD = Path(__file__).resolve().parent / "fixtures" / "wild"
@@ -33,20 +32,14 @@ FILES = sorted(WILD.glob("*.prototxt"))
 INPUT_SHAPES = {k: v for k, v in json.loads((WILD / "input_shapes.json").read_text()).items()
                 if not k.startswith("_")}
 
-# Files that do not load, by stem: (the layer type the UnsupportedLayerError names, why).
+# Files that do not load, by stem: (the registry key of the layer type the UnsupportedLayerError
+# names, why it is refused: words of the error message). None else: every other file converts.
 REFUSED = {
     "faster_rcnn_vgg16_voc_train": (
         "Python:rpn.anchor_target_layer.AnchorTargetLayer",
-        "training only: AnchorTargetLayer and ProposalTargetLayer (py-faster-rcnn lib/rpn) "
-        "assign ground-truth targets to anchors and proposals for the losses; a deploy net has "
-        "neither (the test net of the same model loads)"),
-}
-# Files that fail to load for a reason that is being fixed: stem -> (error type, reason).
-KNOWN_FAILING = {
-    "yolov3_tiny_chenyingpeng": (
-        ShapeError,
-        "the fork's darknet-style max pooling (2x2, stride 1, 13x13 -> 13x13) is read with "
-        "Caffe's formula (12x12), so the route Concat's bottoms differ; the lead is fixing it"),
+        # so is ProposalTargetLayer (roi-data), after it: both assign ground-truth targets for
+        # the losses; the test net of the same model (faster_rcnn_vgg16_voc_test) converts.
+        "is a training layer"),
 }
 
 DEFAULT_SIZE = (32, 32)
@@ -199,14 +192,13 @@ def _params() -> list:
 def test_converts_and_runs(path: Path) -> None:
     """load_net + build_module + one forward: every blob has the IR's shape."""
     if path.stem in REFUSED:
-        type_, _ = REFUSED[path.stem]
-        with pytest.raises(UnsupportedLayerError, match=type_.replace(".", r"\.")):
+        key, reason = REFUSED[path.stem]
+        with pytest.raises(UnsupportedLayerError) as err, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             load_net(path, input_shapes=INPUT_SHAPES.get(path.stem))
+        assert key.removeprefix("Python:") in str(err.value) and reason in str(err.value)
+        assert key in converters.REGISTRY.refused()
         return
-    if path.stem in KNOWN_FAILING:
-        error, reason = KNOWN_FAILING[path.stem]
-        pytest.xfail(reason) if _fails(path, error) else pytest.fail(f"{path.stem} loads now: "
-                                                                     "remove it from KNOWN_FAILING")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tolerant reader's notes on unknown fields
         net = load_net(path, input_shapes=small_shapes(path))
@@ -216,14 +208,6 @@ def test_converts_and_runs(path: Path) -> None:
     assert set(net.outputs) <= set(got)
     assert len(got) >= len(net.blobs) // 2
     assert shape_mismatches(net, got) == []
-
-
-def _fails(path: Path, error: type[Exception]) -> bool:
-    try:
-        load_net(path, input_shapes=INPUT_SHAPES.get(path.stem))
-    except error:
-        return True
-    return False
 
 
 def _inspect_args(path: Path) -> list[str]:
@@ -245,7 +229,6 @@ def test_inspect_json_lists_dropped_layers_and_created_inputs(path: Path) -> Non
     assert all(c["layer"] and c["layer_type"] for c in report["created_inputs"])
     if path.stem in REFUSED:
         assert REFUSED[path.stem][0] in [u["type"] for u in report["unsupported"]]
-    if path.stem in REFUSED or path.stem in KNOWN_FAILING:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
