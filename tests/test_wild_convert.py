@@ -47,10 +47,8 @@ DEFAULT_SIZE = (32, 32)
 # layers accept, or its own size where they admit no other). Batch is always 1.
 SIZES = {
     # SSD heads: conv9_2 (3x3, no pad) needs a 3x3 map; Pelee's ext1/fe3_2 the same.
-    "VGG_VOC0712_SSD_300x300_deploy": (257, 257),
     "ssd_vgg16_300_voc0712_deploy": (257, 257),
     "ssd_vgg16_300_voc0712_test": (257, 257),
-    "Pelee_voc_deploy_merged": (257, 257),
     "pelee_voc_deploy": (257, 257),
     "bvlc_alexnet_train_val": (48, 48),
     # fixed global pools: GoogLeNet's 7x7 and NiN's 6x6 average pooling.
@@ -120,33 +118,35 @@ def random_inputs(net: Net) -> list[torch.Tensor]:
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the graph, keeping each Caffe layer's result (in layer order)."""
+    """Runs the graph, noting each Caffe layer's results (shape, all finite), in layer order."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
-        self.results: list[tuple[str, object]] = []
+        self.results: list[tuple[str, list[tuple[tuple[int, ...], bool]]]] = []
 
     def run_node(self, n: fx.Node) -> object:
         result = super().run_node(n)
         if n.op == "call_module" and CAFFE_LAYER in n.meta:
-            self.results.append((n.meta[CAFFE_LAYER], result))
+            tensors = result if isinstance(result, tuple) else (result,)
+            self.results.append((n.meta[CAFFE_LAYER], [
+                (tuple(t.shape), bool(torch.isfinite(t).all())) for t in tensors]))
         return result
 
 
 def computed_shapes(net: Net, gm: fx.GraphModule, xs: Sequence[torch.Tensor]
-                    ) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """(value name, shape) of every top the graph computes (fused layers: the second's tops)."""
+                    ) -> Iterator[tuple[str, tuple[int, ...], bool]]:
+    """(value name, shape, all finite) of every top the graph computes (fused layers: the
+    second's tops)."""
     rec = _Recorder(gm)
     with torch.no_grad():
         rec.run(*xs)
     pending: dict[str, list[Layer]] = {}
     for layer in net.layers:
         pending.setdefault(layer.name, []).append(layer)
-    for name, result in rec.results:
+    for name, results in rec.results:
         layer = pending[name].pop(0)  # a fused pair's node is named after its second layer
-        tensors = result if isinstance(result, tuple) else (result,)
-        for top, t in zip(layer.tops, tensors, strict=True):
-            yield top, tuple(t.shape)
+        for top, (shape, finite) in zip(layer.tops, results, strict=True):
+            yield top, shape, finite
 
 
 def dynamic_axes(net: Net) -> dict[str, tuple[int, str]]:
@@ -202,12 +202,15 @@ def test_converts_and_runs(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tolerant reader's notes on unknown fields
         net = load_net(path, input_shapes=small_shapes(path))
+    torch.manual_seed(0)  # layers without weights take torch's default initialisation
     gm = build_module(net)
     xs = random_inputs(net)
-    got = dict(computed_shapes(net, gm, xs))
+    computed = list(computed_shapes(net, gm, xs))
+    got = {value: shape for value, shape, _ in computed}
     assert set(net.outputs) <= set(got)
     assert len(got) >= len(net.blobs) // 2
     assert shape_mismatches(net, got) == []
+    assert [v for v, _, finite in computed if v in net.outputs and not finite] == []
 
 
 def _inspect_args(path: Path) -> list[str]:
@@ -237,3 +240,8 @@ def test_inspect_json_lists_dropped_layers_and_created_inputs(path: Path) -> Non
     assert dropped == [(d.name, d.type) for d in net.dropped]
     assert created == {c.name: tuple(c.shape) for c in net.created_inputs}
     assert (path.stem in INPUT_SHAPES) <= bool(created)  # data layers without shapes: given
+
+
+def test_tables_name_corpus_files() -> None:
+    """SIZES, SLOW and REFUSED name files of the corpus (none left behind by a removal)."""
+    assert set(SIZES) | SLOW | set(REFUSED) <= {p.stem for p in FILES}
