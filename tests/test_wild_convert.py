@@ -2,10 +2,11 @@
 
 For each file: ``load_net`` (train/test files get their data layers' shapes from
 ``input_shapes.json``), at a small input where the net allows it (the inputs' spatial sizes are
-overridden through ``input_shapes``: the files stay unchanged), then ``build_module`` with the
-weights Caffe's initial values give, and one forward pass on a seeded random input. Every blob
-the graph computes must have the shape the IR inferred, except along the one axis a
-data-dependent layer sizes (detections, proposals and what is computed from them). A file that
+overridden through ``input_shapes``: the files stay unchanged), then ``build_module`` (layers
+without weights get their default initialisation, seeded) and one forward pass on a seeded
+random input. Every blob the graph computes must have the shape the IR inferred, except along
+the one axis a data-dependent layer sizes (detections, proposals and what is computed from
+them), and the net's outputs must be finite. A file that
 does not load is listed in ``REFUSED`` with the layer type it names and why; ``caffe2torch
 inspect --json`` must succeed on every file and list the dropped layers and created inputs.
 """
