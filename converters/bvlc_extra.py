@@ -12,7 +12,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import message as pb_message
@@ -22,15 +21,12 @@ from caffe_bridge import schema, shapes
 from caffe_bridge.converters import conv, pooling
 from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
 _OP = schema.ReductionParameter
 SUM, ASUM, SUMSQ, MEAN = _OP.SUM, _OP.ASUM, _OP.SUMSQ, _OP.MEAN
-
-
-def _f32(value: float) -> float:
-    return float(np.float32(value))
 
 
 def _one(ins: Sequence[Shape], n: int = 1) -> None:
@@ -79,7 +75,7 @@ def convert_reduction(layer: Layer, net: Net) -> nn.Module:
     rp = layer.param.reduction_param
     ndim = len(net.blobs[layer.bottoms[0]].shape)
     axis = shapes.canonical_axis(rp.axis, ndim)
-    return ReductionCaffe(rp.operation, axis, _f32(rp.coeff))
+    return ReductionCaffe(rp.operation, axis, f32(rp.coeff))
 
 
 # ---------------------------------------------------------------- Tile

@@ -18,14 +18,10 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-
-
-def _tensor(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 torch copy of a Caffe blob in ``shape``."""
-    return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
 
 
 def _source(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
@@ -163,7 +159,7 @@ def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(np.array(w, order="C")))
             if ip.bias_term:
-                linear.bias.copy_(_tensor(layer.blobs[1], (n,)))
+                linear.bias.copy_(f32_tensor(layer.blobs[1]).reshape(n))
     if axis == len(x) - 1:
         return linear
     return nn.Sequential(nn.Flatten(axis, -1), linear)

@@ -33,9 +33,9 @@ from caffe_bridge import schema
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import FLT_MAX, f32, f32_tensor
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
-FLT_MAX = float(np.finfo(np.float32).max)
 _CODE = schema.PriorBoxParameter
 CORNER, CENTER_SIZE, CORNER_SIZE = _CODE.CORNER, _CODE.CENTER_SIZE, _CODE.CORNER_SIZE
 
@@ -112,7 +112,7 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
     shape = net.blobs[layer.bottoms[0]].shape
     ndim = len(shape)
     if layer.blobs:
-        scale = torch.from_numpy(np.asarray(layer.blobs[0], np.float32).reshape(-1).copy())
+        scale = f32_tensor(layer.blobs[0]).reshape(-1)
     else:  # Caffe's scale_filler default: constant 1 (or the filler's constant value)
         filler = p.scale_filler
         value = filler.value if _has(p, "scale_filler") and filler.type == "constant" else 1.0
@@ -121,7 +121,7 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
         scale = scale.reshape((1, -1) + (1,) * (ndim - 2))
     elif scale.numel() != 1:
         raise PrototxtError("channel_shared Normalize needs a single scale value")
-    return L2Normalize(scale, float(np.float32(p.eps)), p.across_spatial, ndim)
+    return L2Normalize(scale, f32(p.eps), p.across_spatial, ndim)
 
 
 # --------------------------------------------------------------------------- PriorBox
@@ -142,12 +142,12 @@ def prior_setup(p: object) -> tuple[list[int], list[int], list[float], list[floa
         raise ShapeRuleError("PriorBox max_size must be greater than min_size")
     ars = [1.0]
     for ar in p.aspect_ratio:  # type: ignore[attr-defined]
-        ar = float(np.float32(ar))
+        ar = f32(ar)
         if all(abs(ar - e) >= 1e-6 for e in ars):
             ars.append(ar)
             if p.flip:  # type: ignore[attr-defined]
-                ars.append(float(np.float32(1.0 / ar)))
-    var = [float(np.float32(v)) for v in p.variance] or [0.1]  # type: ignore[attr-defined]
+                ars.append(f32(1.0 / ar))
+    var = [f32(v) for v in p.variance] or [0.1]  # type: ignore[attr-defined]
     if len(var) not in (1, 4) or min(var) <= 0:
         raise ShapeRuleError("PriorBox needs 1 or 4 positive variances")
     return mins, maxs, ars, var
@@ -195,21 +195,21 @@ def prior_boxes(p: object, fh: int, fw: int, img: tuple[int, int]) -> np.ndarray
     """PriorBoxLayer::Forward_cpu as a float32 array 1 x 2 x (fh*fw*num_priors*4)."""
     mins, maxs, ars, var = prior_setup(p)
     ih, iw, sh, sw = _img_step(p, fh, fw, img)
-    f32 = np.float32
+    single = np.float32  # float32 arithmetic, as the source's float members
     sizes = []  # (width, height) per prior of one cell, in the source's order
     for s, mn in enumerate(mins):
         sizes.append((float(mn), float(mn)))
         if maxs:
-            side = float(f32(math.sqrt(mn * maxs[s])))
+            side = f32(math.sqrt(mn * maxs[s]))
             sizes.append((side, side))
         for ar in ars:
             if abs(ar - 1.0) >= 1e-6:  # min_size_ * sqrt(ar) in float, as the source does
-                r = np.sqrt(f32(ar))
-                sizes.append((float(f32(mn) * r), float(f32(mn) / r)))
+                r = np.sqrt(single(ar))
+                sizes.append((float(single(mn) * r), float(single(mn) / r)))
     wh = np.asarray(sizes, np.float64)
-    off = float(f32(p.offset))  # type: ignore[attr-defined]
-    cx = ((np.arange(fw) + off).astype(f32) * f32(sw)).astype(np.float64)
-    cy = ((np.arange(fh) + off).astype(f32) * f32(sh)).astype(np.float64)
+    off = f32(p.offset)  # type: ignore[attr-defined]
+    cx = ((np.arange(fw) + off).astype(single) * single(sw)).astype(np.float64)
+    cy = ((np.arange(fh) + off).astype(single) * single(sh)).astype(np.float64)
     cx, cy = np.meshgrid(cx, cy)  # fh x fw, h outer
     cx, cy = cx[..., None], cy[..., None]
     boxes = np.stack([(cx - wh[:, 0] / 2) / iw, (cy - wh[:, 1] / 2) / ih,
@@ -491,12 +491,12 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
         raise UnsupportedLayerError("DetectionOutput visualize: true draws with OpenCV windows; "
                                     "not supported (set it to false)")
     n_pri = net.blobs[layer.bottoms[2]].shape[-1] // 4
-    conf_thr = float(np.float32(p.confidence_threshold)) if _has(p, "confidence_threshold") \
+    conf_thr = f32(p.confidence_threshold) if _has(p, "confidence_threshold") \
         else -FLT_MAX
     where = f"{layer.name!r} (bottoms {', '.join(layer.caffe_bottoms)})"
     return SSDDetectionOutput(
         where, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
-        p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
-        float(np.float32(nms.eta)), _top_k(p), p.keep_top_k,
-        p.clip, float(np.float32(p.objectness_score)))
+        p.variance_encoded_in_target, conf_thr, f32(nms.nms_threshold),
+        f32(nms.eta), _top_k(p), p.keep_top_k,
+        p.clip, f32(p.objectness_score))
 

@@ -28,14 +28,10 @@ from caffe_bridge.converters import conv
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
-
-
-def _f32(value: float) -> float:
-    """A proto float field as the float32 Caffe holds."""
-    return float(torch.tensor(value, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------- ConvolutionDepthwise
@@ -172,7 +168,7 @@ class ReLU6Caffe(nn.Module):
 @register("ReLU6", shape=shapes.same_shape, fork="eric612/MobileNet-YOLO")
 def convert_relu6(layer: Layer, net: Net) -> nn.Module:
     """ReLU6 (eric612/MobileNet-YOLO): ReLU (relu6_param negative_slope) capped at 6."""
-    return ReLU6Caffe(_f32(layer.param.relu6_param.negative_slope))
+    return ReLU6Caffe(f32(layer.param.relu6_param.negative_slope))
 
 
 class ClipCaffe(nn.Module):
@@ -196,7 +192,7 @@ def convert_clip(layer: Layer, net: Net) -> nn.Module:
     cp = layer.param.clip_param
     if not (cp.HasField("min") and cp.HasField("max")):
         raise PrototxtError("Clip needs clip_param min and max (both required)")
-    return ClipCaffe(_f32(cp.min), _f32(cp.max))
+    return ClipCaffe(f32(cp.min), f32(cp.max))
 
 
 class SwishCaffe(nn.Module):
@@ -218,7 +214,7 @@ class SwishCaffe(nn.Module):
 @register("Swish", shape=shapes.same_shape)
 def convert_swish(layer: Layer, net: Net) -> nn.Module:
     """Swish: ``x * sigmoid(beta * x)`` (swish_param beta, default 1)."""
-    return SwishCaffe(_f32(layer.param.swish_param.beta))
+    return SwishCaffe(f32(layer.param.swish_param.beta))
 
 
 @register("Mish", shape=shapes.same_shape,

@@ -20,6 +20,7 @@ from caffe_bridge.converters.rcnn import parse_param_str
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry
 
 Shape = tuple[int, ...]
@@ -81,7 +82,7 @@ class OcrLstm(nn.Module):
 def convert_lstm_fork(layer: Layer, net: Net) -> nn.Module:
     """Lstm (CTPN, caffe_ocr; lstm_param): x (T x N x ...) -> T x N x H, zero initial state."""
     if layer.blobs:
-        w = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
+        w = [f32_tensor(b) for b in layer.blobs]
     else:
         w = [torch.zeros(s) for s in layer.param_shapes]
     steps = net.blobs[layer.bottoms[0]].shape[0]
@@ -297,7 +298,7 @@ def convert_dense_block(layer: Layer, net: Net) -> nn.Module:
     """DenseBlock (caffe_ocr): numTransition x BN-ReLU-[bottleneck-]Conv3x3, channels appended."""
     n_t, _, bc = _dense_layout(layer.param)
     if layer.blobs:
-        blobs = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
+        blobs = [f32_tensor(b) for b in layer.blobs]
     else:
         blobs = [torch.zeros(s) for s in layer.param_shapes]
     return DenseBlockCudnn(blobs, n_t, bc)

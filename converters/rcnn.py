@@ -41,9 +41,8 @@ from torch import nn
 from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import FLT_MAX
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
-
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def c_round(x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from torch import nn
 
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
@@ -99,7 +100,7 @@ def rnn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 def _weights(layer: Layer) -> list[torch.Tensor]:
     """The layer's blobs as float32 tensors, or zeros of Caffe's shapes when none are loaded."""
     if layer.blobs:
-        return [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
+        return [f32_tensor(b) for b in layer.blobs]
     return [torch.zeros(s) for s in layer.param_shapes]
 
 

@@ -27,9 +27,10 @@ from torch import nn
 
 from caffe_bridge import shapes
 from caffe_bridge.converters import conv
-from caffe_bridge.converters.pooling import AVE, FLT_MAX, MAX
+from caffe_bridge.converters.pooling import AVE, MAX
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import FLT_MAX, f32_tensor
 from caffe_bridge.shapes import LayerShapes, ShapeRuleError
 
 Shape = tuple[int, ...]
@@ -168,4 +169,4 @@ def convert_pooling3d(layer: Layer, net: Net) -> nn.Module:
     with np.errstate(divide="ignore"):
         scale = math.prod(kernel) / _divisor(x, kernel, stride, pad, out)
     return PaddedPool3dCaffe(kernel, stride, pads, 0.0,
-                             torch.from_numpy(scale.astype(np.float32)))
+                             f32_tensor(scale))
