@@ -22,9 +22,8 @@ from caffe_bridge.converters import conv, pooling
 from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
-Shape = tuple[int, ...]
 _OP = schema.ReductionParameter
 SUM, ASUM, SUMSQ, MEAN = _OP.SUM, _OP.ASUM, _OP.SUMSQ, _OP.MEAN
 

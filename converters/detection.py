@@ -40,10 +40,6 @@ _CODE = schema.PriorBoxParameter
 CORNER, CENTER_SIZE, CORNER_SIZE = _CODE.CORNER, _CODE.CENTER_SIZE, _CODE.CORNER_SIZE
 
 
-def _has(msg: object, name: str) -> bool:
-    return msg.HasField(name)  # type: ignore[attr-defined]
-
-
 # --------------------------------------------------------------------------- Permute
 
 def permute_order(param: object, ndim: int) -> tuple[int, ...]:
@@ -115,7 +111,7 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
         scale = f32_tensor(layer.blobs[0]).reshape(-1)
     else:  # Caffe's scale_filler default: constant 1 (or the filler's constant value)
         filler = p.scale_filler
-        value = filler.value if _has(p, "scale_filler") and filler.type == "constant" else 1.0
+        value = filler.value if p.HasField("scale_filler") and filler.type == "constant" else 1.0
         scale = torch.full((1 if p.channel_shared else shape[1],), float(value))
     if not p.channel_shared:
         scale = scale.reshape((1, -1) + (1,) * (ndim - 2))
@@ -167,24 +163,24 @@ def prior_box_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerSha
 
 def _img_step(p: object, fh: int, fw: int, img: tuple[int, int]
               ) -> tuple[int, int, float, float]:
-    if _has(p, "img_h") or _has(p, "img_w"):
-        if _has(p, "img_size"):
+    if p.HasField("img_h") or p.HasField("img_w"):
+        if p.HasField("img_size"):
             raise PrototxtError("PriorBox: give img_size or img_h/img_w, not both")
         ih, iw = p.img_h, p.img_w  # type: ignore[attr-defined]
         if ih <= 0 or iw <= 0:
             raise PrototxtError("PriorBox img_h and img_w must both be positive")
     else:
-        ih = iw = p.img_size if _has(p, "img_size") else 0  # type: ignore[attr-defined]
+        ih = iw = p.img_size if p.HasField("img_size") else 0  # type: ignore[attr-defined]
     if ih == 0 or iw == 0:
         ih, iw = img
-    if _has(p, "step_h") or _has(p, "step_w"):
-        if _has(p, "step"):
+    if p.HasField("step_h") or p.HasField("step_w"):
+        if p.HasField("step"):
             raise PrototxtError("PriorBox: give step or step_h/step_w, not both")
         sh, sw = float(p.step_h), float(p.step_w)  # type: ignore[attr-defined]
         if sh <= 0 or sw <= 0:
             raise PrototxtError("PriorBox step_h and step_w must both be positive")
     else:
-        sh = sw = float(p.step) if _has(p, "step") else 0.0  # type: ignore[attr-defined]
+        sh = sw = float(p.step) if p.HasField("step") else 0.0  # type: ignore[attr-defined]
     if sh == 0 or sw == 0:
         sw = float(np.float32(iw) / np.float32(fw))
         sh = float(np.float32(ih) / np.float32(fh))
@@ -453,7 +449,7 @@ def detection_output_shape(param: object, in_shapes: list[tuple[int, ...]]) -> L
     counts = [n_pri * n_loc * 4, n_pri * p.num_classes, None, n_pri * 2, n_pri * 4]
     names = ["locations", "confidences", "", "arm_conf (RefineDet)", "arm_loc (RefineDet)"]
     for i, shape in enumerate(in_shapes):
-        if counts[i] is not None and _count(shape[1:]) != counts[i]:
+        if counts[i] is not None and math.prod(shape[1:]) != counts[i]:
             raise ShapeRuleError(
                 f"DetectionOutput: {n_pri} priors do not match the {names[i]} {shape}")
     if len(in_shapes) == 5 and not p.share_location:
@@ -461,15 +457,11 @@ def detection_output_shape(param: object, in_shapes: list[tuple[int, ...]]) -> L
     return LayerShapes(tops=((1, 1, 1, 7),))
 
 
-def _count(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
-
-
 def _top_k(p: object) -> int:
     """nms_param.top_k; else a ``top_k`` written beside nms_param (OpenCV reads it so)."""
-    if _has(p.nms_param, "top_k"):  # type: ignore[attr-defined]
+    if p.nms_param.HasField("top_k"):  # type: ignore[attr-defined]
         return int(p.nms_param.top_k)  # type: ignore[attr-defined]
-    return int(p.top_k) if _has(p, "top_k") else -1  # type: ignore[attr-defined]
+    return int(p.top_k) if p.HasField("top_k") else -1  # type: ignore[attr-defined]
 
 
 @register("DetectionOutput", shape=detection_output_shape,
@@ -477,7 +469,7 @@ def _top_k(p: object) -> int:
 def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     """DetectionOutput (SSD): decode + per-class NMS; rows [image, label, score, box] x N."""
     p = layer.param.detection_output_param
-    if not _has(p, "num_classes"):
+    if not p.HasField("num_classes"):
         raise PrototxtError("DetectionOutput needs num_classes")
     if p.code_type not in (CORNER, CENTER_SIZE, CORNER_SIZE):
         raise PrototxtError(f"DetectionOutput: unknown code_type {p.code_type}")
@@ -491,7 +483,7 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
         raise UnsupportedLayerError("DetectionOutput visualize: true draws with OpenCV windows; "
                                     "not supported (set it to false)")
     n_pri = net.blobs[layer.bottoms[2]].shape[-1] // 4
-    conf_thr = f32(p.confidence_threshold) if _has(p, "confidence_threshold") \
+    conf_thr = f32(p.confidence_threshold) if p.HasField("confidence_threshold") \
         else -FLT_MAX
     where = f"{layer.name!r} (bottoms {', '.join(layer.caffe_bottoms)})"
     return SSDDetectionOutput(

@@ -29,10 +29,7 @@ from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
-
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 # ---------------------------------------------------------------- ConvolutionDepthwise
 

@@ -20,9 +20,8 @@ from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32_tensor
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
-Shape = tuple[int, ...]
 PSPNET, SEGNET, INITIAL = "pspnet", "segnet", "pspnet-initial"
 _FIELDS = {
     PSPNET: ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine"),

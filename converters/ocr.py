@@ -8,9 +8,9 @@ transpose_layer.cpp, ctc_decoder_layer.cpp), which agree on the shared types.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import message as pb_message
@@ -21,14 +21,9 @@ from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32_tensor
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, conv_geometry
 
-Shape = tuple[int, ...]
 OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
-
-
-def _count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 # ---------------------------------------------------------------- Lstm (lstm_param)
@@ -44,10 +39,10 @@ def lstm_fork_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     t, n = ins[0][:2]
     # With a clip bottom the fork checks clip.num() == clip.count() and reads clip[t + n]: one
     # entry per step, which is per stream only when N == 1.
-    if len(ins) == 2 and (_count(ins[1]) != ins[1][0] or ins[1][0] != t or n != 1):
+    if len(ins) == 2 and (math.prod(ins[1]) != ins[1][0] or ins[1][0] != t or n != 1):
         raise ShapeRuleError(f"clip {ins[1]} is supported with one stream (N = 1) and T = {t}"
                              f" entries; the fork reads clip[t + n], past its end for N > 1")
-    params = ((4 * hidden, _count(ins[0][2:])), (4 * hidden, hidden), (4 * hidden,))
+    params = ((4 * hidden, math.prod(ins[0][2:])), (4 * hidden, hidden), (4 * hidden,))
     return LayerShapes(((t, n, hidden),), params)
 
 
@@ -201,7 +196,7 @@ def ctc_greedy_decoder_shape(p: pb_message.Message, ins: Sequence[Shape]) -> Lay
         raise ShapeRuleError("only the decoding form (one bottom, one top) is supported; the "
                              "two-bottom form computes a training accuracy")
     x = ins[0]
-    if len(x) < 3 or _count(x[2:]) != x[2]:
+    if len(x) < 3 or math.prod(x[2:]) != x[2]:
         raise ShapeRuleError(f"scores {x} must be T x N x C (trailing axes of size 1)")
     blank = p.ctc_decoder_param.blank_index
     if blank >= x[2]:

@@ -30,6 +30,7 @@ min-size filter and pads rois/scores with zero rows up to ``post_nms_topn``.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Sequence
 
@@ -143,7 +144,7 @@ class CaffeROIPool(nn.Module):
 
 
 def _rois_count(shape: Shape) -> int:
-    if len(shape) < 2 or int(np.prod(shape[1:])) != 5:
+    if len(shape) < 2 or math.prod(shape[1:]) != 5:
         raise ShapeRuleError(f"rois must be R x 5 (C x H x W == 5), got {tuple(shape)}")
     return shape[0]
 

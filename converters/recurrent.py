@@ -21,9 +21,9 @@ which expects (W_h, W_x, b, h_0, c_0) rather than BVLC's (W_xc, b_c, W_hc), and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import message as pb_message
@@ -32,13 +32,7 @@ from torch import nn
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32_tensor
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
-
-
-def _count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def _recurrent_layout(p: pb_message.Message, ins: Sequence[Shape], n_recur: int
@@ -77,9 +71,9 @@ def lstm_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """h: T x N x H (+ h_T, c_T: 1 x N x H); blobs W_xc, b_c, [W_xc_static], W_hc."""
     hidden, static, expose = _recurrent_layout(p, ins, 2)
     t, n = ins[0][:2]
-    params = [(4 * hidden, _count(ins[0][2:])), (4 * hidden,)]
+    params = [(4 * hidden, math.prod(ins[0][2:])), (4 * hidden,)]
     if static:
-        params.append((4 * hidden, _count(ins[2][1:])))
+        params.append((4 * hidden, math.prod(ins[2][1:])))
     params.append((4 * hidden, hidden))
     tops = [(t, n, hidden)] + [(1, n, hidden)] * (2 if expose else 0)
     return LayerShapes(tuple(tops), tuple(params))
@@ -89,9 +83,9 @@ def rnn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """o: T x N x H (+ h_T); blobs W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o."""
     hidden, static, expose = _recurrent_layout(p, ins, 1)
     t, n = ins[0][:2]
-    params = [(hidden, _count(ins[0][2:])), (hidden,)]
+    params = [(hidden, math.prod(ins[0][2:])), (hidden,)]
     if static:
-        params.append((hidden, _count(ins[2][1:])))
+        params.append((hidden, math.prod(ins[2][1:])))
     params += [(hidden, hidden), (hidden, hidden), (hidden,)]
     tops = [(t, n, hidden)] + [(1, n, hidden)] * (1 if expose else 0)
     return LayerShapes(tuple(tops), tuple(params))

@@ -31,9 +31,7 @@ from caffe_bridge.converters.pooling import AVE, MAX
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import FLT_MAX, f32_tensor
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def _five_d(ins: Sequence[Shape], what: str) -> Shape:
