@@ -160,6 +160,19 @@ def conv_geometry(cp: pb_message.Message, n_spatial: int) -> ConvGeometry:
     return ConvGeometry(tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
 
 
+def conv_out_sizes(spatial: Sequence[int], geo: ConvGeometry) -> tuple[int, ...]:
+    """Caffe's convolution output size per spatial dim: floor((in + 2p - extent) / s) + 1."""
+    out = []
+    for size, k, s, pd, d in zip(spatial, geo.kernel, geo.stride, geo.pad, geo.dilation,
+                                 strict=True):
+        extent = d * (k - 1) + 1
+        o = (size + 2 * pd - extent) // s + 1  # Caffe floors
+        if o <= 0:
+            raise ShapeRuleError(f"kernel extent {extent} exceeds padded input {size + 2 * pd}")
+        out.append(o)
+    return tuple(out)
+
+
 def _int_sized(**geometry: Sequence[int]) -> None:
     """Caffe keeps kernel, stride, pad and dilation in ``int``: larger values overflow there."""
     for name, values in geometry.items():
@@ -190,15 +203,7 @@ def _conv_common(p: pb_message.Message, ins: Sequence[Shape]) -> tuple[
 
 def convolution_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     cp, x, axis, geo = _conv_common(p, ins)
-    spatial = []
-    for size, k, s, pd, d in zip(x[axis + 1:], geo.kernel, geo.stride, geo.pad, geo.dilation,
-                                 strict=True):
-        extent = d * (k - 1) + 1
-        out = (size + 2 * pd - extent) // s + 1  # Caffe floors
-        if out <= 0:
-            raise ShapeRuleError(f"kernel extent {extent} exceeds padded input {size + 2 * pd}")
-        spatial.append(out)
-    top = (*x[:axis], cp.num_output, *spatial)
+    top = (*x[:axis], cp.num_output, *conv_out_sizes(x[axis + 1:], geo))
     params: list[Shape] = [(cp.num_output, x[axis] // cp.group, *geo.kernel)]
     if cp.bias_term:
         params.append((cp.num_output,))

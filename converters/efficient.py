@@ -66,14 +66,7 @@ def convolution_depthwise_shape(param: pb_message.Message, ins: Sequence[Shape])
         raise ShapeRuleError(f"ConvolutionDepthwise takes one 4-D bottom, got {list(ins)}")
     n, c, h, w = ins[0]
     geo = dw_geometry(param.convolution_param)
-    out = []
-    for size, k, s, p, d in zip((h, w), geo.kernel, geo.stride, geo.pad, geo.dilation,
-                                strict=True):
-        o = (size + 2 * p - (d * (k - 1) + 1)) // s + 1
-        if o <= 0:
-            raise ShapeRuleError(f"kernel extent {d * (k - 1) + 1} exceeds padded input "
-                                 f"{size + 2 * p}")
-        out.append(o)
+    out = shapes.conv_out_sizes((h, w), geo)
     params: list[Shape] = [(c, 1, *geo.kernel)]
     if param.convolution_param.bias_term:
         params.append((c,))

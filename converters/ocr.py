@@ -21,7 +21,7 @@ from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32_tensor
-from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, conv_geometry
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, conv_geometry, conv_out_sizes
 
 OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
 
@@ -157,11 +157,7 @@ def im2col_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
         raise ShapeRuleError(f"Im2col is supported for N x C x H x W (axis 1), got {ins[0]}")
     geo = conv_geometry(p.convolution_param, 2)
     n, c, *hw = ins[0]
-    out = [(s + 2 * pd - (d * (k - 1) + 1)) // st + 1
-           for s, k, st, pd, d in zip(hw, geo.kernel, geo.stride, geo.pad, geo.dilation,
-                                           strict=True)]
-    if min(out) <= 0:
-        raise ShapeRuleError(f"kernel {geo.kernel} does not fit the padded input {hw}")
+    out = conv_out_sizes(hw, geo)
     return LayerShapes(((n, c * geo.kernel[0] * geo.kernel[1], *out),))
 
 

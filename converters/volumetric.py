@@ -62,12 +62,7 @@ def convolution3d_shape(param: pb_message.Message, ins: Sequence[Shape]) -> Laye
     if cp.filter_group <= 0 or cp.num_output % cp.filter_group:
         raise ShapeRuleError(f"filter_group {cp.filter_group} must divide num_output")
     geo = conv3d_geometry(cp)
-    out = []
-    for n, k, s, p in zip(x[2:], geo.kernel, geo.stride, geo.pad, strict=True):
-        o = (n + 2 * p - k) // s + 1
-        if o <= 0:
-            raise ShapeRuleError(f"kernel {k} exceeds padded input {n + 2 * p}")
-        out.append(o)
+    out = shapes.conv_out_sizes(x[2:], geo)
     params: list[Shape] = [(cp.num_output, x[1], *geo.kernel)]
     if cp.bias_term:
         params.append((1, 1, 1, 1, cp.num_output))
