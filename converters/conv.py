@@ -71,6 +71,19 @@ def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
             dst.copy_(_source(arr, tuple(dst.shape)))
 
 
+def loaded_module(layer: Layer, cls: type[nn.Module], *args: object,
+                  **kwargs: object) -> nn.Module:
+    """``cls(*args, **kwargs)`` (a weight and an optional bias) holding ``layer.blobs``; it is
+    initialised by ``cls`` only when the layer has no weights."""
+    make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
+    module = make(cls, *args, **kwargs)
+    params = {"weight": module.weight}
+    if module.bias is not None:
+        params["bias"] = module.bias
+    load_blobs(layer, params)
+    return module
+
+
 class FoldedAxis(nn.Module):
     """Run ``inner`` (which wants ``(B, C, *spatial)``) on a blob whose channel axis is ``axis``.
 
@@ -116,13 +129,9 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     geo = shapes.conv_geometry(cp, n_sp)
     channels, group = x[axis], cp.group
     table = _DECONV if deconv else _CONV
-    make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
-    conv = make(table[n_sp], channels, cp.num_output, geo.kernel, stride=geo.stride,
-                padding=geo.pad, dilation=geo.dilation, groups=group, bias=cp.bias_term)
-    params = {"weight": conv.weight}
-    if cp.bias_term:
-        params["bias"] = conv.bias
-    load_blobs(layer, params)
+    conv = loaded_module(layer, table[n_sp], channels, cp.num_output, geo.kernel,
+                         stride=geo.stride, padding=geo.pad, dilation=geo.dilation,
+                         groups=group, bias=cp.bias_term)
     module: nn.Module = conv
     if axis != 1:
         module = FoldedAxis(conv, axis, x[:axis])

@@ -80,14 +80,9 @@ def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     cp = layer.param.convolution_param
     c = net.blobs[layer.bottoms[0]].shape[1]
     geo = dw_geometry(cp)
-    make = conv.uninitialised if layer.blobs else conv._plain
-    module = make(nn.Conv2d, c, c, geo.kernel, stride=geo.stride, padding=geo.pad,
-                  dilation=geo.dilation, groups=c, bias=cp.bias_term)
-    params = {"weight": module.weight}
-    if cp.bias_term:
-        params["bias"] = module.bias
-    conv.load_blobs(layer, params)
-    return module
+    return conv.loaded_module(layer, nn.Conv2d, c, c, geo.kernel, stride=geo.stride,
+                              padding=geo.pad, dilation=geo.dilation, groups=c,
+                              bias=cp.bias_term)
 
 
 # ---------------------------------------------------------------- DepthwiseConvolution

@@ -75,14 +75,8 @@ def convert_convolution3d(layer: Layer, net: Net) -> nn.Module:
     cp = layer.param.convolution3d_param
     c = net.blobs[layer.bottoms[0]].shape[1]
     geo = conv3d_geometry(cp)
-    make = conv.uninitialised if layer.blobs else conv._plain
-    module = make(nn.Conv3d, c, cp.num_output, geo.kernel, stride=geo.stride,
-                  padding=geo.pad, bias=cp.bias_term)
-    params = {"weight": module.weight}
-    if cp.bias_term:
-        params["bias"] = module.bias
-    conv.load_blobs(layer, params)
-    return module
+    return conv.loaded_module(layer, nn.Conv3d, c, cp.num_output, geo.kernel,
+                              stride=geo.stride, padding=geo.pad, bias=cp.bias_term)
 
 
 # ---------------------------------------------------------------- Pooling3D
