@@ -57,6 +57,13 @@ def _plain(cls: type[nn.Module], *args: object, **kwargs: object) -> nn.Module:
     return cls(*args, **kwargs)
 
 
+def blob_tensors(layer: Layer) -> list[torch.Tensor]:
+    """The layer's blobs as float32 tensors, or zeros of Caffe's shapes when none are loaded."""
+    if layer.blobs:
+        return [f32_tensor(b) for b in layer.blobs]
+    return [torch.zeros(s) for s in layer.param_shapes]
+
+
 def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
     """Copy ``layer.blobs`` into ``params`` in order; keep the defaults without weights."""
     if not layer.blobs:

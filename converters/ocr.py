@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge.converters.conv import blob_tensors
 from caffe_bridge.converters.rcnn import parse_param_str
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.numeric import f32_tensor
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, conv_geometry, conv_out_sizes
 
 OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
@@ -76,10 +76,7 @@ class OcrLstm(nn.Module):
 @register("Lstm", shape=lstm_fork_shape, fork=OCR_FORKS)
 def convert_lstm_fork(layer: Layer, net: Net) -> nn.Module:
     """Lstm (CTPN, caffe_ocr; lstm_param): x (T x N x ...) -> T x N x H, zero initial state."""
-    if layer.blobs:
-        w = [f32_tensor(b) for b in layer.blobs]
-    else:
-        w = [torch.zeros(s) for s in layer.param_shapes]
+    w = blob_tensors(layer)
     steps = net.blobs[layer.bottoms[0]].shape[0]
     return OcrLstm(steps, w[0], w[1], w[2], len(layer.bottoms) > 1)
 
@@ -288,11 +285,7 @@ class DenseBlockCudnn(nn.Module):
 def convert_dense_block(layer: Layer, net: Net) -> nn.Module:
     """DenseBlock (caffe_ocr): numTransition x BN-ReLU-[bottleneck-]Conv3x3, channels appended."""
     n_t, _, bc = _dense_layout(layer.param)
-    if layer.blobs:
-        blobs = [f32_tensor(b) for b in layer.blobs]
-    else:
-        blobs = [torch.zeros(s) for s in layer.param_shapes]
-    return DenseBlockCudnn(blobs, n_t, bc)
+    return DenseBlockCudnn(blob_tensors(layer), n_t, bc)
 
 
 # ---------------------------------------------------------------- CTPN's text proposals

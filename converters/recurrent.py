@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge.converters.conv import blob_tensors
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.numeric import f32_tensor
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
@@ -89,13 +89,6 @@ def rnn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     params += [(hidden, hidden), (hidden, hidden), (hidden,)]
     tops = [(t, n, hidden)] + [(1, n, hidden)] * (1 if expose else 0)
     return LayerShapes(tuple(tops), tuple(params))
-
-
-def _weights(layer: Layer) -> list[torch.Tensor]:
-    """The layer's blobs as float32 tensors, or zeros of Caffe's shapes when none are loaded."""
-    if layer.blobs:
-        return [f32_tensor(b) for b in layer.blobs]
-    return [torch.zeros(s) for s in layer.param_shapes]
 
 
 def _cont(x: torch.Tensor, rest: tuple[torch.Tensor, ...], has_cont: bool
@@ -187,7 +180,7 @@ def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """LSTM (BVLC): x (T x N x ...), cont (T x N) -> h; gate rows i, f, o, g; cont resets state."""
     static, expose, has_cont = _layout(layer, 2)
     steps = net.blobs[layer.bottoms[0]].shape[0]
-    return CaffeLSTM(steps, _weights(layer), static, expose, has_cont)
+    return CaffeLSTM(steps, blob_tensors(layer), static, expose, has_cont)
 
 
 @register("RNN", shape=rnn_shape)
@@ -195,7 +188,7 @@ def convert_rnn(layer: Layer, net: Net) -> nn.Module:
     """RNN (BVLC): tanh recurrence with a tanh output layer; cont resets the state."""
     static, expose, has_cont = _layout(layer, 1)
     steps = net.blobs[layer.bottoms[0]].shape[0]
-    return CaffeRNN(steps, _weights(layer), static, expose, has_cont)
+    return CaffeRNN(steps, blob_tensors(layer), static, expose, has_cont)
 
 
 def continuation_indicator_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
