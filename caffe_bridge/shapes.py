@@ -78,7 +78,8 @@ def canonical_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _need(in_shapes: Sequence[Shape], lo: int, hi: int | None = None) -> None:
+def need_bottoms(in_shapes: Sequence[Shape], lo: int, hi: int | None = None) -> None:
+    """``lo`` bottoms (``lo`` to ``hi``; ``hi`` -1: any number from ``lo``), else an error."""
     hi = lo if hi is None else hi
     if not lo <= len(in_shapes) <= (hi if hi >= 0 else 10**9):
         want = str(lo) if hi == lo else f"{lo} or more" if hi < 0 else f"{lo} to {hi}"
@@ -227,7 +228,7 @@ def deconvolution_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerSh
 
 
 def inner_product_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     ip = p.inner_product_param
     x = ins[0]
     axis = canonical_axis(ip.axis, len(x))
@@ -317,7 +318,7 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
 
 
 def pooling_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     if len(x) != 4:
         raise ShapeRuleError(f"Pooling needs a 4-D bottom, got {x}")
@@ -333,18 +334,18 @@ def pooling_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 def same_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """One bottom, one top of the same shape (neuron layers)."""
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     return LayerShapes((ins[0],))
 
 
 def softmax_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     canonical_axis(p.softmax_param.axis, len(ins[0]))
     return LayerShapes((ins[0],))
 
 
 def lrn_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     size = p.lrn_param.local_size
     if size % 2 == 0:
         raise ShapeRuleError("LRN local_size must be odd")
@@ -357,14 +358,14 @@ def lrn_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def prelu_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     channels = x[1] if len(x) > 1 else 1
     return LayerShapes((x,), ((1,) if p.prelu_param.channel_shared else (channels,),))
 
 
 def batch_norm_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     c = x[1] if len(x) > 1 else 1
     return LayerShapes((x,), ((c,), (c,), (1,)))  # mean, variance, moving-average factor
@@ -390,7 +391,7 @@ def broadcast_axis(x: Shape, y: Shape, axis_field: int) -> int:
 
 
 def scale_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1, 2)
+    need_bottoms(ins, 1, 2)
     x = ins[0]
     sp = p.scale_param if p.type == "Scale" else p.bias_param
     if len(ins) == 2:
@@ -409,7 +410,7 @@ def scale_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def eltwise_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 2, -1)
+    need_bottoms(ins, 2, -1)
     if any(s != ins[0] for s in ins):
         raise ShapeRuleError(f"Eltwise bottoms differ in shape: {list(ins)}")
     ep = p.eltwise_param
@@ -422,7 +423,7 @@ def eltwise_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 def axpy_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     # SENet's Axpy: bottoms (a, X, Y) -> a * X + Y, a being N x C (x 1 x 1).
-    _need(ins, 3)
+    need_bottoms(ins, 3)
     a, x, y = ins
     if x != y:
         raise ShapeRuleError(f"Axpy X {x} and Y {y} differ")
@@ -432,7 +433,7 @@ def axpy_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def concat_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1, -1)
+    need_bottoms(ins, 1, -1)
     cp = p.concat_param
     axis_field = cp.concat_dim if cp.HasField("concat_dim") else cp.axis
     axis = canonical_axis(axis_field, len(ins[0]))
@@ -465,19 +466,19 @@ def slice_sizes(p: pb_message.Message, x: Shape) -> tuple[int, list[int]]:
 
 
 def slice_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     axis, sizes = slice_sizes(p, x)
     return LayerShapes(tuple((*x[:axis], s, *x[axis + 1:]) for s in sizes))
 
 
 def split_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     return LayerShapes(tuple(ins[0] for _ in p.top))
 
 
 def flatten_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     fp = p.flatten_param
     start = canonical_axis(fp.axis, len(x))
@@ -530,7 +531,7 @@ def reshape_target(p: pb_message.Message, x: Shape) -> Shape:
 
 
 def reshape_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     return LayerShapes((reshape_target(p, ins[0]),))
 
 
@@ -554,7 +555,7 @@ def crop_offsets(p: pb_message.Message, x: Shape, ref: Shape) -> tuple[int, list
 
 
 def crop_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 2)
+    need_bottoms(ins, 2)
     x, ref = ins
     if len(x) != len(ref):
         raise ShapeRuleError(f"Crop bottoms {x} and {ref} differ in rank")
@@ -563,7 +564,7 @@ def crop_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def argmax_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     ap = p.argmax_param
     k = ap.top_k
