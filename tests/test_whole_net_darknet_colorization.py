@@ -57,7 +57,7 @@ HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).resolve().parent / "fixtures" / "wild"
 REL_TOL = 1e-5
 FLOOR_FACTOR = 3.0
-CALIBRATION_BATCH = 2  # BatchNorm statistics over 2 seeded images, not the test input alone
+CALIBRATION_BATCH = 8
 NETS = {  # key: (file, reduced input side)
     "yolov3": ("yolov3_416_chenyingpeng.prototxt", 128),
     "yolov4": ("yolov4_chenyingpeng.prototxt", 128),
