@@ -23,8 +23,9 @@ Departures of OpenCV (4.x) from the sources, each tested below:
 * ChenYingpeng/caffe-yolov3's Pooling (``caffe_layers/pooling_layer/pooling_layer.cpp``) adds
   one to the output size when ``kernel - stride`` is odd; OpenCV uses BVLC's rule. YOLOv4's SPP
   pools have ``kernel - stride`` = 4, 8, 12, so both rules give the same size: checked below.
-* OpenCV's Mish is ``x * n / (n + 2)`` with ``n = e^x (e^x + 2)`` (= x tanh(softplus x)) and
-  returns ``x`` from 8 up (relative error 2e-7 there); within the bound, nothing to correct.
+* Mish (foss-for-synopsys-dwc-arc-processors/synopsys-caffe ``mish_layer.cpp``: x tanh(softplus
+  x), softplus = x above 20, exp(x) below -20): OpenCV's agrees to about 1e-7 relative from -30
+  to 30, nothing to correct (checked below).
 
 Tolerance, as in tests/test_whole_net.py: ``max(1e-5, 3 * floor)`` per blob. The floor is our
 float32 run against the same graph in float64, taken as the largest over the blob and every blob
@@ -47,6 +48,7 @@ from google.protobuf import text_format
 
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
+from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net, load_net, with_weights
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
@@ -193,3 +195,63 @@ def test_every_blob_agrees_with_numpy_reference(key: str,
     _check(key, r, r.numpy, "numpy float64")
     for b in r.blobs:  # the floor's float64 run is itself right (BN folded in float32 aside)
         assert rel_err(r.ours64[b], r.numpy[b]) <= r.bound(b), b
+
+
+def test_opencv_has_no_upsample_layer(tmp_path: Path) -> None:
+    """Why OpenCV gets the Deconvolution copy: it cannot create the YOLO ports' Upsample."""
+    if not HAVE_CV2:
+        pytest.skip("OpenCV (cv2) is not installed")
+    path = smaller_copy(WILD / NETS["yolov3"][0], 64, tmp_path)
+    net = load_net(path)
+    feeds = random_inputs(net, 1, batch=1)
+    with pytest.raises(CaffeBridgeError, match='type "Upsample"'):
+        opencv_forward(path, random_weights(net, 0), feeds, ["layer86-upsample"])
+
+
+@pytest.mark.parametrize("key", ["yolov3", "yolov4"])
+def test_opencv_copy_upsamples_exactly(key: str, result: Callable[[str], Result]) -> None:
+    """OpenCV's all-ones depthwise Deconvolution is nearest upsampling with no rounding: each
+    Upsample blob it returns is its own bottom blob repeated 2 x 2, bit for bit."""
+    r = result(key)
+    if r.opencv is None:
+        pytest.skip("OpenCV (cv2) is not installed")
+    ups = [lay for lay in r.net.layers if lay.type == "Upsample"]
+    assert len(ups) == 2
+    for lay in ups:
+        bottom = r.opencv[r.net.blobs[lay.bottoms[0]].caffe_name]
+        want = bottom.repeat(2, axis=2).repeat(2, axis=3)
+        np.testing.assert_array_equal(r.opencv[lay.caffe_tops[0]], want)
+
+
+def test_spp_pools_keep_the_size_under_both_pooling_rules(
+        result: Callable[[str], Result]) -> None:
+    """YOLOv4's SPP pools are marked with ChenYingpeng/caffe-yolov3's rule (net name
+    Darkent2Caffe) but kernel - stride is even, so it adds nothing: OpenCV (BVLC's rule) and we
+    give the input's size."""
+    r = result("yolov4")
+    pools = [lay for lay in r.net.layers if lay.type == "Pooling"]
+    assert [lay.param.pooling_param.kernel_size for lay in pools] == [5, 9, 13]
+    assert all(lay.param.pooling_param.odd_window_extra for lay in pools)
+    for lay in pools:
+        shape = r.net.blobs[lay.bottoms[0]].shape
+        assert r.ours[lay.caffe_tops[0]].shape == shape
+        if r.opencv is not None:
+            assert r.opencv[lay.caffe_tops[0]].shape == shape
+
+
+def test_opencv_mish_matches_the_source(tmp_path: Path) -> None:
+    """No Mish departure: OpenCV's agrees with the numpy reference (the source's formula, with
+    its +-20 softplus cut-offs) to 1e-6 relative, element by element, from -30 to 30."""
+    if not HAVE_CV2:
+        pytest.skip("OpenCV (cv2) is not installed")
+    path = tmp_path / "mish.prototxt"
+    path.write_text('name: "m"\nlayer { name: "data" type: "Input" top: "data" input_param '
+                    '{ shape { dim: 1 dim: 1 dim: 1 dim: 121 } } }\n'
+                    'layer { name: "mish" type: "Mish" bottom: "data" top: "out" }\n',
+                    encoding="utf-8")
+    x = np.linspace(-30, 30, 121, dtype=np.float32).reshape(1, 1, 1, 121)
+    got = opencv_forward(path, {}, {"data": x}, ["out"])["out"]
+    (want,) = reference.run_layer(load_net(path).layers[-1], [x.astype(np.float64)])
+    nonzero = want != 0
+    assert np.all(got[~nonzero] == 0)
+    assert np.max(np.abs(got[nonzero] - want[nonzero]) / np.abs(want[nonzero])) < 1e-6
