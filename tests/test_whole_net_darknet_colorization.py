@@ -15,17 +15,19 @@ Departures of OpenCV (4.x) from the sources, each tested below:
 
 * OpenCV's Caffe importer has no ``Upsample`` layer (``Can't create layer ... of type
   "Upsample"``). The nearest-neighbour Upsample of the YOLO ports (eric612/MobileNet-YOLO
-  ``src/caffe/layers/upsample_layer.cpp``, which ChenYingpeng/caffe-yolov3 ships as
-  ``caffe_layers/upsample_layer``): ``top[c, y, x] = bottom[c, y // s, x // s]``. OpenCV is
+  ``src/caffe/layers/upsample_layer.cpp``; ChenYingpeng/caffe-yolov3 ships only the GPU forward,
+  ``caffe_layers/upsample_layer/upsample_layer.cu``, the same map):
+  ``top[c, y, x] = bottom[c, y // s, x // s]``. OpenCV is
   handed a copy where each one is a depthwise Deconvolution (group = channels, kernel = stride =
   s, no bias) with weights 1: every output pixel is exactly one input pixel times 1.0, the same
   function with no rounding. The Upsample blobs themselves are compared like every other.
 * ChenYingpeng/caffe-yolov3's Pooling (``caffe_layers/pooling_layer/pooling_layer.cpp``) adds
   one to the output size when ``kernel - stride`` is odd; OpenCV uses BVLC's rule. YOLOv4's SPP
   pools have ``kernel - stride`` = 4, 8, 12, so both rules give the same size: checked below.
-* Mish (foss-for-synopsys-dwc-arc-processors/synopsys-caffe ``mish_layer.cpp``: x tanh(softplus
-  x), softplus = x above 20, exp(x) below -20): OpenCV's agrees to about 1e-7 relative from -30
-  to 30, nothing to correct (checked below).
+* Mish (ChenYingpeng/caffe-yolov3 ``caffe_layers/mish_layer/mish_layer.cpp``, as in
+  foss-for-synopsys-dwc-arc-processors/synopsys-caffe: x tanh(softplus x), softplus = x above 20,
+  exp(x) below -20): OpenCV's agrees to about 1e-7 relative from -30 to 30, nothing to correct
+  (checked below).
 
 Tolerance, as in tests/test_whole_net.py: ``max(1e-5, 3 * floor)`` per blob. The floor is our
 float32 run against the same graph in float64, taken as the largest over the blob and every blob
