@@ -23,33 +23,31 @@ detection_output}_layer.cpp and src/caffe/util/bbox_util.cpp. Traps a naive mapp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.fx
+from google.protobuf import message as pb_message
 from torch import nn
 
 from caffe_bridge import schema
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
+from caffe_bridge.numeric import FLT_MAX, f32, f32_tensor
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
-FLT_MAX = float(np.finfo(np.float32).max)
 _CODE = schema.PriorBoxParameter
 CORNER, CENTER_SIZE, CORNER_SIZE = _CODE.CORNER, _CODE.CENTER_SIZE, _CODE.CORNER_SIZE
 
 
-def _has(msg: object, name: str) -> bool:
-    return msg.HasField(name)  # type: ignore[attr-defined]
-
-
 # --------------------------------------------------------------------------- Permute
 
-def permute_order(param: object, ndim: int) -> tuple[int, ...]:
+def permute_order(param: pb_message.Message, ndim: int) -> tuple[int, ...]:
     """The listed axes, then the unlisted ones in natural order (PermuteLayer::LayerSetUp)."""
     order: list[int] = []
-    for o in param.permute_param.order:  # type: ignore[attr-defined]
+    for o in param.permute_param.order:
         if o >= ndim:
             raise ShapeRuleError(f"Permute order {o} is not an axis of a {ndim}-D blob")
         if o in order:
@@ -58,7 +56,7 @@ def permute_order(param: object, ndim: int) -> tuple[int, ...]:
     return tuple(order + [i for i in range(ndim) if i not in order])
 
 
-def permute_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerShapes:
+def permute_shape(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
     x = in_shapes[0]
     return LayerShapes(tops=(tuple(x[i] for i in permute_order(param, len(x))),))
 
@@ -82,11 +80,11 @@ def convert_permute(layer: Layer, net: Net) -> nn.Module:
 
 # --------------------------------------------------------------------------- Normalize
 
-def normalize_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerShapes:
+def normalize_shape(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
     x = in_shapes[0]
     if len(x) < 2:
         raise ShapeRuleError("Normalize needs a blob with at least 2 axes")
-    shared = param.norm_param.channel_shared  # type: ignore[attr-defined]
+    shared = param.norm_param.channel_shared
     return LayerShapes(tops=(x,), params=((1,) if shared else (x[1],),))
 
 
@@ -112,109 +110,128 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
     shape = net.blobs[layer.bottoms[0]].shape
     ndim = len(shape)
     if layer.blobs:
-        scale = torch.from_numpy(np.asarray(layer.blobs[0], np.float32).reshape(-1).copy())
+        scale = f32_tensor(layer.blobs[0]).reshape(-1)
     else:  # Caffe's scale_filler default: constant 1 (or the filler's constant value)
         filler = p.scale_filler
-        value = filler.value if _has(p, "scale_filler") and filler.type == "constant" else 1.0
+        value = filler.value if p.HasField("scale_filler") and filler.type == "constant" else 1.0
         scale = torch.full((1 if p.channel_shared else shape[1],), float(value))
     if not p.channel_shared:
         scale = scale.reshape((1, -1) + (1,) * (ndim - 2))
     elif scale.numel() != 1:
         raise PrototxtError("channel_shared Normalize needs a single scale value")
-    return L2Normalize(scale, float(np.float32(p.eps)), p.across_spatial, ndim)
+    return L2Normalize(scale, f32(p.eps), p.across_spatial, ndim)
 
 
 # --------------------------------------------------------------------------- PriorBox
 
-def prior_setup(p: object) -> tuple[list[int], list[int], list[float], list[float]]:
+def _int_sizes(values: object, what: str) -> list[int]:
+    """min_size/max_size as the forward reads them (``int``): NaN fails Caffe's CHECK_GT,
+    an infinite size has no int value (undefined behaviour in the source): both refused."""
+    out = []
+    for v in values:
+        if not math.isfinite(v):
+            raise ShapeRuleError(f"PriorBox {what} must be a finite number, not {v}")
+        out.append(int(v))
+    return out
+
+
+def _aspect_ratios(p: pb_message.Message) -> list[float]:
+    """LayerSetUp's list: 1, then each new ratio (and 1/ratio with flip), as floats. A ratio
+    is new unless within 1e-6 of one listed (so a NaN always is); 1/0 is inf, as in C++."""
+    ars = [1.0]
+    for ar in p.aspect_ratio:
+        ar = f32(ar)
+        if not any(abs(ar - e) < 1e-6 for e in ars):
+            ars.append(ar)
+            if p.flip:
+                with np.errstate(divide="ignore"):
+                    ars.append(float(np.float32(np.divide(1.0, ar))))
+    return ars
+
+
+def prior_setup(p: pb_message.Message) -> tuple[list[int], list[int], list[float], list[float]]:
     """min sizes and max sizes (int, as the forward reads them), aspect ratios, variances."""
     extra = [f for f in ("offset_h", "offset_w", "width", "height") if len(getattr(p, f))]
     if extra:
         raise ShapeRuleError(
             f"PriorBox {'/'.join(extra)} (OpenCV's explicit prior sizes) is not supported")
-    if not p.min_size or min(p.min_size) <= 0:  # type: ignore[attr-defined]
-        raise ShapeRuleError("PriorBox needs at least one positive min_size")
-    mins = [int(v) for v in p.min_size]  # type: ignore[attr-defined]
-    maxs = [int(v) for v in p.max_size]  # type: ignore[attr-defined]
+    if not p.min_size or not all(v > 0 for v in p.min_size):
+        raise ShapeRuleError("PriorBox needs at least one min_size, each positive")
+    mins = _int_sizes(p.min_size, "min_size")
+    maxs = _int_sizes(p.max_size, "max_size")
     if maxs and len(maxs) != len(mins):
         raise ShapeRuleError("PriorBox needs as many max_size as min_size values")
-    if maxs and any(b <= a for a, b in zip(p.min_size, p.max_size, strict=True)):  # type: ignore[attr-defined]
+    if maxs and not all(b > a for a, b in zip(p.min_size, p.max_size, strict=True)):
         raise ShapeRuleError("PriorBox max_size must be greater than min_size")
-    ars = [1.0]
-    for ar in p.aspect_ratio:  # type: ignore[attr-defined]
-        ar = float(np.float32(ar))
-        if all(abs(ar - e) >= 1e-6 for e in ars):
-            ars.append(ar)
-            if p.flip:  # type: ignore[attr-defined]
-                ars.append(float(np.float32(1.0 / ar)))
-    var = [float(np.float32(v)) for v in p.variance] or [0.1]  # type: ignore[attr-defined]
-    if len(var) not in (1, 4) or min(var) <= 0:
+    var = [f32(v) for v in p.variance] or [0.1]
+    if len(var) not in (1, 4) or not all(v > 0 for v in var):
         raise ShapeRuleError("PriorBox needs 1 or 4 positive variances")
-    return mins, maxs, ars, var
+    return mins, maxs, _aspect_ratios(p), var
 
 
-def num_priors(p: object) -> int:
+def num_priors(p: pb_message.Message) -> int:
     mins, maxs, ars, _ = prior_setup(p)
     return len(mins) * len(ars) + len(maxs)
 
 
-def prior_box_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerShapes:
+def prior_box_shape(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
     if len(in_shapes) != 2 or len(in_shapes[0]) != 4 or len(in_shapes[1]) != 4:
         raise ShapeRuleError("PriorBox takes a 4-D feature map and the 4-D image blob")
     h, w = in_shapes[0][2:]
     return LayerShapes(tops=((1, 2, h * w * num_priors(param.prior_box_param) * 4),))
 
 
-def _img_step(p: object, fh: int, fw: int, img: tuple[int, int]
+def _img_step(p: pb_message.Message, fh: int, fw: int, img: tuple[int, int]
               ) -> tuple[int, int, float, float]:
-    if _has(p, "img_h") or _has(p, "img_w"):
-        if _has(p, "img_size"):
+    if p.HasField("img_h") or p.HasField("img_w"):
+        if p.HasField("img_size"):
             raise PrototxtError("PriorBox: give img_size or img_h/img_w, not both")
-        ih, iw = p.img_h, p.img_w  # type: ignore[attr-defined]
+        ih, iw = p.img_h, p.img_w
         if ih <= 0 or iw <= 0:
             raise PrototxtError("PriorBox img_h and img_w must both be positive")
     else:
-        ih = iw = p.img_size if _has(p, "img_size") else 0  # type: ignore[attr-defined]
+        ih = iw = p.img_size if p.HasField("img_size") else 0
     if ih == 0 or iw == 0:
         ih, iw = img
-    if _has(p, "step_h") or _has(p, "step_w"):
-        if _has(p, "step"):
+    if p.HasField("step_h") or p.HasField("step_w"):
+        if p.HasField("step"):
             raise PrototxtError("PriorBox: give step or step_h/step_w, not both")
-        sh, sw = float(p.step_h), float(p.step_w)  # type: ignore[attr-defined]
+        sh, sw = float(p.step_h), float(p.step_w)
         if sh <= 0 or sw <= 0:
             raise PrototxtError("PriorBox step_h and step_w must both be positive")
     else:
-        sh = sw = float(p.step) if _has(p, "step") else 0.0  # type: ignore[attr-defined]
+        sh = sw = float(p.step) if p.HasField("step") else 0.0
     if sh == 0 or sw == 0:
         sw = float(np.float32(iw) / np.float32(fw))
         sh = float(np.float32(ih) / np.float32(fh))
     return ih, iw, sh, sw
 
 
-def prior_boxes(p: object, fh: int, fw: int, img: tuple[int, int]) -> np.ndarray:
+def prior_boxes(p: pb_message.Message, fh: int, fw: int, img: tuple[int, int]) -> np.ndarray:
     """PriorBoxLayer::Forward_cpu as a float32 array 1 x 2 x (fh*fw*num_priors*4)."""
     mins, maxs, ars, var = prior_setup(p)
     ih, iw, sh, sw = _img_step(p, fh, fw, img)
-    f32 = np.float32
+    single = np.float32  # float32 arithmetic, as the source's float members
     sizes = []  # (width, height) per prior of one cell, in the source's order
     for s, mn in enumerate(mins):
         sizes.append((float(mn), float(mn)))
         if maxs:
-            side = float(f32(math.sqrt(mn * maxs[s])))
+            side = f32(math.sqrt(mn * maxs[s]))
             sizes.append((side, side))
         for ar in ars:
-            if abs(ar - 1.0) >= 1e-6:  # min_size_ * sqrt(ar) in float, as the source does
-                r = np.sqrt(f32(ar))
-                sizes.append((float(f32(mn) * r), float(f32(mn) / r)))
+            if not abs(ar - 1.0) < 1e-6:  # min_size_ * sqrt(ar) in float, as the source does
+                with np.errstate(invalid="ignore", divide="ignore"):  # ar <= 0, inf, NaN
+                    r = np.sqrt(single(ar))
+                    sizes.append((float(single(mn) * r), float(single(mn) / r)))
     wh = np.asarray(sizes, np.float64)
-    off = float(f32(p.offset))  # type: ignore[attr-defined]
-    cx = ((np.arange(fw) + off).astype(f32) * f32(sw)).astype(np.float64)
-    cy = ((np.arange(fh) + off).astype(f32) * f32(sh)).astype(np.float64)
+    off = f32(p.offset)
+    cx = ((np.arange(fw) + off).astype(single) * single(sw)).astype(np.float64)
+    cy = ((np.arange(fh) + off).astype(single) * single(sh)).astype(np.float64)
     cx, cy = np.meshgrid(cx, cy)  # fh x fw, h outer
     cx, cy = cx[..., None], cy[..., None]
     boxes = np.stack([(cx - wh[:, 0] / 2) / iw, (cy - wh[:, 1] / 2) / ih,
                       (cx + wh[:, 0] / 2) / iw, (cy + wh[:, 1] / 2) / ih], -1).reshape(-1)
-    if p.clip:  # type: ignore[attr-defined]
+    if p.clip:
         boxes = np.clip(boxes, 0.0, 1.0)
     variances = np.tile(np.asarray(var * (4 // len(var)), np.float64), boxes.size // 4)
     return np.stack([boxes, variances])[None].astype(np.float32)
@@ -441,19 +458,19 @@ class SSDDetectionOutput(nn.Module):
         return torch.cat([rows, none[empty]], 0).reshape(1, 1, -1, 7)
 
 
-def detection_output_shape(param: object, in_shapes: list[tuple[int, ...]]) -> LayerShapes:
+def detection_output_shape(param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
     """Caffe's Reshape: 1 x 1 x 1 x 7 (the forward resizes to the number of detections)."""
     if not 3 <= len(in_shapes) <= 5:
         raise ShapeRuleError(
             f"DetectionOutput with {len(in_shapes)} bottoms is neither SSD's (loc, conf, priors) "
             "nor RefineDet's (+ arm_conf [, arm_loc]); YOLO ports' variants are not supported")
-    p = param.detection_output_param  # type: ignore[attr-defined]
+    p = param.detection_output_param
     n_pri = in_shapes[2][-1] // 4
     n_loc = 1 if p.share_location else p.num_classes
     counts = [n_pri * n_loc * 4, n_pri * p.num_classes, None, n_pri * 2, n_pri * 4]
     names = ["locations", "confidences", "", "arm_conf (RefineDet)", "arm_loc (RefineDet)"]
     for i, shape in enumerate(in_shapes):
-        if counts[i] is not None and _count(shape[1:]) != counts[i]:
+        if counts[i] is not None and math.prod(shape[1:]) != counts[i]:
             raise ShapeRuleError(
                 f"DetectionOutput: {n_pri} priors do not match the {names[i]} {shape}")
     if len(in_shapes) == 5 and not p.share_location:
@@ -461,15 +478,11 @@ def detection_output_shape(param: object, in_shapes: list[tuple[int, ...]]) -> L
     return LayerShapes(tops=((1, 1, 1, 7),))
 
 
-def _count(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
-
-
-def _top_k(p: object) -> int:
+def _top_k(p: pb_message.Message) -> int:
     """nms_param.top_k; else a ``top_k`` written beside nms_param (OpenCV reads it so)."""
-    if _has(p.nms_param, "top_k"):  # type: ignore[attr-defined]
-        return int(p.nms_param.top_k)  # type: ignore[attr-defined]
-    return int(p.top_k) if _has(p, "top_k") else -1  # type: ignore[attr-defined]
+    if p.nms_param.HasField("top_k"):
+        return int(p.nms_param.top_k)
+    return int(p.top_k) if p.HasField("top_k") else -1
 
 
 @register("DetectionOutput", shape=detection_output_shape,
@@ -477,7 +490,7 @@ def _top_k(p: object) -> int:
 def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
     """DetectionOutput (SSD): decode + per-class NMS; rows [image, label, score, box] x N."""
     p = layer.param.detection_output_param
-    if not _has(p, "num_classes"):
+    if not p.HasField("num_classes"):
         raise PrototxtError("DetectionOutput needs num_classes")
     if p.code_type not in (CORNER, CENTER_SIZE, CORNER_SIZE):
         raise PrototxtError(f"DetectionOutput: unknown code_type {p.code_type}")
@@ -491,12 +504,12 @@ def convert_detection_output(layer: Layer, net: Net) -> nn.Module:
         raise UnsupportedLayerError("DetectionOutput visualize: true draws with OpenCV windows; "
                                     "not supported (set it to false)")
     n_pri = net.blobs[layer.bottoms[2]].shape[-1] // 4
-    conf_thr = float(np.float32(p.confidence_threshold)) if _has(p, "confidence_threshold") \
+    conf_thr = f32(p.confidence_threshold) if p.HasField("confidence_threshold") \
         else -FLT_MAX
     where = f"{layer.name!r} (bottoms {', '.join(layer.caffe_bottoms)})"
     return SSDDetectionOutput(
         where, n_pri, p.num_classes, p.share_location, p.background_label_id, p.code_type,
-        p.variance_encoded_in_target, conf_thr, float(np.float32(nms.nms_threshold)),
-        float(np.float32(nms.eta)), _top_k(p), p.keep_top_k,
-        p.clip, float(np.float32(p.objectness_score)))
+        p.variance_encoded_in_target, conf_thr, f32(nms.nms_threshold),
+        f32(nms.eta), _top_k(p), p.keep_top_k,
+        p.clip, f32(p.objectness_score))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from google.protobuf import message as pb_message
 from torch import nn
@@ -20,9 +19,9 @@ from torch import nn
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
+from caffe_bridge.numeric import f32_tensor
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
-Shape = tuple[int, ...]
 PSPNET, SEGNET, INITIAL = "pspnet", "segnet", "pspnet-initial"
 _FIELDS = {
     PSPNET: ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine"),
@@ -108,8 +107,7 @@ class ChannelAffine(nn.Module):
 def _blobs(layer: Layer, kind: str, shape: Shape) -> list[torch.Tensor]:
     """The layer's blobs in ``shape`` (Caffe's initial values when none are loaded)."""
     if layer.blobs:
-        return [torch.from_numpy(np.array(b, dtype=np.float32).reshape(shape))
-                for b in layer.blobs]
+        return [f32_tensor(b).reshape(shape) for b in layer.blobs]
     init = [1.0, 0.0, 0.0, 1.0 if kind == PSPNET and layer.param.bn_param.frozen else 0.0]
     return [torch.full(shape, v) for v in init[:N_BLOBS[kind]]]
 

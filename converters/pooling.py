@@ -19,10 +19,10 @@ from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import FLT_MAX, f32_tensor
 
 MAX, AVE, STOCHASTIC = (schema.PoolingParameter.MAX, schema.PoolingParameter.AVE,
                         schema.PoolingParameter.STOCHASTIC)
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def torch_pooled_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
@@ -186,4 +186,4 @@ def convert_pooling(layer: Layer, net: Net) -> nn.Module:
     with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too
         scale = (geo.kernel[0] * geo.kernel[1]) / ave_divisor(geo, hw)
     return PaddedAvgPool2d(geo.kernel, geo.stride, pads,
-                           torch.from_numpy(scale.astype(np.float32)), extra)
+                           f32_tensor(scale), extra)

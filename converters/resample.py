@@ -20,9 +20,7 @@ from torch import nn
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def interp_geometry(p: pb_message.Message, h: int, w: int) -> tuple[int, int, int, int, int]:

@@ -27,12 +27,11 @@ from torch import nn
 
 from caffe_bridge import shapes
 from caffe_bridge.converters import conv
-from caffe_bridge.converters.pooling import AVE, FLT_MAX, MAX
+from caffe_bridge.converters.pooling import AVE, MAX
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
+from caffe_bridge.numeric import FLT_MAX, f32_tensor
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def _five_d(ins: Sequence[Shape], what: str) -> Shape:
@@ -63,12 +62,7 @@ def convolution3d_shape(param: pb_message.Message, ins: Sequence[Shape]) -> Laye
     if cp.filter_group <= 0 or cp.num_output % cp.filter_group:
         raise ShapeRuleError(f"filter_group {cp.filter_group} must divide num_output")
     geo = conv3d_geometry(cp)
-    out = []
-    for n, k, s, p in zip(x[2:], geo.kernel, geo.stride, geo.pad, strict=True):
-        o = (n + 2 * p - k) // s + 1
-        if o <= 0:
-            raise ShapeRuleError(f"kernel {k} exceeds padded input {n + 2 * p}")
-        out.append(o)
+    out = shapes.conv_out_sizes(x[2:], geo)
     params: list[Shape] = [(cp.num_output, x[1], *geo.kernel)]
     if cp.bias_term:
         params.append((1, 1, 1, 1, cp.num_output))
@@ -81,14 +75,8 @@ def convert_convolution3d(layer: Layer, net: Net) -> nn.Module:
     cp = layer.param.convolution3d_param
     c = net.blobs[layer.bottoms[0]].shape[1]
     geo = conv3d_geometry(cp)
-    make = conv.uninitialised if layer.blobs else conv._plain
-    module = make(nn.Conv3d, c, cp.num_output, geo.kernel, stride=geo.stride,
-                  padding=geo.pad, bias=cp.bias_term)
-    params = {"weight": module.weight}
-    if cp.bias_term:
-        params["bias"] = module.bias
-    conv.load_blobs(layer, params)
-    return module
+    return conv.loaded_module(layer, nn.Conv3d, c, cp.num_output, geo.kernel,
+                              stride=geo.stride, padding=geo.pad, bias=cp.bias_term)
 
 
 # ---------------------------------------------------------------- Pooling3D
@@ -168,4 +156,4 @@ def convert_pooling3d(layer: Layer, net: Net) -> nn.Module:
     with np.errstate(divide="ignore"):
         scale = math.prod(kernel) / _divisor(x, kernel, stride, pad, out)
     return PaddedPool3dCaffe(kernel, stride, pads, 0.0,
-                             torch.from_numpy(scale.astype(np.float32)))
+                             f32_tensor(scale))

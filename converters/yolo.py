@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx
+from google.protobuf import message as pb_message
 from torch import nn
 
 from caffe_bridge.converters.registry import refuse, register
@@ -48,7 +49,7 @@ class DarknetReorg(nn.Module):
         return f"stride={self.stride}, reverse={self.reverse}"
 
 
-def reorg_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def reorg_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 1 or len(ins[0]) != 4:
         raise ShapeRuleError("Reorg takes one 4-D bottom")
     rp = p.reorg_param
@@ -164,7 +165,7 @@ class Yolov3DetectionOutput(nn.Module):
                                  self.ncls, self.conf_thresh, self.nms_thresh)
 
 
-def _yolov3_cfg(p: object, n_bottoms: int) -> dict[str, object]:
+def _yolov3_cfg(p: pb_message.Message, n_bottoms: int) -> dict[str, object]:
     yp = p.yolov3_detection_output_param
     if not yp.HasField("num_classes"):
         raise ShapeRuleError("yolov3_detection_output_param needs num_classes")
@@ -183,7 +184,7 @@ def _yolov3_cfg(p: object, n_bottoms: int) -> dict[str, object]:
             "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
 
 
-def yolov3_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def yolov3_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most one row per (cell, anchor, class); the count is data-dependent, as in Caffe."""
     cfg = _yolov3_cfg(p, len(ins))
     rows = 0
@@ -243,7 +244,7 @@ class YoloDetectionOutput(nn.Module):
                                  self.conf_thresh, self.nms_thresh)
 
 
-def _yolov2_cfg(p: object) -> dict[str, object]:
+def _yolov2_cfg(p: pb_message.Message) -> dict[str, object]:
     yp = p.yolo_detection_output_param
     if not yp.HasField("num_classes"):
         raise ShapeRuleError("yolo_detection_output_param needs num_classes")
@@ -255,7 +256,7 @@ def _yolov2_cfg(p: object) -> dict[str, object]:
             "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
 
 
-def yolov2_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def yolov2_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most one row per (cell, anchor); the count is data-dependent, as in Caffe."""
     cfg = _yolov2_cfg(p)
     if not 1 <= len(ins) <= 2:
