@@ -203,7 +203,7 @@ def test_converts_and_runs(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tolerant reader's notes on unknown fields
         net = load_net(path, input_shapes=small_shapes(path))
-    torch.manual_seed(0)  # layers without weights take torch's default initialisation
+    torch.manual_seed(0)  # converters may use torch's default initialisation without weights
     gm = build_module(net)
     xs = random_inputs(net)
     computed = list(computed_shapes(net, gm, xs))
