@@ -7,13 +7,13 @@ forward passes use torch ops only, so the modules follow ``.to(device)`` and any
 
 from __future__ import annotations
 
-import ast
 import math
 
 import torch
 from torch import nn
 
 from caffe_bridge import shapes
+from caffe_bridge.converters.python_param import literal_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
@@ -240,24 +240,13 @@ def convert_dropout(layer: Layer, net: Net) -> nn.Module:
     return Power(1.0, f32(1.0 / scale), 0.0)
 
 
-def _python_param_dict(layer: Layer) -> dict[str, object]:
-    """A Python layer's ``param_str`` read as the Python literal its layer evaluates."""
-    try:
-        value = ast.literal_eval(layer.param.python_param.param_str or "{}")
-    except (ValueError, SyntaxError) as err:
-        raise PrototxtError(f"param_str is not a Python literal: {err}") from None
-    if not isinstance(value, dict):
-        raise PrototxtError("param_str must be a dict literal")
-    return value
-
-
 @register("Python:spatial_dropout.SpatialDropoutLayer", shape=same_shape,
           fork="TimoSaemann/caffe-enet")
 def convert_spatial_dropout(layer: Layer, net: Net) -> nn.Module:
     """ENet's SpatialDropoutLayer (Python): at TEST it scales by 1 / (1 - p), not identity."""
     # TimoSaemann/caffe-enet python/spatial_dropout.py: scale_ = 1. / (1. - p); with phase
     # 'TEST' forward is top = bottom * scale_ (numpy float32 array times a Python float).
-    cfg = _python_param_dict(layer)
+    cfg = literal_dict(layer.param.python_param.param_str)
     if cfg.get("phase", "TRAIN") != "TEST":
         raise UnsupportedLayerError("SpatialDropoutLayer with phase TRAIN drops whole channels "
                                     "at random; only phase 'TEST' converts")

@@ -17,7 +17,7 @@ from google.protobuf import message as pb_message
 from torch import nn
 
 from caffe_bridge.converters.conv import blob_tensors
-from caffe_bridge.converters.rcnn import parse_param_str
+from caffe_bridge.converters.python_param import yaml_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
@@ -305,7 +305,7 @@ def ctpn_basic_anchors() -> list[tuple[int, int, int, int]]:
 
 
 def _feat_stride(p: pb_message.Message) -> float:
-    cfg = parse_param_str(p.python_param.param_str)
+    cfg = yaml_dict(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("CTPN's proposal layer needs 'feat_stride' in param_str")
     return float(cfg["feat_stride"])
