@@ -142,7 +142,7 @@ class ScaledExp(nn.Module):
         return f"inner={self.inner}, outer={self.outer}"
 
 
-def _log_base(layer: Layer, base: float) -> float:
+def _log_base(base: float) -> float:
     """ln(base), 1 for base -1 (e); Caffe rejects base <= 0 otherwise."""
     if base == -1.0:
         return 1.0
@@ -156,7 +156,7 @@ def convert_exp(layer: Layer, net: Net) -> nn.Module:
     """Exp ``base ^ (shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.exp_param
     base, scale, shift = f32(p.base), f32(p.scale), f32(p.shift)
-    inner = f32(_log_base(layer, base) * scale)
+    inner = f32(_log_base(base) * scale)
     # Caffe: outer = base^shift (e^shift for base -1), 1 without shift
     try:
         outer = 1.0 if shift == 0.0 else f32(math.exp(shift) if base == -1.0 else base**shift)
@@ -189,7 +189,7 @@ class ScaledLog(nn.Module):
 def convert_log(layer: Layer, net: Net) -> nn.Module:
     """Log ``log_base(shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.log_param
-    ln_base = _log_base(layer, f32(p.base))
+    ln_base = _log_base(f32(p.base))
     if ln_base == 0.0:
         raise PrototxtError("Log base 1 has no logarithm")
     return ScaledLog(f32(p.scale), f32(p.shift), f32(1.0 / ln_base))
