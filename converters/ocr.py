@@ -29,7 +29,7 @@ OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
 # ---------------------------------------------------------------- Lstm (lstm_param)
 
 
-def lstm_fork_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def lstm_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """x (T x N x ...) [, clip] -> T x N x num_output; blobs W_i (4H x I), W_h (4H x H), b (4H)."""
     hidden = int(p.lstm_param.num_output)
     if hidden <= 0:
@@ -73,8 +73,8 @@ class OcrLstm(nn.Module):
         return torch.stack(outs)
 
 
-@register("Lstm", shape=lstm_fork_shape, fork=OCR_FORKS)
-def convert_lstm_fork(layer: Layer, net: Net) -> nn.Module:
+@register("Lstm", shape=lstm_shape, fork=OCR_FORKS)
+def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """Lstm (CTPN, caffe_ocr; lstm_param): x (T x N x ...) -> T x N x H, zero initial state."""
     w = blob_tensors(layer)
     steps = net.blobs[layer.bottoms[0]].shape[0]

@@ -422,7 +422,7 @@ def python_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerS
     return _proposal_shapes(_python_proposal_cfg(p), p, ins)
 
 
-def opencv_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return _proposal_shapes(_opencv_proposal_cfg(p), p, ins)
 
 
@@ -433,7 +433,7 @@ def convert_python_proposal_layer(layer: Layer, net: Net) -> nn.Module:
     return RPNProposal(**_python_proposal_cfg(layer.param), n_tops=len(layer.tops))
 
 
-@register("Proposal", shape=opencv_proposal_shape, fork="opencv/opencv")
+@register("Proposal", shape=proposal_shape, fork="opencv/opencv")
 def convert_proposal(layer: Layer, net: Net) -> nn.Module:
     """Proposal (OpenCV's type): py-faster-rcnn's RPN proposals from proposal_param."""
     return RPNProposal(**_opencv_proposal_cfg(layer.param), n_tops=len(layer.tops))
