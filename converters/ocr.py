@@ -17,6 +17,7 @@ from google.protobuf import message as pb_message
 from torch import nn
 
 from caffe_bridge.converters.conv import blob_tensors
+from caffe_bridge.converters.detection import CaffePermute
 from caffe_bridge.converters.python_param import yaml_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
@@ -128,21 +129,10 @@ def transpose_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((tuple(ins[0][d] for d in dims),))
 
 
-class TransposeAxes(nn.Module):
-    """Top axis i is bottom axis dims[i]; the result is made contiguous as Caffe's copy is."""
-
-    def __init__(self, dims: tuple[int, ...]) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(self.dims).contiguous()
-
-
 @register("Transpose", shape=transpose_shape, fork=OCR_FORKS)
 def convert_transpose(layer: Layer, net: Net) -> nn.Module:
     """Transpose (CTPN, caffe_ocr): permutes axes, top axis i = bottom axis dim[i]."""
-    return TransposeAxes(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
+    return CaffePermute(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
 
 
 # ---------------------------------------------------------------- Im2col
