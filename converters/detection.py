@@ -124,31 +124,49 @@ def convert_normalize(layer: Layer, net: Net) -> nn.Module:
 
 # --------------------------------------------------------------------------- PriorBox
 
+def _int_sizes(values: object, what: str) -> list[int]:
+    """min_size/max_size as the forward reads them (``int``): NaN fails Caffe's CHECK_GT,
+    an infinite size has no int value (undefined behaviour in the source): both refused."""
+    out = []
+    for v in values:
+        if not math.isfinite(v):
+            raise ShapeRuleError(f"PriorBox {what} must be a finite number, not {v}")
+        out.append(int(v))
+    return out
+
+
+def _aspect_ratios(p: pb_message.Message) -> list[float]:
+    """LayerSetUp's list: 1, then each new ratio (and 1/ratio with flip), as floats. A ratio
+    is new unless within 1e-6 of one listed (so a NaN always is); 1/0 is inf, as in C++."""
+    ars = [1.0]
+    for ar in p.aspect_ratio:
+        ar = f32(ar)
+        if not any(abs(ar - e) < 1e-6 for e in ars):
+            ars.append(ar)
+            if p.flip:
+                with np.errstate(divide="ignore"):
+                    ars.append(float(np.float32(np.divide(1.0, ar))))
+    return ars
+
+
 def prior_setup(p: pb_message.Message) -> tuple[list[int], list[int], list[float], list[float]]:
     """min sizes and max sizes (int, as the forward reads them), aspect ratios, variances."""
     extra = [f for f in ("offset_h", "offset_w", "width", "height") if len(getattr(p, f))]
     if extra:
         raise ShapeRuleError(
             f"PriorBox {'/'.join(extra)} (OpenCV's explicit prior sizes) is not supported")
-    if not p.min_size or min(p.min_size) <= 0:
-        raise ShapeRuleError("PriorBox needs at least one positive min_size")
-    mins = [int(v) for v in p.min_size]
-    maxs = [int(v) for v in p.max_size]
+    if not p.min_size or not all(v > 0 for v in p.min_size):
+        raise ShapeRuleError("PriorBox needs at least one min_size, each positive")
+    mins = _int_sizes(p.min_size, "min_size")
+    maxs = _int_sizes(p.max_size, "max_size")
     if maxs and len(maxs) != len(mins):
         raise ShapeRuleError("PriorBox needs as many max_size as min_size values")
-    if maxs and any(b <= a for a, b in zip(p.min_size, p.max_size, strict=True)):
+    if maxs and not all(b > a for a, b in zip(p.min_size, p.max_size, strict=True)):
         raise ShapeRuleError("PriorBox max_size must be greater than min_size")
-    ars = [1.0]
-    for ar in p.aspect_ratio:
-        ar = f32(ar)
-        if all(abs(ar - e) >= 1e-6 for e in ars):
-            ars.append(ar)
-            if p.flip:
-                ars.append(f32(1.0 / ar))
     var = [f32(v) for v in p.variance] or [0.1]
-    if len(var) not in (1, 4) or min(var) <= 0:
+    if len(var) not in (1, 4) or not all(v > 0 for v in var):
         raise ShapeRuleError("PriorBox needs 1 or 4 positive variances")
-    return mins, maxs, ars, var
+    return mins, maxs, _aspect_ratios(p), var
 
 
 def num_priors(p: pb_message.Message) -> int:
@@ -201,9 +219,10 @@ def prior_boxes(p: pb_message.Message, fh: int, fw: int, img: tuple[int, int]) -
             side = f32(math.sqrt(mn * maxs[s]))
             sizes.append((side, side))
         for ar in ars:
-            if abs(ar - 1.0) >= 1e-6:  # min_size_ * sqrt(ar) in float, as the source does
-                r = np.sqrt(single(ar))
-                sizes.append((float(single(mn) * r), float(single(mn) / r)))
+            if not abs(ar - 1.0) < 1e-6:  # min_size_ * sqrt(ar) in float, as the source does
+                with np.errstate(invalid="ignore", divide="ignore"):  # ar <= 0, inf, NaN
+                    r = np.sqrt(single(ar))
+                    sizes.append((float(single(mn) * r), float(single(mn) / r)))
     wh = np.asarray(sizes, np.float64)
     off = f32(p.offset)
     cx = ((np.arange(fw) + off).astype(single) * single(sw)).astype(np.float64)

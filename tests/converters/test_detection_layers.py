@@ -92,6 +92,43 @@ def test_prior_box_truncates_sizes_to_int() -> None:
     np.testing.assert_allclose(out[0, 0], [0.395, 0.395, 0.605, 0.605], rtol=1e-6)
 
 
+def _priors(body: str) -> np.ndarray:
+    layer = layer_text("PriorBox", f"prior_box_param {{ {body} }}", n_bottoms=2)
+    net = net_from_text(net_text(layer, (1, 1, 1, 1), (1, 3, 20, 20)))
+    with torch.no_grad():
+        return build_module(net)(torch.zeros(1, 1, 1, 1), torch.zeros(1, 3, 20, 20)).numpy()
+
+
+def test_prior_box_zero_aspect_ratio_flips_to_inf() -> None:
+    """LayerSetUp lists 1./0 = inf (no check): boxes of zero width / infinite height and back
+    (this raised ZeroDivisionError)."""
+    out = _priors("min_size: 10 aspect_ratio: 0 flip: true")
+    inf = np.inf
+    np.testing.assert_array_equal(out[0, 0], [0.25, 0.25, 0.75, 0.75, 0.5, -inf, 0.5, inf,
+                                              -inf, 0.5, inf, 0.5])
+
+
+def test_prior_box_nan_aspect_ratio_is_a_prior() -> None:
+    """fabs(NaN - x) < 1e-6 is false, so Caffe lists a NaN ratio and makes a (NaN) prior for
+    it: 2 priors, not 1 (a port testing ``>= 1e-6`` drops it)."""
+    out = _priors("min_size: 10 aspect_ratio: nan flip: false")
+    assert out.shape == (1, 2, 8)
+    np.testing.assert_array_equal(out[0, 0, :4], [0.25, 0.25, 0.75, 0.75])
+    assert np.isnan(out[0, 0, 4:]).all()
+
+
+@pytest.mark.parametrize("body", [
+    "min_size: nan", "min_size: inf", "min_size: 10 max_size: nan", "min_size: 10 max_size: inf",
+    "min_size: 10 variance: nan", "min_size: 10 variance: 0.1 variance: nan variance: 1 "
+    "variance: 1",
+])
+def test_prior_box_refuses_nan_and_infinite_sizes(body: str) -> None:
+    """NaN fails the source's CHECK_GTs; an infinite size has no int value (was ValueError)."""
+    layer = layer_text("PriorBox", f"prior_box_param {{ {body} }}", n_bottoms=2)
+    with pytest.raises(CaffeBridgeError, match="PriorBox"):
+        net_from_text(net_text(layer, (1, 1, 1, 1), (1, 3, 20, 20)))
+
+
 # --------------------------------------------------------------------------- DetectionOutput
 
 def do_net(body: str, n: int, p: int, c: int, loc_classes: int = 1) -> str:
