@@ -54,12 +54,17 @@ def explicit_pads(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> tuple[int, i
     return (pw, (ow - 1) * sw + kw - w - pw, ph, (oh - 1) * sh + kh - h - ph)
 
 
+def window_sizes(n: int, k: int, s: int, p: int, o: int) -> np.ndarray:
+    """Caffe's AVE divisor along one axis of size ``n``: the ``o`` windows' extents, padding
+    counted, overhang past ``n + p`` not."""
+    start = np.arange(o) * s - p
+    return np.minimum(start + k, n + p) - start
+
+
 def ave_divisor(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> np.ndarray:
     """Caffe's AVE pool_size per output: padding counts, overhang past ``H + p`` does not."""
-    sizes = []
-    for n, k, s, p, o in zip(hw, geo.kernel, geo.stride, geo.pad, geo.out, strict=True):
-        start = np.arange(o) * s - p
-        sizes.append(np.minimum(start + k, n + p) - start)
+    sizes = [window_sizes(*a) for a in zip(hw, geo.kernel, geo.stride, geo.pad, geo.out,
+                                            strict=True)]
     return np.outer(sizes[0], sizes[1]).astype(np.float64)
 
 

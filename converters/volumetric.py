@@ -27,7 +27,7 @@ from torch import nn
 
 from caffe_bridge import shapes
 from caffe_bridge.converters import conv
-from caffe_bridge.converters.pooling import AVE, MAX
+from caffe_bridge.converters.pooling import AVE, MAX, window_sizes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import FLT_MAX, f32_tensor
@@ -132,11 +132,9 @@ class PaddedPool3dCaffe(nn.Module):
 
 
 def _divisor(x: Shape, kernel: Shape, stride: Shape, pad: Shape, out: Shape) -> np.ndarray:
-    sizes = []
-    for axis, (n, k, s, p, o) in enumerate(zip(x[2:], kernel, stride, pad, out, strict=True)):
-        start = np.arange(o) * s - p
-        limit = n if axis == 0 else n + p  # time: clipped to the blob before counting
-        sizes.append(np.minimum(start + k, limit) - start)
+    """Pooling's divisor rule per axis; time is never padded, so its windows are clipped to
+    the blob."""
+    sizes = [window_sizes(*a) for a in zip(x[2:], kernel, stride, pad, out, strict=True)]
     return np.einsum("i,j,k->ijk", *sizes).astype(np.float64)
 
 
