@@ -12,13 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ROW = ("image", "label", "score", "xmin", "ymin", "xmax", "ymax")
-
-
-def is_detection_blob(shape: tuple[int, ...]) -> bool:
-    """True for a 1 x 1 x N x 7 blob (the DetectionOutput layout)."""
-    return len(shape) == 4 and shape[0] == 1 and shape[1] == 1 and shape[3] == 7
-
 
 def detections(blob: np.ndarray) -> np.ndarray:
     """The N x 7 rows of a DetectionOutput top without filler rows: Caffe's ``label == -1``

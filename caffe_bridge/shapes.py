@@ -416,7 +416,7 @@ def eltwise_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     ep = p.eltwise_param
     if ep.coeff and len(ep.coeff) != len(ins):
         raise ShapeRuleError(f"{len(ep.coeff)} coeff values for {len(ins)} bottoms")
-    if ep.coeff and ep.operation == 0:  # PROD = 0; MAX accepts (and ignores) coeff, as Caffe
+    if ep.coeff and ep.operation == schema.EltwiseParameter.PROD:  # MAX ignores it, as Caffe
         raise ShapeRuleError("coeff is not valid with operation PROD")
     return LayerShapes((ins[0],))
 

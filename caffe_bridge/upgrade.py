@@ -48,7 +48,7 @@ V0_TYPE_NAMES: dict[str, str] = {
 # (sic); those nets run on the fork's Pooling (see PoolingParameter.odd_window_extra).
 DARKNET2CAFFE_NAME = "Darkent2Caffe"
 
-TEST_PHASE = 1  # caffe.Phase: TRAIN = 0, TEST = 1
+TEST_PHASE = schema.Phase.Value("TEST")
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def _upgrade_v1(
         enum = v1.DESCRIPTOR.fields_by_name["type"].enum_type
         if fork_type is not None:
             enum_name = fork_type
-        elif not v1.HasField("type") or v1.type == 0:
+        elif not v1.HasField("type") or v1.type == schema.V1LayerParameter.NONE:
             raise PrototxtError("V1 layer has no type", file=path, line=line,
                                 layer=v1.name or None)
         else:

@@ -7,13 +7,13 @@ forward passes use torch ops only, so the modules follow ``.to(device)`` and any
 
 from __future__ import annotations
 
-import ast
 import math
 
 import torch
 from torch import nn
 
 from caffe_bridge import shapes
+from caffe_bridge.converters.python_param import literal_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
@@ -142,7 +142,7 @@ class ScaledExp(nn.Module):
         return f"inner={self.inner}, outer={self.outer}"
 
 
-def _log_base(layer: Layer, base: float) -> float:
+def _log_base(base: float) -> float:
     """ln(base), 1 for base -1 (e); Caffe rejects base <= 0 otherwise."""
     if base == -1.0:
         return 1.0
@@ -156,7 +156,7 @@ def convert_exp(layer: Layer, net: Net) -> nn.Module:
     """Exp ``base ^ (shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.exp_param
     base, scale, shift = f32(p.base), f32(p.scale), f32(p.shift)
-    inner = f32(_log_base(layer, base) * scale)
+    inner = f32(_log_base(base) * scale)
     # Caffe: outer = base^shift (e^shift for base -1), 1 without shift
     try:
         outer = 1.0 if shift == 0.0 else f32(math.exp(shift) if base == -1.0 else base**shift)
@@ -189,7 +189,7 @@ class ScaledLog(nn.Module):
 def convert_log(layer: Layer, net: Net) -> nn.Module:
     """Log ``log_base(shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.log_param
-    ln_base = _log_base(layer, f32(p.base))
+    ln_base = _log_base(f32(p.base))
     if ln_base == 0.0:
         raise PrototxtError("Log base 1 has no logarithm")
     return ScaledLog(f32(p.scale), f32(p.shift), f32(1.0 / ln_base))
@@ -240,24 +240,13 @@ def convert_dropout(layer: Layer, net: Net) -> nn.Module:
     return Power(1.0, f32(1.0 / scale), 0.0)
 
 
-def _python_param_dict(layer: Layer) -> dict[str, object]:
-    """A Python layer's ``param_str`` read as the Python literal its layer evaluates."""
-    try:
-        value = ast.literal_eval(layer.param.python_param.param_str or "{}")
-    except (ValueError, SyntaxError) as err:
-        raise PrototxtError(f"param_str is not a Python literal: {err}") from None
-    if not isinstance(value, dict):
-        raise PrototxtError("param_str must be a dict literal")
-    return value
-
-
 @register("Python:spatial_dropout.SpatialDropoutLayer", shape=same_shape,
           fork="TimoSaemann/caffe-enet")
 def convert_spatial_dropout(layer: Layer, net: Net) -> nn.Module:
     """ENet's SpatialDropoutLayer (Python): at TEST it scales by 1 / (1 - p), not identity."""
     # TimoSaemann/caffe-enet python/spatial_dropout.py: scale_ = 1. / (1. - p); with phase
     # 'TEST' forward is top = bottom * scale_ (numpy float32 array times a Python float).
-    cfg = _python_param_dict(layer)
+    cfg = literal_dict(layer.param.python_param.param_str)
     if cfg.get("phase", "TRAIN") != "TEST":
         raise UnsupportedLayerError("SpatialDropoutLayer with phase TRAIN drops whole channels "
                                     "at random; only phase 'TEST' converts")

@@ -3,7 +3,7 @@
 
 ``Filter`` is not convertible: the number of items its tops hold is the number of non-zero
 selector values, read from the data at every forward (filter_layer.cpp's Reshape), so no
-static graph has its shape. Its shape rule refuses it with that reason.
+static graph has its shape. It is registered as refused, with that reason.
 """
 
 from __future__ import annotations

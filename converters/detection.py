@@ -62,7 +62,7 @@ def permute_shape(param: pb_message.Message, in_shapes: Sequence[Shape]) -> Laye
 
 
 class CaffePermute(nn.Module):
-    """``x.permute(order)`` with Caffe's completed axis order."""
+    """``x.permute(order)``, made contiguous (SSD's Permute, the OCR forks' Transpose)."""
 
     def __init__(self, order: tuple[int, ...]) -> None:
         super().__init__()

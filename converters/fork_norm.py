@@ -16,6 +16,7 @@ import torch
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge import schema
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
@@ -30,7 +31,7 @@ _FIELDS = {
 }
 N_BLOBS = {PSPNET: 4, SEGNET: 2, INITIAL: 4}
 SEGNET_EPS = 1e-9  # hard-coded in caffe-segnet's BNLayer::LayerSetUp
-INFERENCE = 1
+INFERENCE = schema.BNParameter.INFERENCE
 
 
 def bn_variant(p: pb_message.Message, n_blobs: int | None = None) -> str:

@@ -17,7 +17,8 @@ from google.protobuf import message as pb_message
 from torch import nn
 
 from caffe_bridge.converters.conv import blob_tensors
-from caffe_bridge.converters.rcnn import parse_param_str
+from caffe_bridge.converters.detection import CaffePermute
+from caffe_bridge.converters.python_param import yaml_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
@@ -29,7 +30,7 @@ OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
 # ---------------------------------------------------------------- Lstm (lstm_param)
 
 
-def lstm_fork_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def lstm_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """x (T x N x ...) [, clip] -> T x N x num_output; blobs W_i (4H x I), W_h (4H x H), b (4H)."""
     hidden = int(p.lstm_param.num_output)
     if hidden <= 0:
@@ -73,8 +74,8 @@ class OcrLstm(nn.Module):
         return torch.stack(outs)
 
 
-@register("Lstm", shape=lstm_fork_shape, fork=OCR_FORKS)
-def convert_lstm_fork(layer: Layer, net: Net) -> nn.Module:
+@register("Lstm", shape=lstm_shape, fork=OCR_FORKS)
+def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """Lstm (CTPN, caffe_ocr; lstm_param): x (T x N x ...) -> T x N x H, zero initial state."""
     w = blob_tensors(layer)
     steps = net.blobs[layer.bottoms[0]].shape[0]
@@ -128,21 +129,10 @@ def transpose_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((tuple(ins[0][d] for d in dims),))
 
 
-class TransposeAxes(nn.Module):
-    """Top axis i is bottom axis dims[i]; the result is made contiguous as Caffe's copy is."""
-
-    def __init__(self, dims: tuple[int, ...]) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(self.dims).contiguous()
-
-
 @register("Transpose", shape=transpose_shape, fork=OCR_FORKS)
 def convert_transpose(layer: Layer, net: Net) -> nn.Module:
     """Transpose (CTPN, caffe_ocr): permutes axes, top axis i = bottom axis dim[i]."""
-    return TransposeAxes(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
+    return CaffePermute(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
 
 
 # ---------------------------------------------------------------- Im2col
@@ -305,7 +295,7 @@ def ctpn_basic_anchors() -> list[tuple[int, int, int, int]]:
 
 
 def _feat_stride(p: pb_message.Message) -> float:
-    cfg = parse_param_str(p.python_param.param_str)
+    cfg = yaml_dict(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("CTPN's proposal layer needs 'feat_stride' in param_str")
     return float(cfg["feat_stride"])

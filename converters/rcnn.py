@@ -29,9 +29,7 @@ min-size filter and pads rois/scores with zero rows up to ``post_nms_topn``.
 
 from __future__ import annotations
 
-import ast
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +38,7 @@ import torch.fx
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge.converters.python_param import yaml_dict
 from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
@@ -383,24 +382,8 @@ class RPNProposal(nn.Module):
 TEST_PRE_NMS, TEST_POST_NMS, TEST_NMS_THRESH, TEST_MIN_SIZE = 6000, 300, 0.7, 16
 
 
-def parse_param_str(text: str) -> dict[str, object]:
-    """The flat YAML mapping of a py-faster-rcnn ``param_str`` ("'feat_stride': 16", one key
-    a line or a {...} flow mapping; ``!!python/tuple`` tags allowed), without a YAML library."""
-    body = re.sub(r"!!python/tuple\s*", "", text).strip()
-    if not body.startswith("{"):
-        body = "{" + ", ".join(line for line in body.splitlines() if line.strip()) + "}"
-    try:
-        parsed = ast.literal_eval(body)
-    except (ValueError, SyntaxError) as err:
-        raise PrototxtError(f"python_param.param_str {text!r} is not a simple YAML mapping "
-                            f"({err})") from None
-    if not isinstance(parsed, dict):
-        raise PrototxtError(f"python_param.param_str {text!r} is not a mapping")
-    return parsed
-
-
 def _python_proposal_cfg(p: pb_message.Message) -> dict[str, object]:
-    cfg = parse_param_str(p.python_param.param_str)
+    cfg = yaml_dict(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("the proposal layer's param_str needs 'feat_stride'")
     anchors = generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32))))
@@ -439,7 +422,7 @@ def python_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerS
     return _proposal_shapes(_python_proposal_cfg(p), p, ins)
 
 
-def opencv_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return _proposal_shapes(_opencv_proposal_cfg(p), p, ins)
 
 
@@ -450,7 +433,7 @@ def convert_python_proposal_layer(layer: Layer, net: Net) -> nn.Module:
     return RPNProposal(**_python_proposal_cfg(layer.param), n_tops=len(layer.tops))
 
 
-@register("Proposal", shape=opencv_proposal_shape, fork="opencv/opencv")
+@register("Proposal", shape=proposal_shape, fork="opencv/opencv")
 def convert_proposal(layer: Layer, net: Net) -> nn.Module:
     """Proposal (OpenCV's type): py-faster-rcnn's RPN proposals from proposal_param."""
     return RPNProposal(**_opencv_proposal_cfg(layer.param), n_tops=len(layer.tops))

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from google.protobuf import message as pb_message
 from torch import nn
 
@@ -23,7 +24,7 @@ from caffe_bridge.errors import (
     ShapeError,
     UnsupportedLayerError,
 )
-from caffe_bridge.ir import Layer, Net
+from caffe_bridge.ir import Blob, Layer, Net, SourceLoc
 from caffe_bridge.shapes import LayerShapes, Rule, Shape, ShapeRuleError
 
 Converter = Callable[[Layer, Net], nn.Module]
@@ -170,10 +171,6 @@ def _located(err: Exception, layer: Layer, net: Net | None = None) -> CaffeBridg
 def _meta_shapes(fn: Converter, param: pb_message.Message,
                  in_shapes: Sequence[Shape]) -> LayerShapes:
     """Tops of a rule-less layer: its module run on meta tensors (no parameter blobs)."""
-    import torch
-
-    from caffe_bridge.ir import Blob, SourceLoc
-
     names = tuple(f"bottom{i}" for i in range(len(in_shapes)))
     blobs = {n: Blob(n, n, tuple(s), "") for n, s in zip(names, in_shapes, strict=True)}
     layer = Layer(param.name, param.type, names, tuple(param.top), param, (), (),

@@ -27,7 +27,7 @@ from torch import nn
 
 from caffe_bridge import shapes
 from caffe_bridge.converters import conv
-from caffe_bridge.converters.pooling import AVE, MAX
+from caffe_bridge.converters.pooling import AVE, MAX, pad_amounts, window_sizes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import FLT_MAX, f32_tensor
@@ -132,11 +132,9 @@ class PaddedPool3dCaffe(nn.Module):
 
 
 def _divisor(x: Shape, kernel: Shape, stride: Shape, pad: Shape, out: Shape) -> np.ndarray:
-    sizes = []
-    for axis, (n, k, s, p, o) in enumerate(zip(x[2:], kernel, stride, pad, out, strict=True)):
-        start = np.arange(o) * s - p
-        limit = n if axis == 0 else n + p  # time: clipped to the blob before counting
-        sizes.append(np.minimum(start + k, limit) - start)
+    """Pooling's divisor rule per axis; time is never padded, so its windows are clipped to
+    the blob."""
+    sizes = [window_sizes(*a) for a in zip(x[2:], kernel, stride, pad, out, strict=True)]
     return np.einsum("i,j,k->ijk", *sizes).astype(np.float64)
 
 
@@ -146,11 +144,7 @@ def convert_pooling3d(layer: Layer, net: Net) -> nn.Module:
     pp = layer.param.pooling3d_param
     x = net.blobs[layer.bottoms[0]].shape
     kernel, stride, pad, out = pool3d_geometry(pp, x)
-    # F.pad order: (w_left, w_right, h_left, h_right, l_left, l_right); a negative right pad
-    # crops input no window reaches.
-    amounts = [(p, (o - 1) * s + k - n - p) for n, k, s, p, o in
-               zip(x[2:], kernel, stride, pad, out, strict=True)]
-    pads = tuple(v for pair in reversed(amounts) for v in pair)
+    pads = pad_amounts(x[2:], kernel, stride, pad, out)  # (w, w, h, h, l, l)
     if pp.pool == MAX:
         return PaddedPool3dCaffe(kernel, stride, pads, -FLT_MAX, None)
     with np.errstate(divide="ignore"):

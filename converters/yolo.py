@@ -183,7 +183,7 @@ def _yolov3_cfg(p: pb_message.Message, n_bottoms: int) -> dict[str, object]:
             "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
 
 
-def yolov3_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def yolov3_detection_output_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most one row per (cell, anchor, class); the count is data-dependent, as in Caffe."""
     cfg = _yolov3_cfg(p, len(ins))
     rows = 0
@@ -194,7 +194,8 @@ def yolov3_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((1, 1, max(rows, ins[0][0]), 7),))
 
 
-@register("Yolov3DetectionOutput", shape=yolov3_shape, fork="eric612/MobileNet-YOLO")
+@register("Yolov3DetectionOutput", shape=yolov3_detection_output_shape,
+          fork="eric612/MobileNet-YOLO")
 def convert_yolov3_detection_output(layer: Layer, net: Net) -> nn.Module:
     """Yolov3DetectionOutput (MobileNet-YOLO): decoding, threshold, class-agnostic NMS."""
     return Yolov3DetectionOutput(**_yolov3_cfg(layer.param, len(layer.bottoms)))
@@ -255,7 +256,7 @@ def _yolov2_cfg(p: pb_message.Message) -> dict[str, object]:
             "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
 
 
-def yolov2_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def yolo_detection_output_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most one row per (cell, anchor); the count is data-dependent, as in Caffe."""
     cfg = _yolov2_cfg(p)
     if not 1 <= len(ins) <= 2:
@@ -269,7 +270,7 @@ def yolov2_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((1, 1, max(rows, ins[0][0]), 7),))
 
 
-@register("YoloDetectionOutput", shape=yolov2_shape, fork="eric612/MobileNet-YOLO")
+@register("YoloDetectionOutput", shape=yolo_detection_output_shape, fork="eric612/MobileNet-YOLO")
 def convert_yolo_detection_output(layer: Layer, net: Net) -> nn.Module:
     """YoloDetectionOutput (MobileNet-YOLO, YOLOv2): decoding, threshold, class-agnostic NMS."""
     return YoloDetectionOutput(**_yolov2_cfg(layer.param))

@@ -26,6 +26,7 @@ from caffe_bridge import convert
 from caffe_bridge.converters.registry import REGISTRY
 from caffe_bridge.detection_report import compare_detections, detections
 from caffe_bridge.ir import Net, load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
 
@@ -148,10 +149,6 @@ def result(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         return cache[key]
 
     return get
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import torch
 
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import Net, build_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.prototxt import parse_prototxt_text
 from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
@@ -27,10 +28,6 @@ WILD = Path(__file__).parent / "fixtures" / "wild"
 def net_of(text: str, name: str) -> Net:
     parsed = parse_prototxt_text(text, name)
     return build_net(upgrade(parsed), name=parsed.net.name, source=name)
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
 def run_all(net: Net, seed: int, **fixed: np.ndarray) -> dict[str, float]:
