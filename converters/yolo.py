@@ -101,17 +101,18 @@ def _suppress(boxes: torch.Tensor, thresh: float) -> torch.Tensor:
     x, y, w, h = boxes.unbind(1)
     left, right, top, bot = x - w / 2, x + w / 2, y - h / 2, y + h / 2
     area = w * h
-    keep = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    pos = torch.arange(len(boxes), device=boxes.device)
+    alive = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    keep = torch.zeros_like(alive)
     t = boxes.new_tensor(thresh)
-    rest = torch.arange(len(boxes), device=boxes.device)  # alive, in order; shrinks each step
-    while len(rest):
-        i, rest = rest[0], rest[1:]
+    while bool(alive.any()):
+        i = int(alive.to(torch.uint8).argmax())
         keep[i] = True
-        ow = torch.minimum(right[i], right[rest]) - torch.maximum(left[i], left[rest])
-        oh = torch.minimum(bot[i], bot[rest]) - torch.maximum(top[i], top[rest])
+        ow = torch.minimum(right[i], right) - torch.maximum(left[i], left)
+        oh = torch.minimum(bot[i], bot) - torch.maximum(top[i], top)
         inter = torch.where((ow < 0) | (oh < 0), torch.zeros_like(ow), ow * oh)
-        iou = inter / (area[i] + area[rest] - inter)
-        rest = rest[~(iou >= t)]
+        iou = inter / (area[i] + area - inter)
+        alive = alive & ~(iou >= t) & (pos > i)
     return keep
 
 
