@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,6 +30,9 @@ from caffe_bridge.options import (
     mean_callback,
     preprocess_options,
 )
+
+if TYPE_CHECKING:
+    from caffe_bridge.summary import NetSummary
 
 # ------------------------------------------------------------------ plumbing
 
@@ -169,6 +172,11 @@ def inspect_command(net: str, weights: str | None, as_json: bool, no_weights: bo
 
         click.echo(json.dumps(summary_json(summary), indent=2))
         return
+    _echo_summary(summary)
+
+
+def _echo_summary(summary: NetSummary) -> None:
+    """The text form of ``inspect``: data inputs, dropped layers, the layer table, totals."""
     for c in summary.created_inputs:
         click.echo(f"input {_show(c.name)} made from data layer {_show(c.layer)} "
                    f"({_show(c.layer_type)}), shape from {_show(c.source)}")
@@ -195,6 +203,11 @@ def inspect_command(net: str, weights: str | None, as_json: bool, no_weights: bo
     for type_, names in by_type.items():
         shown = ", ".join(names[:3]) + (f", ... ({len(names)} layers)" if len(names) > 3 else "")
         click.echo(f"not convertible yet: {_show(type_)}: {shown}; shapes after it unknown (?)")
+    _echo_weights(summary)
+
+
+def _echo_weights(summary: NetSummary) -> None:
+    """The weights report of ``inspect`` (nothing without a caffemodel)."""
     report = summary.weights
     if report is None:
         return

@@ -1,6 +1,6 @@
 """Train/test definitions -> their deploy form: data layers become inputs, losses go.
 
-Rules (docs/ARCHITECTURE.md, "Semantics notes: reading definitions", has the full list):
+Rules (docs/SEMANTICS.md, "Reading definitions", has the full list):
 
 * A **data layer** (``Data``, ``ImageData``, ``HDF5Data``, ``MemoryData``, ``DummyData``,
   ``WindowData``, ``AnnotatedData``, ``VideoData``, fork ``*Data`` types, and a ``Python`` layer

@@ -12,18 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ROW = ("image", "label", "score", "xmin", "ymin", "xmax", "ymax")
-
-
-def is_detection_blob(shape: tuple[int, ...]) -> bool:
-    """True for a 1 x 1 x N x 7 blob (the DetectionOutput layout)."""
-    return len(shape) == 4 and shape[0] == 1 and shape[1] == 1 and shape[3] == 7
-
 
 def detections(blob: np.ndarray) -> np.ndarray:
-    """The N x 7 rows of a DetectionOutput top, without Caffe's ``label == -1`` filler rows."""
+    """The N x 7 rows of a DetectionOutput top without filler rows: Caffe's ``label == -1``
+    rows (no detection in the batch) and OpenCV's all-zero rows (its output in that case)."""
     rows = np.asarray(blob, dtype=np.float64).reshape(-1, 7)
-    return rows[rows[:, 1] != -1]
+    return rows[(rows[:, 1] != -1) & np.any(rows != 0, axis=1)]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -241,6 +241,19 @@ class _Values:
         return value
 
 
+def _check_tops(p: pb_message.Message, known: Mapping[str, str], where: dict) -> None:
+    """Caffe's AppendTop: a top may reuse a blob name only in place (top k is bottom k);
+    otherwise the blob is "produced by multiple sources", a fatal error."""
+    seen: set[str] = set()
+    for k, t in enumerate(p.top):
+        in_place = k < len(p.bottom) and p.bottom[k] == t
+        if (t in known or t in seen) and not in_place:
+            raise ShapeError(f"top blob {t!r} produced by multiple sources (only an in-place "
+                             f"top, the same name as the bottom at its index, may reuse a name)",
+                             **where)
+        seen.add(t)
+
+
 def build_net(
     raw_layers: Sequence[RawLayer],
     *,
@@ -274,6 +287,7 @@ def build_net(
                 raise ShapeError(f"bottom {b!r} is not produced by any earlier layer", **where)
             bottoms.append(values.last[b])
         consumed.update(bottoms)
+        _check_tops(p, values.last, where)
         result = _infer(raw, [values.blobs[b].shape for b in bottoms], where)
         tops = [values.new(t, shape, p.name) for t, shape in zip(p.top, result.tops, strict=True)]
         if p.type == "Input":

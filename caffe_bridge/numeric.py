@@ -2,12 +2,15 @@
 
 * :func:`f32`, :func:`f32_tensor`, :func:`f32_array`: values as the float32 Caffe holds them.
 * :func:`rel_err`: the relative error every check and report uses.
+* :data:`FLT_MAX`: C's ``FLT_MAX``, where Caffe's running maxima start (negated).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def f32(value: float) -> float:

@@ -20,9 +20,6 @@ def mean_callback(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(err.message) from None
 
 
-PREPROCESS_OPTION_NAMES = ("mean", "mean_file", "scale", "channel_order", "resize", "crop")
-
-
 def preprocess_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The preprocessing flags, shared by ``eval`` and ``verify --images`` (one pipeline)."""
     options = [

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from caffe_bridge import schema
 from caffe_bridge.ir import Layer, Net, with_weights
 
 BN_FACTOR = 0.999  # the third BatchNorm blob; real files store e.g. 999.98 (open_nsfw)
@@ -85,7 +86,7 @@ def _fork_bn(layer: Layer, x: torch.Tensor, rng: np.random.Generator, tail: bool
     shift = rng.standard_normal(shape) * 0.1
     if len(layer.param_shapes) == 4:
         blobs = [scale, shift, mean, var]
-    elif bp.bn_mode == 1:  # INFERENCE: y = scale * x + shift
+    elif bp.bn_mode == schema.BNParameter.INFERENCE:  # y = scale * x + shift
         scale = scale / np.sqrt(var + 1e-5)
         blobs = [scale, shift - mean * scale]
     else:

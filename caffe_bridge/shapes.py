@@ -78,7 +78,8 @@ def canonical_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _need(in_shapes: Sequence[Shape], lo: int, hi: int | None = None) -> None:
+def need_bottoms(in_shapes: Sequence[Shape], lo: int, hi: int | None = None) -> None:
+    """``lo`` bottoms (``lo`` to ``hi``; ``hi`` -1: any number from ``lo``), else an error."""
     hi = lo if hi is None else hi
     if not lo <= len(in_shapes) <= (hi if hi >= 0 else 10**9):
         want = str(lo) if hi == lo else f"{lo} or more" if hi < 0 else f"{lo} to {hi}"
@@ -160,6 +161,19 @@ def conv_geometry(cp: pb_message.Message, n_spatial: int) -> ConvGeometry:
     return ConvGeometry(tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
 
 
+def conv_out_sizes(spatial: Sequence[int], geo: ConvGeometry) -> tuple[int, ...]:
+    """Caffe's convolution output size per spatial dim: floor((in + 2p - extent) / s) + 1."""
+    out = []
+    for size, k, s, pd, d in zip(spatial, geo.kernel, geo.stride, geo.pad, geo.dilation,
+                                 strict=True):
+        extent = d * (k - 1) + 1
+        o = (size + 2 * pd - extent) // s + 1  # Caffe floors
+        if o <= 0:
+            raise ShapeRuleError(f"kernel extent {extent} exceeds padded input {size + 2 * pd}")
+        out.append(o)
+    return tuple(out)
+
+
 def _int_sized(**geometry: Sequence[int]) -> None:
     """Caffe keeps kernel, stride, pad and dilation in ``int``: larger values overflow there."""
     for name, values in geometry.items():
@@ -190,15 +204,7 @@ def _conv_common(p: pb_message.Message, ins: Sequence[Shape]) -> tuple[
 
 def convolution_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     cp, x, axis, geo = _conv_common(p, ins)
-    spatial = []
-    for size, k, s, pd, d in zip(x[axis + 1:], geo.kernel, geo.stride, geo.pad, geo.dilation,
-                                 strict=True):
-        extent = d * (k - 1) + 1
-        out = (size + 2 * pd - extent) // s + 1  # Caffe floors
-        if out <= 0:
-            raise ShapeRuleError(f"kernel extent {extent} exceeds padded input {size + 2 * pd}")
-        spatial.append(out)
-    top = (*x[:axis], cp.num_output, *spatial)
+    top = (*x[:axis], cp.num_output, *conv_out_sizes(x[axis + 1:], geo))
     params: list[Shape] = [(cp.num_output, x[axis] // cp.group, *geo.kernel)]
     if cp.bias_term:
         params.append((cp.num_output,))
@@ -222,7 +228,7 @@ def deconvolution_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerSh
 
 
 def inner_product_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     ip = p.inner_product_param
     x = ins[0]
     axis = canonical_axis(ip.axis, len(x))
@@ -256,10 +262,13 @@ def pool_ceil_mode(pp: pb_message.Message) -> bool:
     return pp.round_mode == schema.PoolingParameter.CEIL
 
 
-def pooled_size(size: int, k: int, s: int, pd: int, ceil: bool) -> int:
-    """Caffe's pooled size: ceil (or floor) division, then clip a window starting in the pad."""
+def pooled_size(size: int, k: int, s: int, pd: int, ceil: bool, extra: int = 0) -> int:
+    """Caffe's pooled size: ceil (or floor) division, then clip a window starting in the pad.
+
+    ``extra`` windows are added before the clip (ChenYingpeng/caffe-yolov3's fork rule).
+    """
     span = size + 2 * pd - k
-    out = (-(-span // s) if ceil else span // s) + 1
+    out = (-(-span // s) if ceil else span // s) + 1 + extra
     if pd > 0 and (out - 1) * s >= size + pd:
         out -= 1  # the last window would start inside the bottom/right padding
     return out
@@ -298,15 +307,18 @@ def pool_geometry(pp: pb_message.Message, hw: Sequence[int]) -> PoolGeometry:
     if gp:
         out = (1, 1)
     else:
-        out = (pooled_size(h, kernel[0], stride[0], pad[0], ceil),
-               pooled_size(w, kernel[1], stride[1], pad[1], ceil))
+        # ChenYingpeng/caffe-yolov3 pooling_layer.cpp: both sizes grow by one when
+        # (kernel_h - stride_h) is odd (it tests the height only)
+        extra = int(pp.odd_window_extra and (kernel[0] - stride[0]) % 2 == 1)
+        out = (pooled_size(h, kernel[0], stride[0], pad[0], ceil, extra),
+               pooled_size(w, kernel[1], stride[1], pad[1], ceil, extra))
         if min(out) <= 0:
             raise ShapeRuleError(f"kernel {kernel} larger than padded input {(h, w)}")
     return PoolGeometry(kernel, stride, pad, ceil, gp, out)
 
 
 def pooling_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     if len(x) != 4:
         raise ShapeRuleError(f"Pooling needs a 4-D bottom, got {x}")
@@ -322,18 +334,18 @@ def pooling_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 def same_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """One bottom, one top of the same shape (neuron layers)."""
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     return LayerShapes((ins[0],))
 
 
 def softmax_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     canonical_axis(p.softmax_param.axis, len(ins[0]))
     return LayerShapes((ins[0],))
 
 
 def lrn_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     size = p.lrn_param.local_size
     if size % 2 == 0:
         raise ShapeRuleError("LRN local_size must be odd")
@@ -346,14 +358,14 @@ def lrn_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def prelu_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     channels = x[1] if len(x) > 1 else 1
     return LayerShapes((x,), ((1,) if p.prelu_param.channel_shared else (channels,),))
 
 
 def batch_norm_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     c = x[1] if len(x) > 1 else 1
     return LayerShapes((x,), ((c,), (c,), (1,)))  # mean, variance, moving-average factor
@@ -379,7 +391,7 @@ def broadcast_axis(x: Shape, y: Shape, axis_field: int) -> int:
 
 
 def scale_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1, 2)
+    need_bottoms(ins, 1, 2)
     x = ins[0]
     sp = p.scale_param if p.type == "Scale" else p.bias_param
     if len(ins) == 2:
@@ -398,20 +410,20 @@ def scale_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def eltwise_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 2, -1)
+    need_bottoms(ins, 2, -1)
     if any(s != ins[0] for s in ins):
         raise ShapeRuleError(f"Eltwise bottoms differ in shape: {list(ins)}")
     ep = p.eltwise_param
     if ep.coeff and len(ep.coeff) != len(ins):
         raise ShapeRuleError(f"{len(ep.coeff)} coeff values for {len(ins)} bottoms")
-    if ep.coeff and ep.operation == 0:  # PROD = 0; MAX accepts (and ignores) coeff, as Caffe
+    if ep.coeff and ep.operation == schema.EltwiseParameter.PROD:  # MAX ignores it, as Caffe
         raise ShapeRuleError("coeff is not valid with operation PROD")
     return LayerShapes((ins[0],))
 
 
 def axpy_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     # SENet's Axpy: bottoms (a, X, Y) -> a * X + Y, a being N x C (x 1 x 1).
-    _need(ins, 3)
+    need_bottoms(ins, 3)
     a, x, y = ins
     if x != y:
         raise ShapeRuleError(f"Axpy X {x} and Y {y} differ")
@@ -421,7 +433,7 @@ def axpy_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def concat_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1, -1)
+    need_bottoms(ins, 1, -1)
     cp = p.concat_param
     axis_field = cp.concat_dim if cp.HasField("concat_dim") else cp.axis
     axis = canonical_axis(axis_field, len(ins[0]))
@@ -454,19 +466,19 @@ def slice_sizes(p: pb_message.Message, x: Shape) -> tuple[int, list[int]]:
 
 
 def slice_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     axis, sizes = slice_sizes(p, x)
     return LayerShapes(tuple((*x[:axis], s, *x[axis + 1:]) for s in sizes))
 
 
 def split_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     return LayerShapes(tuple(ins[0] for _ in p.top))
 
 
 def flatten_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     fp = p.flatten_param
     start = canonical_axis(fp.axis, len(x))
@@ -519,7 +531,7 @@ def reshape_target(p: pb_message.Message, x: Shape) -> Shape:
 
 
 def reshape_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     return LayerShapes((reshape_target(p, ins[0]),))
 
 
@@ -543,7 +555,7 @@ def crop_offsets(p: pb_message.Message, x: Shape, ref: Shape) -> tuple[int, list
 
 
 def crop_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 2)
+    need_bottoms(ins, 2)
     x, ref = ins
     if len(x) != len(ref):
         raise ShapeRuleError(f"Crop bottoms {x} and {ref} differ in rank")
@@ -552,7 +564,7 @@ def crop_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
 
 
 def argmax_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _need(ins, 1)
+    need_bottoms(ins, 1)
     x = ins[0]
     ap = p.argmax_param
     k = ap.top_k

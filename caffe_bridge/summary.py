@@ -222,15 +222,15 @@ def _partial_row(p: pb_message.Message, known: dict[str, Shape | None],
     if p.type == "Input" and not all(s.dim for s in p.input_param.shape):
         pass  # a data layer's top whose shape the file does not state
     elif all(s is not None for s in ins):
+        from caffe_bridge.converters.registry import registry_key
+
+        key = registry_key(p.type, p)  # Python layers: Python:<module>.<class>, as the registry
         try:
             result = shapes.infer(p, ins)  # type: ignore[arg-type]
         except KeyError:
-            from caffe_bridge.converters.registry import registry_key
-
-            key = registry_key(p.type, p)
             unsupported.append((p.name, key, f"no converter for {key!r}"))
-        except (shapes.ShapeRuleError, CaffeBridgeError) as err:
-            unsupported.append((p.name, p.type, str(err)))
+        except (shapes.ShapeRuleError, CaffeBridgeError) as err:  # refused types, bad params
+            unsupported.append((p.name, key, str(err)))
     tops = tuple(result.tops) if result is not None else (None,) * len(p.top)
     for t, shape in zip(p.top, tops, strict=False):
         known[t] = shape

@@ -30,4 +30,7 @@ def support_table(registry: Registry | None = None) -> str:
     for info in registry:
         rows.append(f"| `{_cell(info.type)}` | {_cell(info.fork)} | `{_cell(info.origin)}` | "
                     f"{_cell(info.summary)} |")
-    return "\n".join(rows) + "\n\n" + INPUT_NOTE + "\n"
+    refused = [f"- `{_cell(t)}`: {_cell(why)}" for t, why in registry.refused().items()]
+    tail = ("\n\nNot converted, by design (the error says why):\n\n" + "\n".join(refused)
+            if refused else "")
+    return "\n".join(rows) + "\n\n" + INPUT_NOTE + tail + "\n"

@@ -266,13 +266,13 @@ class _Reader:
         value = self._value(fd, fpath)
         if value is _SKIP:
             return
-        if is_repeated(fd):
-            getattr(msg, fd.name).append(value)
-            return
-        if msg.HasField(fd.name):
+        if not is_repeated(fd) and msg.HasField(fd.name):
             self.result.repeated_singular.setdefault(fpath, self.line(start))
-        try:
-            setattr(msg, fd.name, value)
+        try:  # protobuf refuses, say, a string escaping bytes that are not UTF-8
+            if is_repeated(fd):
+                getattr(msg, fd.name).append(value)
+            else:
+                setattr(msg, fd.name, value)
         except (ValueError, TypeError) as err:
             raise self.fail(f"bad value for field {fd.name!r}: {err}", start) from None
 

@@ -44,7 +44,11 @@ V0_TYPE_NAMES: dict[str, str] = {
     "window_data": "WindowData",
 }
 
-TEST_PHASE = 1  # caffe.Phase: TRAIN = 0, TEST = 1
+# ChenYingpeng/caffe-yolov3 model_convert/yolov3_darknet2caffe.py names every net it writes so
+# (sic); those nets run on the fork's Pooling (see PoolingParameter.odd_window_extra).
+DARKNET2CAFFE_NAME = "Darkent2Caffe"
+
+TEST_PHASE = schema.Phase.Value("TEST")
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ def _upgrade_v1(
         enum = v1.DESCRIPTOR.fields_by_name["type"].enum_type
         if fork_type is not None:
             enum_name = fork_type
-        elif not v1.HasField("type") or v1.type == 0:
+        elif not v1.HasField("type") or v1.type == schema.V1LayerParameter.NONE:
             raise PrototxtError("V1 layer has no type", file=path, line=line,
                                 layer=v1.name or None)
         else:
@@ -258,5 +262,9 @@ def upgrade(parsed: ParsedPrototxt) -> list[RawLayer]:
         raw = [RawLayer(lp, ln) for lp, ln in zip(net.layer, parsed.layer_lines, strict=True)]
     stages = frozenset(net.state.stage)
     kept = [r for r in raw if keep_in_test(r.param, stages)]
+    if net.name == DARKNET2CAFFE_NAME:
+        for r in kept:
+            if r.param.type == "Pooling":
+                r.param.pooling_param.odd_window_extra = True
     header = _input_layer(parsed, {r.param.name for r in kept})
     return ([header] if header else []) + kept

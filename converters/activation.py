@@ -7,17 +7,17 @@ forward passes use torch ops only, so the modules follow ``.to(device)`` and any
 
 from __future__ import annotations
 
-import ast
 import math
 
 import torch
 from torch import nn
 
 from caffe_bridge import shapes
+from caffe_bridge.converters.python_param import literal_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.numeric import f32 as _f32
+from caffe_bridge.numeric import f32, f32_tensor
 from caffe_bridge.shapes import canonical_axis, same_shape
 
 PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
@@ -26,7 +26,7 @@ PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names non
 @register("ReLU", shape=same_shape)
 def convert_relu(layer: Layer, net: Net) -> nn.Module:
     """ReLU, with Caffe's ``negative_slope`` (leaky) when set."""
-    slope = _f32(layer.param.relu_param.negative_slope)
+    slope = f32(layer.param.relu_param.negative_slope)
     return nn.LeakyReLU(slope) if slope else nn.ReLU()
 
 
@@ -35,7 +35,7 @@ def convert_prelu(layer: Layer, net: Net) -> nn.Module:
     """PReLU; ``channel_shared`` gives one slope for all channels."""
     (shape,) = layer.param_shapes
     if layer.blobs:
-        slope = torch.from_numpy(layer.blobs[0].astype("float32", copy=True))
+        slope = f32_tensor(layer.blobs[0])
     else:  # no weights loaded: Caffe's initial slopes (constant filler, 0.25 by default)
         pp = layer.param.prelu_param
         value = PRELU_DEFAULT_SLOPE
@@ -43,7 +43,7 @@ def convert_prelu(layer: Layer, net: Net) -> nn.Module:
             if pp.filler.type != "constant":
                 raise UnsupportedLayerError(
                     f"PReLU without weights needs a constant filler, not {pp.filler.type!r}")
-            value = _f32(pp.filler.value)
+            value = f32(pp.filler.value)
         slope = torch.full(shape, value, dtype=torch.float32)
     prelu = nn.PReLU(slope.numel())
     with torch.no_grad():
@@ -54,7 +54,7 @@ def convert_prelu(layer: Layer, net: Net) -> nn.Module:
 @register("ELU", shape=same_shape)
 def convert_elu(layer: Layer, net: Net) -> nn.Module:
     """ELU with Caffe's ``alpha`` (default 1)."""
-    return nn.ELU(_f32(layer.param.elu_param.alpha))
+    return nn.ELU(f32(layer.param.elu_param.alpha))
 
 
 class AbsVal(nn.Module):
@@ -119,7 +119,7 @@ class Constant(nn.Module):
 def convert_power(layer: Layer, net: Net) -> nn.Module:
     """Power ``(shift + scale * x) ^ power``; a constant when ``power * scale == 0``."""
     p = layer.param.power_param
-    power, scale, shift = _f32(p.power), _f32(p.scale), _f32(p.shift)
+    power, scale, shift = f32(p.power), f32(p.scale), f32(p.shift)
     if power * scale == 0.0:  # Caffe ignores the input: 1 if power == 0 else shift ^ power
         value = 1.0 if power == 0.0 else float(
             torch.tensor(shift, dtype=torch.float32).pow(power))
@@ -142,24 +142,24 @@ class ScaledExp(nn.Module):
         return f"inner={self.inner}, outer={self.outer}"
 
 
-def _log_base(layer: Layer, base: float) -> float:
+def _log_base(base: float) -> float:
     """ln(base), 1 for base -1 (e); Caffe rejects base <= 0 otherwise."""
     if base == -1.0:
         return 1.0
     if not base > 0.0 or math.isinf(base):
         raise PrototxtError(f"base must be strictly positive or -1 (e), got {base}")
-    return _f32(math.log(base))
+    return f32(math.log(base))
 
 
 @register("Exp", shape=same_shape)
 def convert_exp(layer: Layer, net: Net) -> nn.Module:
     """Exp ``base ^ (shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.exp_param
-    base, scale, shift = _f32(p.base), _f32(p.scale), _f32(p.shift)
-    inner = _f32(_log_base(layer, base) * scale)
+    base, scale, shift = f32(p.base), f32(p.scale), f32(p.shift)
+    inner = f32(_log_base(base) * scale)
     # Caffe: outer = base^shift (e^shift for base -1), 1 without shift
     try:
-        outer = 1.0 if shift == 0.0 else _f32(math.exp(shift) if base == -1.0 else base**shift)
+        outer = 1.0 if shift == 0.0 else f32(math.exp(shift) if base == -1.0 else base**shift)
     except OverflowError:  # Caffe's float pow/exp: +inf
         outer = math.inf
     return ScaledExp(inner, outer)
@@ -189,10 +189,10 @@ class ScaledLog(nn.Module):
 def convert_log(layer: Layer, net: Net) -> nn.Module:
     """Log ``log_base(shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.log_param
-    ln_base = _log_base(layer, _f32(p.base))
+    ln_base = _log_base(f32(p.base))
     if ln_base == 0.0:
         raise PrototxtError("Log base 1 has no logarithm")
-    return ScaledLog(_f32(p.scale), _f32(p.shift), _f32(1.0 / ln_base))
+    return ScaledLog(f32(p.scale), f32(p.shift), f32(1.0 / ln_base))
 
 
 class BNLL(nn.Module):
@@ -225,7 +225,7 @@ class Threshold(nn.Module):
 @register("Threshold", shape=same_shape)
 def convert_threshold(layer: Layer, net: Net) -> nn.Module:
     """Threshold: 1 where ``x > threshold`` (strictly), else 0."""
-    return Threshold(_f32(layer.param.threshold_param.threshold))
+    return Threshold(f32(layer.param.threshold_param.threshold))
 
 
 @register("Dropout", shape=same_shape)
@@ -236,19 +236,8 @@ def convert_dropout(layer: Layer, net: Net) -> nn.Module:
         return nn.Identity()
     # rbgirshick/caffe-fast-rcnn src/caffe/layers/dropout_layer.cpp: at test time the copy is
     # scaled by 1 / scale_, with threshold_ and scale_ = 1 / (1 - threshold_) held as float.
-    scale = _f32(1.0 / (1.0 - _f32(p.dropout_ratio)))
-    return Power(1.0, _f32(1.0 / scale), 0.0)
-
-
-def _python_param_dict(layer: Layer) -> dict[str, object]:
-    """A Python layer's ``param_str`` read as the Python literal its layer evaluates."""
-    try:
-        value = ast.literal_eval(layer.param.python_param.param_str or "{}")
-    except (ValueError, SyntaxError) as err:
-        raise PrototxtError(f"param_str is not a Python literal: {err}") from None
-    if not isinstance(value, dict):
-        raise PrototxtError("param_str must be a dict literal")
-    return value
+    scale = f32(1.0 / (1.0 - f32(p.dropout_ratio)))
+    return Power(1.0, f32(1.0 / scale), 0.0)
 
 
 @register("Python:spatial_dropout.SpatialDropoutLayer", shape=same_shape,
@@ -257,14 +246,14 @@ def convert_spatial_dropout(layer: Layer, net: Net) -> nn.Module:
     """ENet's SpatialDropoutLayer (Python): at TEST it scales by 1 / (1 - p), not identity."""
     # TimoSaemann/caffe-enet python/spatial_dropout.py: scale_ = 1. / (1. - p); with phase
     # 'TEST' forward is top = bottom * scale_ (numpy float32 array times a Python float).
-    cfg = _python_param_dict(layer)
+    cfg = literal_dict(layer.param.python_param.param_str)
     if cfg.get("phase", "TRAIN") != "TEST":
         raise UnsupportedLayerError("SpatialDropoutLayer with phase TRAIN drops whole channels "
                                     "at random; only phase 'TEST' converts")
     p = float(cfg.get("p", 0.5))  # type: ignore[arg-type]
     if not 0.0 < p < 1.0:
         raise PrototxtError(f"p must be between 0 and 1, got {p}")
-    return Power(1.0, _f32(1.0 / (1.0 - p)), 0.0)
+    return Power(1.0, f32(1.0 / (1.0 - p)), 0.0)
 
 
 @register("Softmax", shape=shapes.softmax_shapes)

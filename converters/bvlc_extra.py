@@ -3,7 +3,7 @@
 
 ``Filter`` is not convertible: the number of items its tops hold is the number of non-zero
 selector values, read from the data at every forward (filter_layer.cpp's Reshape), so no
-static graph has its shape. Its shape rule refuses it with that reason.
+static graph has its shape. It is registered as refused, with that reason.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import message as pb_message
@@ -20,29 +19,20 @@ from torch import nn
 
 from caffe_bridge import schema, shapes
 from caffe_bridge.converters import conv, pooling
-from caffe_bridge.converters.registry import register
-from caffe_bridge.errors import PrototxtError
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
+from caffe_bridge.numeric import f32
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
-Shape = tuple[int, ...]
-SUM, ASUM, SUMSQ, MEAN = 1, 2, 3, 4
-
-
-def _f32(value: float) -> float:
-    return float(np.float32(value))
-
-
-def _one(ins: Sequence[Shape], n: int = 1) -> None:
-    if len(ins) != n:
-        raise ShapeRuleError(f"expects {n} bottom(s), got {len(ins)}")
+_OP = schema.ReductionParameter
+SUM, ASUM, SUMSQ, MEAN = _OP.SUM, _OP.ASUM, _OP.SUMSQ, _OP.MEAN
 
 
 # ---------------------------------------------------------------- Reduction
 
 
 def reduction_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _one(ins)
+    shapes.need_bottoms(ins, 1)
     rp = param.reduction_param
     if rp.operation not in (SUM, ASUM, SUMSQ, MEAN):
         raise ShapeRuleError(f"unknown reduction operation {rp.operation}")
@@ -79,14 +69,14 @@ def convert_reduction(layer: Layer, net: Net) -> nn.Module:
     rp = layer.param.reduction_param
     ndim = len(net.blobs[layer.bottoms[0]].shape)
     axis = shapes.canonical_axis(rp.axis, ndim)
-    return ReductionCaffe(rp.operation, axis, _f32(rp.coeff))
+    return ReductionCaffe(rp.operation, axis, f32(rp.coeff))
 
 
 # ---------------------------------------------------------------- Tile
 
 
 def tile_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _one(ins)
+    shapes.need_bottoms(ins, 1)
     tp = param.tile_param
     if not tp.HasField("tiles") or tp.tiles <= 0:
         raise ShapeRuleError("tile_param tiles must be set and > 0")
@@ -122,7 +112,7 @@ def convert_tile(layer: Layer, net: Net) -> nn.Module:
 
 
 def embed_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _one(ins)
+    shapes.need_bottoms(ins, 1)
     ep = param.embed_param
     if ep.num_output <= 0 or ep.input_dim <= 0:
         raise ShapeRuleError("embed_param num_output and input_dim must be > 0")
@@ -161,7 +151,7 @@ def convert_embed(layer: Layer, net: Net) -> nn.Module:
 
 
 def parameter_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _one(ins, 0)
+    shapes.need_bottoms(ins, 0)
     shape = tuple(int(d) for d in param.parameter_param.shape.dim)
     if any(d <= 0 for d in shape):
         raise ShapeRuleError(f"parameter_param shape {shape} must be positive")
@@ -192,7 +182,7 @@ def convert_parameter(layer: Layer, net: Net) -> nn.Module:
 
 
 def batch_reindex_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _one(ins, 2)
+    shapes.need_bottoms(ins, 2)
     x, idx = ins
     if len(idx) != 1:
         raise ShapeRuleError(f"BatchReindex indices must be 1-D, got {idx}")
@@ -243,7 +233,7 @@ def _spp_levels(param: pb_message.Message, x: Shape) -> list[pb_message.Message]
 
 
 def spp_shape(param: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
-    _one(ins)
+    shapes.need_bottoms(ins, 1)
     x = ins[0]
     outs = []
     for i, lp in enumerate(_spp_levels(param, x)):
@@ -272,10 +262,7 @@ class SPPCaffe(nn.Module):
 def convert_spp(layer: Layer, net: Net) -> nn.Module:
     """SPP: pyramid of Caffe poolings (kernel ceil(H/2^i), pad, stride = kernel), concatenated."""
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        levels = _spp_levels(layer.param, x)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
+    levels = _spp_levels(layer.param, x)
     mods = [pooling.convert_pooling(dataclasses.replace(layer, type="Pooling", param=lp), net)
             for lp in levels]
     return mods[0] if len(mods) == 1 else SPPCaffe(mods)
@@ -283,10 +270,6 @@ def convert_spp(layer: Layer, net: Net) -> nn.Module:
 
 # ---------------------------------------------------------------- Filter
 
-# Types refused, with the reason. No converter is registered for them (a registered type must
-# pass check_layer against the reference), so the loader reports them as unsupported.
-REFUSED = {
-    "Filter": "Filter is not convertible: its tops hold as many items as the selector (last "
-              "bottom) has non-zero values, decided from the data at every forward (BVLC "
-              "filter_layer.cpp), so no static graph has its shape",
-}
+refuse("Filter", "Filter is not convertible: its tops hold as many items as the selector (last "
+                 "bottom) has non-zero values, decided from the data at every forward (BVLC "
+                 "filter_layer.cpp), so no static graph has its shape")

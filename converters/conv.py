@@ -19,14 +19,10 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import f32_tensor
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-
-
-def _tensor(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 torch copy of a Caffe blob in ``shape``."""
-    return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
 
 
 def _source(arr: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
@@ -62,6 +58,13 @@ def _plain(cls: type[nn.Module], *args: object, **kwargs: object) -> nn.Module:
     return cls(*args, **kwargs)
 
 
+def blob_tensors(layer: Layer) -> list[torch.Tensor]:
+    """The layer's blobs as float32 tensors, or zeros of Caffe's shapes when none are loaded."""
+    if layer.blobs:
+        return [f32_tensor(b) for b in layer.blobs]
+    return [torch.zeros(s) for s in layer.param_shapes]
+
+
 def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
     """Copy ``layer.blobs`` into ``params`` in order; keep the defaults without weights."""
     if not layer.blobs:
@@ -74,6 +77,19 @@ def load_blobs(layer: Layer, params: dict[str, torch.Tensor]) -> None:
                 raise ShapeError(f"weight blob {name!r} has {arr.size} values, expected "
                                  f"{dst.numel()}")
             dst.copy_(_source(arr, tuple(dst.shape)))
+
+
+def loaded_module(layer: Layer, cls: type[nn.Module], *args: object,
+                  **kwargs: object) -> nn.Module:
+    """``cls(*args, **kwargs)`` (a weight and an optional bias) holding ``layer.blobs``; it is
+    initialised by ``cls`` only when the layer has no weights."""
+    make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
+    module = make(cls, *args, **kwargs)
+    params = {"weight": module.weight}
+    if module.bias is not None:
+        params["bias"] = module.bias
+    load_blobs(layer, params)
+    return module
 
 
 class FoldedAxis(nn.Module):
@@ -123,13 +139,9 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     cls, extra = _DECONV[n_sp] if deconv else _CONV[n_sp], {}
     if not deconv and _pointwise_classifier(layer, net, geo):
         cls, extra = BlockedPointwiseConv2d, {"blocks": math.gcd(channels, MAX_BLOCKS)}
-    make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
-    conv = make(cls, channels, cp.num_output, geo.kernel, stride=geo.stride,
-                padding=geo.pad, dilation=geo.dilation, groups=group, bias=cp.bias_term, **extra)
-    params = {"weight": conv.weight}
-    if cp.bias_term:
-        params["bias"] = conv.bias
-    load_blobs(layer, params)
+    conv = loaded_module(layer, cls, channels, cp.num_output, geo.kernel,
+                         stride=geo.stride, padding=geo.pad, dilation=geo.dilation,
+                         groups=group, bias=cp.bias_term, **extra)
     module: nn.Module = conv
     if axis != 1:
         module = FoldedAxis(conv, axis, x[:axis])
@@ -237,7 +249,7 @@ def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(np.array(w, order="C")))
             if ip.bias_term:
-                linear.bias.copy_(_tensor(layer.blobs[1], (n,)))
+                linear.bias.copy_(f32_tensor(layer.blobs[1]).reshape(n))
     if axis == len(x) - 1:
         return linear
     return nn.Sequential(nn.Flatten(axis, -1), linear)

@@ -28,15 +28,8 @@ from caffe_bridge.converters import conv
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
-
-
-def _f32(value: float) -> float:
-    """A proto float field as the float32 Caffe holds."""
-    return float(torch.tensor(value, dtype=torch.float32))
-
+from caffe_bridge.numeric import f32
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 # ---------------------------------------------------------------- ConvolutionDepthwise
 
@@ -73,14 +66,7 @@ def convolution_depthwise_shape(param: pb_message.Message, ins: Sequence[Shape])
         raise ShapeRuleError(f"ConvolutionDepthwise takes one 4-D bottom, got {list(ins)}")
     n, c, h, w = ins[0]
     geo = dw_geometry(param.convolution_param)
-    out = []
-    for size, k, s, p, d in zip((h, w), geo.kernel, geo.stride, geo.pad, geo.dilation,
-                                strict=True):
-        o = (size + 2 * p - (d * (k - 1) + 1)) // s + 1
-        if o <= 0:
-            raise ShapeRuleError(f"kernel extent {d * (k - 1) + 1} exceeds padded input "
-                                 f"{size + 2 * p}")
-        out.append(o)
+    out = shapes.conv_out_sizes((h, w), geo)
     params: list[Shape] = [(c, 1, *geo.kernel)]
     if param.convolution_param.bias_term:
         params.append((c,))
@@ -93,18 +79,10 @@ def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     """ConvolutionDepthwise: nn.Conv2d with groups = channels; num_output/group are ignored."""
     cp = layer.param.convolution_param
     c = net.blobs[layer.bottoms[0]].shape[1]
-    try:
-        geo = dw_geometry(cp)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
-    make = conv.uninitialised if layer.blobs else conv._plain
-    module = make(nn.Conv2d, c, c, geo.kernel, stride=geo.stride, padding=geo.pad,
-                  dilation=geo.dilation, groups=c, bias=cp.bias_term)
-    params = {"weight": module.weight}
-    if cp.bias_term:
-        params["bias"] = module.bias
-    conv.load_blobs(layer, params)
-    return module
+    geo = dw_geometry(cp)
+    return conv.loaded_module(layer, nn.Conv2d, c, c, geo.kernel, stride=geo.stride,
+                              padding=geo.pad, dilation=geo.dilation, groups=c,
+                              bias=cp.bias_term)
 
 
 # ---------------------------------------------------------------- DepthwiseConvolution
@@ -175,7 +153,7 @@ class ReLU6Caffe(nn.Module):
 @register("ReLU6", shape=shapes.same_shape, fork="eric612/MobileNet-YOLO")
 def convert_relu6(layer: Layer, net: Net) -> nn.Module:
     """ReLU6 (eric612/MobileNet-YOLO): ReLU (relu6_param negative_slope) capped at 6."""
-    return ReLU6Caffe(_f32(layer.param.relu6_param.negative_slope))
+    return ReLU6Caffe(f32(layer.param.relu6_param.negative_slope))
 
 
 class ClipCaffe(nn.Module):
@@ -199,7 +177,7 @@ def convert_clip(layer: Layer, net: Net) -> nn.Module:
     cp = layer.param.clip_param
     if not (cp.HasField("min") and cp.HasField("max")):
         raise PrototxtError("Clip needs clip_param min and max (both required)")
-    return ClipCaffe(_f32(cp.min), _f32(cp.max))
+    return ClipCaffe(f32(cp.min), f32(cp.max))
 
 
 class SwishCaffe(nn.Module):
@@ -221,7 +199,7 @@ class SwishCaffe(nn.Module):
 @register("Swish", shape=shapes.same_shape)
 def convert_swish(layer: Layer, net: Net) -> nn.Module:
     """Swish: ``x * sigmoid(beta * x)`` (swish_param beta, default 1)."""
-    return SwishCaffe(_f32(layer.param.swish_param.beta))
+    return SwishCaffe(f32(layer.param.swish_param.beta))
 
 
 @register("Mish", shape=shapes.same_shape,

@@ -15,11 +15,6 @@ PROD, SUM, MAX = (schema.EltwiseParameter.PROD, schema.EltwiseParameter.SUM,
                   schema.EltwiseParameter.MAX)
 
 
-def layer_axis(layer: Layer, net: Net, axis_field: int) -> int:
-    """``axis_field`` as a non-negative axis of the layer's first bottom (ShapeError if bad)."""
-    return canonical_axis(axis_field, len(net.blobs[layer.bottoms[0]].shape))
-
-
 class EltwiseSum(nn.Module):
     """``sum_i coeff_i * x_i``, accumulated in bottom order as Caffe does."""
 
@@ -93,7 +88,8 @@ class Concat(nn.Module):
 def convert_concat(layer: Layer, net: Net) -> nn.Module:
     """Concat along ``axis`` (default 1; the legacy ``concat_dim`` wins when set)."""
     cp = layer.param.concat_param
-    return Concat(layer_axis(layer, net, cp.concat_dim if cp.HasField("concat_dim") else cp.axis))
+    axis = cp.concat_dim if cp.HasField("concat_dim") else cp.axis
+    return Concat(canonical_axis(axis, len(net.blobs[layer.bottoms[0]].shape)))
 
 
 class Split(nn.Module):

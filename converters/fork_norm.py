@@ -1,7 +1,7 @@
 """The forks' custom ``BN`` layer (PSPNet/TSN, SegNet/ENet, PSPNet's initial commit) and MVN.
 
 Which variant a ``BN`` layer is comes from its ``bn_param`` fields (and, with weights, its blob
-count): see :func:`bn_variant` and docs/forks.md. Stored statistics map onto
+count): see :func:`bn_variant` and docs/SEMANTICS.md. Stored statistics map onto
 ``nn.BatchNorm2d``; variants that normalise with the batch's own statistics at test time
 (SegNet's ``bn_mode: LEARN``, the default there, and the initial PSPNet variant without
 ``moving_average``) use :class:`BatchStatNorm`, reproducing each fork's variance formula.
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge import schema
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
+from caffe_bridge.numeric import f32_tensor
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
-Shape = tuple[int, ...]
 PSPNET, SEGNET, INITIAL = "pspnet", "segnet", "pspnet-initial"
 _FIELDS = {
     PSPNET: ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine"),
@@ -31,7 +31,7 @@ _FIELDS = {
 }
 N_BLOBS = {PSPNET: 4, SEGNET: 2, INITIAL: 4}
 SEGNET_EPS = 1e-9  # hard-coded in caffe-segnet's BNLayer::LayerSetUp
-INFERENCE = 1
+INFERENCE = schema.BNParameter.INFERENCE
 
 
 def bn_variant(p: pb_message.Message, n_blobs: int | None = None) -> str:
@@ -108,8 +108,7 @@ class ChannelAffine(nn.Module):
 def _blobs(layer: Layer, kind: str, shape: Shape) -> list[torch.Tensor]:
     """The layer's blobs in ``shape`` (Caffe's initial values when none are loaded)."""
     if layer.blobs:
-        return [torch.from_numpy(np.array(b, dtype=np.float32).reshape(shape))
-                for b in layer.blobs]
+        return [f32_tensor(b).reshape(shape) for b in layer.blobs]
     init = [1.0, 0.0, 0.0, 1.0 if kind == PSPNET and layer.param.bn_param.frozen else 0.0]
     return [torch.full(shape, v) for v in init[:N_BLOBS[kind]]]
 
@@ -128,10 +127,7 @@ def _stored_stats(blobs: list[torch.Tensor], eps: float) -> nn.Module:
           fork="hszhao/PSPNet, yjxiong/caffe, alexgkendall/caffe-segnet, TimoSaemann/caffe-enet")
 def convert_bn(layer: Layer, net: Net) -> nn.Module:
     """BN of the forks (PSPNet/TSN, SegNet/ENet incl. bn_mode LEARN, PSPNet initial commit)."""
-    try:
-        kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
+    kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
     bp = layer.param.bn_param
     axis = bp.axis if kind == INITIAL else 1
     shape = tuple(layer.param_shapes[0])

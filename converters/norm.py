@@ -19,7 +19,7 @@ from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register, register_fusion
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.numeric import f32_tensor as _f32
+from caffe_bridge.numeric import f32_tensor
 
 _BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 ACROSS_CHANNELS = schema.LRNParameter.ACROSS_CHANNELS
@@ -66,7 +66,7 @@ def _bn_module(layer: Layer, net: Net, affine: Layer | None = None) -> nn.Module
                                         f"is not supported")
         mean, var = stats if stats is not None else (np.zeros(c, np.float32),
                                                      np.ones(c, np.float32))
-        return ChannelNorm(_f32(mean), _f32(var), eps, len(x))
+        return ChannelNorm(f32_tensor(mean), f32_tensor(var), eps, len(x))
     if not global_stats and math.prod(x) == c:  # refused by torch's batch_norm
         raise UnsupportedLayerError(f"BatchNorm with batch statistics over one value per "
                                     f"channel (bottom {x}) is not supported")
@@ -76,12 +76,12 @@ def _bn_module(layer: Layer, net: Net, affine: Layer | None = None) -> nn.Module
     bn = _BN[len(x)](c, eps=eps, affine=affine is not None, track_running_stats=global_stats)
     with torch.no_grad():
         if global_stats and stats is not None:
-            bn.running_mean.copy_(_f32(stats[0]))
-            bn.running_var.copy_(_f32(stats[1]))
+            bn.running_mean.copy_(f32_tensor(stats[0]))
+            bn.running_var.copy_(f32_tensor(stats[1]))
         if affine is not None and affine.blobs:
-            bn.weight.copy_(_f32(affine.blobs[0]).reshape(c))
+            bn.weight.copy_(f32_tensor(affine.blobs[0]).reshape(c))
             if affine.param.scale_param.bias_term:
-                bn.bias.copy_(_f32(affine.blobs[1]).reshape(c))
+                bn.bias.copy_(f32_tensor(affine.blobs[1]).reshape(c))
     return bn.eval()
 
 
@@ -157,7 +157,7 @@ def _operand(layer: Layer, i: int, shape: tuple[int, ...], trailing: tuple[int, 
              default: float) -> torch.Tensor:
     """Blob ``i`` of ``layer`` (or ``default`` everywhere) reshaped to ``shape + trailing``."""
     if layer.blobs:
-        return _f32(layer.blobs[i]).reshape(shape + trailing)
+        return f32_tensor(layer.blobs[i]).reshape(shape + trailing)
     return torch.full(shape + trailing, default)
 
 

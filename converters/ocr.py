@@ -8,32 +8,29 @@ transpose_layer.cpp, ctc_decoder_layer.cpp), which agree on the shared types.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
-from caffe_bridge.converters.rcnn import parse_param_str
+from caffe_bridge.converters.conv import blob_tensors
+from caffe_bridge.converters.detection import CaffePermute
+from caffe_bridge.converters.python_param import yaml_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError, conv_geometry
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, conv_geometry, conv_out_sizes
 
-Shape = tuple[int, ...]
 OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
-
-
-def _count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 # ---------------------------------------------------------------- Lstm (lstm_param)
 
 
-def lstm_fork_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
+def lstm_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """x (T x N x ...) [, clip] -> T x N x num_output; blobs W_i (4H x I), W_h (4H x H), b (4H)."""
     hidden = int(p.lstm_param.num_output)
     if hidden <= 0:
@@ -43,10 +40,10 @@ def lstm_fork_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     t, n = ins[0][:2]
     # With a clip bottom the fork checks clip.num() == clip.count() and reads clip[t + n]: one
     # entry per step, which is per stream only when N == 1.
-    if len(ins) == 2 and (_count(ins[1]) != ins[1][0] or ins[1][0] != t or n != 1):
+    if len(ins) == 2 and (math.prod(ins[1]) != ins[1][0] or ins[1][0] != t or n != 1):
         raise ShapeRuleError(f"clip {ins[1]} is supported with one stream (N = 1) and T = {t}"
                              f" entries; the fork reads clip[t + n], past its end for N > 1")
-    params = ((4 * hidden, _count(ins[0][2:])), (4 * hidden, hidden), (4 * hidden,))
+    params = ((4 * hidden, math.prod(ins[0][2:])), (4 * hidden, hidden), (4 * hidden,))
     return LayerShapes(((t, n, hidden),), params)
 
 
@@ -77,13 +74,10 @@ class OcrLstm(nn.Module):
         return torch.stack(outs)
 
 
-@register("Lstm", shape=lstm_fork_shape, fork=OCR_FORKS)
-def convert_lstm_fork(layer: Layer, net: Net) -> nn.Module:
+@register("Lstm", shape=lstm_shape, fork=OCR_FORKS)
+def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """Lstm (CTPN, caffe_ocr; lstm_param): x (T x N x ...) -> T x N x H, zero initial state."""
-    if layer.blobs:
-        w = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
-    else:
-        w = [torch.zeros(s) for s in layer.param_shapes]
+    w = blob_tensors(layer)
     steps = net.blobs[layer.bottoms[0]].shape[0]
     return OcrLstm(steps, w[0], w[1], w[2], len(layer.bottoms) > 1)
 
@@ -135,21 +129,10 @@ def transpose_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes((tuple(ins[0][d] for d in dims),))
 
 
-class TransposeAxes(nn.Module):
-    """Top axis i is bottom axis dims[i]; the result is made contiguous as Caffe's copy is."""
-
-    def __init__(self, dims: tuple[int, ...]) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(self.dims).contiguous()
-
-
 @register("Transpose", shape=transpose_shape, fork=OCR_FORKS)
 def convert_transpose(layer: Layer, net: Net) -> nn.Module:
     """Transpose (CTPN, caffe_ocr): permutes axes, top axis i = bottom axis dim[i]."""
-    return TransposeAxes(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
+    return CaffePermute(_transpose_dims(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
 
 
 # ---------------------------------------------------------------- Im2col
@@ -161,11 +144,7 @@ def im2col_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
         raise ShapeRuleError(f"Im2col is supported for N x C x H x W (axis 1), got {ins[0]}")
     geo = conv_geometry(p.convolution_param, 2)
     n, c, *hw = ins[0]
-    out = [(s + 2 * pd - (d * (k - 1) + 1)) // st + 1
-           for s, k, st, pd, d in zip(hw, geo.kernel, geo.stride, geo.pad, geo.dilation,
-                                           strict=True)]
-    if min(out) <= 0:
-        raise ShapeRuleError(f"kernel {geo.kernel} does not fit the padded input {hw}")
+    out = conv_out_sizes(hw, geo)
     return LayerShapes(((n, c * geo.kernel[0] * geo.kernel[1], *out),))
 
 
@@ -200,7 +179,7 @@ def ctc_greedy_decoder_shape(p: pb_message.Message, ins: Sequence[Shape]) -> Lay
         raise ShapeRuleError("only the decoding form (one bottom, one top) is supported; the "
                              "two-bottom form computes a training accuracy")
     x = ins[0]
-    if len(x) < 3 or _count(x[2:]) != x[2]:
+    if len(x) < 3 or math.prod(x[2:]) != x[2]:
         raise ShapeRuleError(f"scores {x} must be T x N x C (trailing axes of size 1)")
     blank = p.ctc_decoder_param.blank_index
     if blank >= x[2]:
@@ -296,11 +275,7 @@ class DenseBlockCudnn(nn.Module):
 def convert_dense_block(layer: Layer, net: Net) -> nn.Module:
     """DenseBlock (caffe_ocr): numTransition x BN-ReLU-[bottleneck-]Conv3x3, channels appended."""
     n_t, _, bc = _dense_layout(layer.param)
-    if layer.blobs:
-        blobs = [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
-    else:
-        blobs = [torch.zeros(s) for s in layer.param_shapes]
-    return DenseBlockCudnn(blobs, n_t, bc)
+    return DenseBlockCudnn(blob_tensors(layer), n_t, bc)
 
 
 # ---------------------------------------------------------------- CTPN's text proposals
@@ -320,7 +295,7 @@ def ctpn_basic_anchors() -> list[tuple[int, int, int, int]]:
 
 
 def _feat_stride(p: pb_message.Message) -> float:
-    cfg = parse_param_str(p.python_param.param_str)
+    cfg = yaml_dict(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("CTPN's proposal layer needs 'feat_stride' in param_str")
     return float(cfg["feat_stride"])
@@ -328,10 +303,7 @@ def _feat_stride(p: pb_message.Message) -> float:
 
 def text_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """(1 x 2A x H x W probs, 1 x 2A x H x W deltas, im_info) -> H*W*A x 4 boxes, H*W*A x 1."""
-    try:
-        _feat_stride(p)
-    except PrototxtError as err:
-        raise ShapeRuleError(err.message) from None
+    _feat_stride(p)
     a = len(CTPN_ANCHOR_HEIGHTS)
     if len(ins) != 3 or len(ins[0]) != 4 or tuple(ins[1]) != tuple(ins[0]):
         raise ShapeRuleError(f"needs bottoms probs and deltas (1 x {2 * a} x H x W) and im_info")

@@ -10,6 +10,8 @@ Caffe's divisor stored as a buffer) and pooled without implicit padding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,10 +21,10 @@ from caffe_bridge import schema, shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import FLT_MAX, f32_tensor
 
 MAX, AVE, STOCHASTIC = (schema.PoolingParameter.MAX, schema.PoolingParameter.AVE,
                         schema.PoolingParameter.STOCHASTIC)
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def torch_pooled_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
@@ -46,20 +48,33 @@ def native_ceil_mode(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> bool | No
     return None
 
 
+def pad_amounts(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                pad: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
+    """F.pad amounts (last axis first: before, after, ...) after which unpadded pooling gives
+    exactly the ``out`` windows; a negative amount crops input no window reaches."""
+    amounts = [(p, (o - 1) * s + k - n - p)
+               for n, k, s, p, o in zip(sizes, kernel, stride, pad, out, strict=True)]
+    return tuple(v for pair in reversed(amounts) for v in pair)
+
+
 def explicit_pads(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """F.pad amounts (left, right, top, bottom) after which unpadded floor pooling gives
     exactly Caffe's windows; a negative amount crops input no window reaches."""
-    (ph, pw), (kh, kw), (sh, sw), (oh, ow) = geo.pad, geo.kernel, geo.stride, geo.out
-    h, w = hw
-    return (pw, (ow - 1) * sw + kw - w - pw, ph, (oh - 1) * sh + kh - h - ph)
+    left, right, top, bottom = pad_amounts(hw, geo.kernel, geo.stride, geo.pad, geo.out)
+    return left, right, top, bottom
+
+
+def window_sizes(n: int, k: int, s: int, p: int, o: int) -> np.ndarray:
+    """Caffe's AVE divisor along one axis of size ``n``: the ``o`` windows' extents, padding
+    counted, overhang past ``n + p`` not."""
+    start = np.arange(o) * s - p
+    return np.minimum(start + k, n + p) - start
 
 
 def ave_divisor(geo: shapes.PoolGeometry, hw: tuple[int, int]) -> np.ndarray:
     """Caffe's AVE pool_size per output: padding counts, overhang past ``H + p`` does not."""
-    sizes = []
-    for n, k, s, p, o in zip(hw, geo.kernel, geo.stride, geo.pad, geo.out, strict=True):
-        start = np.arange(o) * s - p
-        sizes.append(np.minimum(start + k, n + p) - start)
+    sizes = [window_sizes(*a) for a in zip(hw, geo.kernel, geo.stride, geo.pad, geo.out,
+                                            strict=True)]
     return np.outer(sizes[0], sizes[1]).astype(np.float64)
 
 
@@ -186,4 +201,4 @@ def convert_pooling(layer: Layer, net: Net) -> nn.Module:
     with np.errstate(divide="ignore"):  # an empty window: 0/0 is NaN in Caffe too
         scale = (geo.kernel[0] * geo.kernel[1]) / ave_divisor(geo, hw)
     return PaddedAvgPool2d(geo.kernel, geo.stride, pads,
-                           torch.from_numpy(scale.astype(np.float32)), extra)
+                           f32_tensor(scale), extra)

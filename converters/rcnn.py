@@ -29,21 +29,21 @@ min-size filter and pads rois/scores with zero rows up to ``post_nms_topn``.
 
 from __future__ import annotations
 
-import ast
-import re
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.fx
+from google.protobuf import message as pb_message
 from torch import nn
 
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.python_param import yaml_dict
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
+from caffe_bridge.numeric import FLT_MAX
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
-
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def c_round(x: torch.Tensor) -> torch.Tensor:
@@ -144,12 +144,12 @@ class CaffeROIPool(nn.Module):
 
 
 def _rois_count(shape: Shape) -> int:
-    if len(shape) < 2 or int(np.prod(shape[1:])) != 5:
+    if len(shape) < 2 or math.prod(shape[1:]) != 5:
         raise ShapeRuleError(f"rois must be R x 5 (C x H x W == 5), got {tuple(shape)}")
     return shape[0]
 
 
-def roi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def roi_pooling_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 2 or len(ins[0]) != 4:
         raise ShapeRuleError("ROIPooling needs a 4-D feature map and the rois")
     rp = p.roi_pooling_param
@@ -226,7 +226,7 @@ class CaffePSROIPool(nn.Module):
                 f"spatial_scale={self.spatial_scale}")
 
 
-def _psroi_param(p: object) -> tuple[float, int, int]:
+def _psroi_param(p: pb_message.Message) -> tuple[float, int, int]:
     pp = p.psroi_pooling_param
     missing = [f for f in ("spatial_scale", "output_dim", "group_size") if not pp.HasField(f)]
     if missing:
@@ -236,7 +236,7 @@ def _psroi_param(p: object) -> tuple[float, int, int]:
     return pp.spatial_scale, pp.output_dim, pp.group_size
 
 
-def psroi_pooling_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def psroi_pooling_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 2 or len(ins[0]) != 4:
         raise ShapeRuleError("PSROIPooling needs a 4-D feature map and the rois")
     _, dim, g = _psroi_param(p)
@@ -382,24 +382,8 @@ class RPNProposal(nn.Module):
 TEST_PRE_NMS, TEST_POST_NMS, TEST_NMS_THRESH, TEST_MIN_SIZE = 6000, 300, 0.7, 16
 
 
-def parse_param_str(text: str) -> dict[str, object]:
-    """The flat YAML mapping of a py-faster-rcnn ``param_str`` ("'feat_stride': 16", one key
-    a line or a {...} flow mapping; ``!!python/tuple`` tags allowed), without a YAML library."""
-    body = re.sub(r"!!python/tuple\s*", "", text).strip()
-    if not body.startswith("{"):
-        body = "{" + ", ".join(line for line in body.splitlines() if line.strip()) + "}"
-    try:
-        parsed = ast.literal_eval(body)
-    except (ValueError, SyntaxError) as err:
-        raise PrototxtError(f"python_param.param_str {text!r} is not a simple YAML mapping "
-                            f"({err})") from None
-    if not isinstance(parsed, dict):
-        raise PrototxtError(f"python_param.param_str {text!r} is not a mapping")
-    return parsed
-
-
-def _python_proposal_cfg(p: object) -> dict[str, object]:
-    cfg = parse_param_str(p.python_param.param_str)
+def _python_proposal_cfg(p: pb_message.Message) -> dict[str, object]:
+    cfg = yaml_dict(p.python_param.param_str)
     if "feat_stride" not in cfg:
         raise PrototxtError("the proposal layer's param_str needs 'feat_stride'")
     anchors = generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32))))
@@ -408,7 +392,7 @@ def _python_proposal_cfg(p: object) -> dict[str, object]:
             "post_nms": TEST_POST_NMS, "nms_thresh": TEST_NMS_THRESH, "min_size": TEST_MIN_SIZE}
 
 
-def _opencv_proposal_cfg(p: object) -> dict[str, object]:
+def _opencv_proposal_cfg(p: pb_message.Message) -> dict[str, object]:
     pp = p.proposal_param
     anchors = generate_anchors(pp.base_size, tuple(pp.ratio) or (0.5, 1, 2),
                                tuple(pp.scale) or (8, 16, 32))
@@ -417,7 +401,8 @@ def _opencv_proposal_cfg(p: object) -> dict[str, object]:
             "nms_thresh": pp.nms_thresh, "min_size": pp.min_size}
 
 
-def _proposal_shapes(cfg: dict[str, object], p: object, ins: Sequence[Shape]) -> LayerShapes:
+def _proposal_shapes(cfg: dict[str, object], p: pb_message.Message, ins: Sequence[Shape]
+                     ) -> LayerShapes:
     if len(ins) != 3 or len(ins[0]) != 4 or len(ins[1]) != 4:
         raise ShapeRuleError("the proposal layer needs bottoms (cls_prob, bbox_pred, im_info)")
     a = len(cfg["anchors"])
@@ -432,15 +417,12 @@ def _proposal_shapes(cfg: dict[str, object], p: object, ins: Sequence[Shape]) ->
     return LayerShapes(tops=((rows, 5), (rows, 1))[:len(p.top)])
 
 
-def python_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def python_proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most post_nms_topn rows per image (the count is data-dependent, as in Caffe)."""
-    try:
-        return _proposal_shapes(_python_proposal_cfg(p), p, ins)
-    except PrototxtError as err:
-        raise ShapeRuleError(err.message) from None
+    return _proposal_shapes(_python_proposal_cfg(p), p, ins)
 
 
-def opencv_proposal_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def proposal_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return _proposal_shapes(_opencv_proposal_cfg(p), p, ins)
 
 
@@ -451,7 +433,15 @@ def convert_python_proposal_layer(layer: Layer, net: Net) -> nn.Module:
     return RPNProposal(**_python_proposal_cfg(layer.param), n_tops=len(layer.tops))
 
 
-@register("Proposal", shape=opencv_proposal_shape, fork="opencv/opencv")
+@register("Proposal", shape=proposal_shape, fork="opencv/opencv")
 def convert_proposal(layer: Layer, net: Net) -> nn.Module:
     """Proposal (OpenCV's type): py-faster-rcnn's RPN proposals from proposal_param."""
     return RPNProposal(**_opencv_proposal_cfg(layer.param), n_tops=len(layer.tops))
+
+
+for _training_only in ("rpn.anchor_target_layer.AnchorTargetLayer",
+                       "rpn.proposal_target_layer.ProposalTargetLayer"):
+    refuse(f"Python:{_training_only}",
+           f"py-faster-rcnn's {_training_only} is a training layer: it samples anchors or rois "
+           f"against the ground-truth boxes for the losses; convert the test definition "
+           f"(test.prototxt), whose proposal layer converts")

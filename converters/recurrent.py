@@ -21,23 +21,18 @@ which expects (W_h, W_x, b, h_0, c_0) rather than BVLC's (W_xc, b_c, W_hc), and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import message as pb_message
 from torch import nn
 
+from caffe_bridge.converters.conv import blob_tensors
 from caffe_bridge.converters.registry import register
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
-
-
-def _count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def _recurrent_layout(p: pb_message.Message, ins: Sequence[Shape], n_recur: int
@@ -76,9 +71,9 @@ def lstm_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """h: T x N x H (+ h_T, c_T: 1 x N x H); blobs W_xc, b_c, [W_xc_static], W_hc."""
     hidden, static, expose = _recurrent_layout(p, ins, 2)
     t, n = ins[0][:2]
-    params = [(4 * hidden, _count(ins[0][2:])), (4 * hidden,)]
+    params = [(4 * hidden, math.prod(ins[0][2:])), (4 * hidden,)]
     if static:
-        params.append((4 * hidden, _count(ins[2][1:])))
+        params.append((4 * hidden, math.prod(ins[2][1:])))
     params.append((4 * hidden, hidden))
     tops = [(t, n, hidden)] + [(1, n, hidden)] * (2 if expose else 0)
     return LayerShapes(tuple(tops), tuple(params))
@@ -88,19 +83,12 @@ def rnn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """o: T x N x H (+ h_T); blobs W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o."""
     hidden, static, expose = _recurrent_layout(p, ins, 1)
     t, n = ins[0][:2]
-    params = [(hidden, _count(ins[0][2:])), (hidden,)]
+    params = [(hidden, math.prod(ins[0][2:])), (hidden,)]
     if static:
-        params.append((hidden, _count(ins[2][1:])))
+        params.append((hidden, math.prod(ins[2][1:])))
     params += [(hidden, hidden), (hidden, hidden), (hidden,)]
     tops = [(t, n, hidden)] + [(1, n, hidden)] * (1 if expose else 0)
     return LayerShapes(tuple(tops), tuple(params))
-
-
-def _weights(layer: Layer) -> list[torch.Tensor]:
-    """The layer's blobs as float32 tensors, or zeros of Caffe's shapes when none are loaded."""
-    if layer.blobs:
-        return [torch.from_numpy(np.array(b, dtype=np.float32)) for b in layer.blobs]
-    return [torch.zeros(s) for s in layer.param_shapes]
 
 
 def _cont(x: torch.Tensor, rest: tuple[torch.Tensor, ...], has_cont: bool
@@ -192,7 +180,7 @@ def convert_lstm(layer: Layer, net: Net) -> nn.Module:
     """LSTM (BVLC): x (T x N x ...), cont (T x N) -> h; gate rows i, f, o, g; cont resets state."""
     static, expose, has_cont = _layout(layer, 2)
     steps = net.blobs[layer.bottoms[0]].shape[0]
-    return CaffeLSTM(steps, _weights(layer), static, expose, has_cont)
+    return CaffeLSTM(steps, blob_tensors(layer), static, expose, has_cont)
 
 
 @register("RNN", shape=rnn_shape)
@@ -200,7 +188,7 @@ def convert_rnn(layer: Layer, net: Net) -> nn.Module:
     """RNN (BVLC): tanh recurrence with a tanh output layer; cont resets the state."""
     static, expose, has_cont = _layout(layer, 1)
     steps = net.blobs[layer.bottoms[0]].shape[0]
-    return CaffeRNN(steps, _weights(layer), static, expose, has_cont)
+    return CaffeRNN(steps, blob_tensors(layer), static, expose, has_cont)
 
 
 def continuation_indicator_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from google.protobuf import message as pb_message
 from torch import nn
 
@@ -23,7 +24,7 @@ from caffe_bridge.errors import (
     ShapeError,
     UnsupportedLayerError,
 )
-from caffe_bridge.ir import Layer, Net
+from caffe_bridge.ir import Blob, Layer, Net, SourceLoc
 from caffe_bridge.shapes import LayerShapes, Rule, Shape, ShapeRuleError
 
 Converter = Callable[[Layer, Net], nn.Module]
@@ -64,6 +65,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_type: dict[str, ConverterInfo] = {}
         self._fusions: dict[tuple[str, str], Fusion] = {}
+        self._refused: dict[str, str] = {}  # registry key -> why it is not converted
 
     def register(self, *types: str, shape: Rule | None = None,
                  fork: str = BVLC) -> Callable[[Converter], Converter]:
@@ -89,6 +91,14 @@ class Registry:
 
         return deco
 
+    def refuse(self, layer_type: str, reason: str) -> None:
+        """Record that ``layer_type`` is deliberately not converted, and why (shown in errors)."""
+        self._refused[layer_type] = reason
+
+    def refused(self) -> dict[str, str]:
+        """Registry key -> the reason it is not converted."""
+        return dict(sorted(self._refused.items()))
+
     def register_fusion(self, first: str, second: str) -> Callable[[Fusion], Fusion]:
         """Register an exact fusion of a ``first`` layer followed by a ``second`` layer."""
 
@@ -112,7 +122,10 @@ class Registry:
 
     def info(self, layer: Layer) -> ConverterInfo:
         """The registration for ``layer``, or an UnsupportedLayerError naming it and the options."""
-        info = self._by_type.get(registry_key(layer.type, layer.param))
+        key = registry_key(layer.type, layer.param)
+        info = self._by_type.get(key)
+        if info is None and key in self._refused:
+            raise _located(UnsupportedLayerError(self._refused[key]), layer)
         if info is None:
             raise _located(UnsupportedLayerError(
                 f"no converter for layer type {layer.type!r}; supported types: "
@@ -135,7 +148,10 @@ class Registry:
 
     def infer_shapes(self, param: pb_message.Message, in_shapes: Sequence[Shape]) -> LayerShapes:
         """Top and parameter-blob shapes of a layer (KeyError when no converter handles it)."""
-        info = self._by_type[registry_key(param.type, param)]
+        key = registry_key(param.type, param)
+        if key in self._refused:
+            raise UnsupportedLayerError(self._refused[key])
+        info = self._by_type[key]
         if info.shape is not None:
             return info.shape(param, in_shapes)
         return _meta_shapes(info.fn, param, in_shapes)
@@ -155,10 +171,6 @@ def _located(err: Exception, layer: Layer, net: Net | None = None) -> CaffeBridg
 def _meta_shapes(fn: Converter, param: pb_message.Message,
                  in_shapes: Sequence[Shape]) -> LayerShapes:
     """Tops of a rule-less layer: its module run on meta tensors (no parameter blobs)."""
-    import torch
-
-    from caffe_bridge.ir import Blob, SourceLoc
-
     names = tuple(f"bottom{i}" for i in range(len(in_shapes)))
     blobs = {n: Blob(n, n, tuple(s), "") for n, s in zip(names, in_shapes, strict=True)}
     layer = Layer(param.name, param.type, names, tuple(param.top), param, (), (),
@@ -174,6 +186,7 @@ def _meta_shapes(fn: Converter, param: pb_message.Message,
 REGISTRY = Registry()
 register = REGISTRY.register
 register_fusion = REGISTRY.register_fusion
+refuse = REGISTRY.refuse
 
 
 def lookup(layer: Layer) -> Converter:

@@ -20,9 +20,7 @@ from torch import nn
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def interp_geometry(p: pb_message.Message, h: int, w: int) -> tuple[int, int, int, int, int]:
@@ -155,10 +153,7 @@ class MaskUnpool2d(nn.Module):
 def convert_upsample(layer: Layer, net: Net) -> nn.Module:
     """Upsample: max-unpooling by a mask bottom (SegNet/ENet) or nearest by scale (YOLO ports)."""
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        top = upsample_shape(layer.param, [net.blobs[b].shape for b in layer.bottoms]).tops[0]
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
+    top = upsample_shape(layer.param, [net.blobs[b].shape for b in layer.bottoms]).tops[0]
     if len(layer.bottoms) == 2:
         return MaskUnpool2d((top[2], top[3]))
     s = top[-1] // x[-1]

@@ -8,8 +8,6 @@ converted for one batch size runs on others exactly as Caffe would after reshapi
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import torch
 from torch import nn
 
@@ -17,8 +15,6 @@ from caffe_bridge import shapes
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import ShapeError
 from caffe_bridge.ir import Layer, Net
-
-T = TypeVar("T")
 
 
 def _bottom_shape(layer: Layer, net: Net, i: int = 0) -> tuple[int, ...]:

@@ -27,13 +27,11 @@ from torch import nn
 
 from caffe_bridge import shapes
 from caffe_bridge.converters import conv
-from caffe_bridge.converters.pooling import AVE, FLT_MAX, MAX
+from caffe_bridge.converters.pooling import AVE, MAX, pad_amounts, window_sizes
 from caffe_bridge.converters.registry import register
-from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, ShapeRuleError
-
-Shape = tuple[int, ...]
+from caffe_bridge.numeric import FLT_MAX, f32_tensor
+from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
 
 def _five_d(ins: Sequence[Shape], what: str) -> Shape:
@@ -64,12 +62,7 @@ def convolution3d_shape(param: pb_message.Message, ins: Sequence[Shape]) -> Laye
     if cp.filter_group <= 0 or cp.num_output % cp.filter_group:
         raise ShapeRuleError(f"filter_group {cp.filter_group} must divide num_output")
     geo = conv3d_geometry(cp)
-    out = []
-    for n, k, s, p in zip(x[2:], geo.kernel, geo.stride, geo.pad, strict=True):
-        o = (n + 2 * p - k) // s + 1
-        if o <= 0:
-            raise ShapeRuleError(f"kernel {k} exceeds padded input {n + 2 * p}")
-        out.append(o)
+    out = shapes.conv_out_sizes(x[2:], geo)
     params: list[Shape] = [(cp.num_output, x[1], *geo.kernel)]
     if cp.bias_term:
         params.append((1, 1, 1, 1, cp.num_output))
@@ -82,14 +75,8 @@ def convert_convolution3d(layer: Layer, net: Net) -> nn.Module:
     cp = layer.param.convolution3d_param
     c = net.blobs[layer.bottoms[0]].shape[1]
     geo = conv3d_geometry(cp)
-    make = conv.uninitialised if layer.blobs else conv._plain
-    module = make(nn.Conv3d, c, cp.num_output, geo.kernel, stride=geo.stride,
-                  padding=geo.pad, bias=cp.bias_term)
-    params = {"weight": module.weight}
-    if cp.bias_term:
-        params["bias"] = module.bias
-    conv.load_blobs(layer, params)
-    return module
+    return conv.loaded_module(layer, nn.Conv3d, c, cp.num_output, geo.kernel,
+                              stride=geo.stride, padding=geo.pad, bias=cp.bias_term)
 
 
 # ---------------------------------------------------------------- Pooling3D
@@ -145,11 +132,9 @@ class PaddedPool3dCaffe(nn.Module):
 
 
 def _divisor(x: Shape, kernel: Shape, stride: Shape, pad: Shape, out: Shape) -> np.ndarray:
-    sizes = []
-    for axis, (n, k, s, p, o) in enumerate(zip(x[2:], kernel, stride, pad, out, strict=True)):
-        start = np.arange(o) * s - p
-        limit = n if axis == 0 else n + p  # time: clipped to the blob before counting
-        sizes.append(np.minimum(start + k, limit) - start)
+    """Pooling's divisor rule per axis; time is never padded, so its windows are clipped to
+    the blob."""
+    sizes = [window_sizes(*a) for a in zip(x[2:], kernel, stride, pad, out, strict=True)]
     return np.einsum("i,j,k->ijk", *sizes).astype(np.float64)
 
 
@@ -158,18 +143,11 @@ def convert_pooling3d(layer: Layer, net: Net) -> nn.Module:
     """Pooling3D (facebook/C3D): MAX/AVE over (L, H, W), C3D's ceil size without clip rule."""
     pp = layer.param.pooling3d_param
     x = net.blobs[layer.bottoms[0]].shape
-    try:
-        kernel, stride, pad, out = pool3d_geometry(pp, x)
-    except ShapeRuleError as err:
-        raise PrototxtError(str(err)) from None
-    # F.pad order: (w_left, w_right, h_left, h_right, l_left, l_right); a negative right pad
-    # crops input no window reaches.
-    amounts = [(p, (o - 1) * s + k - n - p) for n, k, s, p, o in
-               zip(x[2:], kernel, stride, pad, out, strict=True)]
-    pads = tuple(v for pair in reversed(amounts) for v in pair)
+    kernel, stride, pad, out = pool3d_geometry(pp, x)
+    pads = pad_amounts(x[2:], kernel, stride, pad, out)  # (w, w, h, h, l, l)
     if pp.pool == MAX:
         return PaddedPool3dCaffe(kernel, stride, pads, -FLT_MAX, None)
     with np.errstate(divide="ignore"):
         scale = math.prod(kernel) / _divisor(x, kernel, stride, pad, out)
     return PaddedPool3dCaffe(kernel, stride, pads, 0.0,
-                             torch.from_numpy(scale.astype(np.float32)))
+                             f32_tensor(scale))

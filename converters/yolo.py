@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx
+from google.protobuf import message as pb_message
 from torch import nn
 
-from caffe_bridge.converters.registry import register
-from caffe_bridge.errors import UnsupportedLayerError
+from caffe_bridge.converters.registry import refuse, register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
 
@@ -49,7 +49,7 @@ class DarknetReorg(nn.Module):
         return f"stride={self.stride}, reverse={self.reverse}"
 
 
-def reorg_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def reorg_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     if len(ins) != 1 or len(ins[0]) != 4:
         raise ShapeRuleError("Reorg takes one 4-D bottom")
     rp = p.reorg_param
@@ -165,7 +165,7 @@ class Yolov3DetectionOutput(nn.Module):
                                  self.ncls, self.conf_thresh, self.nms_thresh)
 
 
-def _yolov3_cfg(p: object, n_bottoms: int) -> dict[str, object]:
+def _yolov3_cfg(p: pb_message.Message, n_bottoms: int) -> dict[str, object]:
     yp = p.yolov3_detection_output_param
     if not yp.HasField("num_classes"):
         raise ShapeRuleError("yolov3_detection_output_param needs num_classes")
@@ -184,7 +184,7 @@ def _yolov3_cfg(p: object, n_bottoms: int) -> dict[str, object]:
             "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
 
 
-def yolov3_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def yolov3_detection_output_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most one row per (cell, anchor, class); the count is data-dependent, as in Caffe."""
     cfg = _yolov3_cfg(p, len(ins))
     rows = 0
@@ -195,14 +195,11 @@ def yolov3_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((1, 1, max(rows, ins[0][0]), 7),))
 
 
-@register("Yolov3DetectionOutput", shape=yolov3_shape, fork="eric612/MobileNet-YOLO")
+@register("Yolov3DetectionOutput", shape=yolov3_detection_output_shape,
+          fork="eric612/MobileNet-YOLO")
 def convert_yolov3_detection_output(layer: Layer, net: Net) -> nn.Module:
     """Yolov3DetectionOutput (MobileNet-YOLO): decoding, threshold, class-agnostic NMS."""
-    try:
-        cfg = _yolov3_cfg(layer.param, len(layer.bottoms))
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
-    return Yolov3DetectionOutput(**cfg)
+    return Yolov3DetectionOutput(**_yolov3_cfg(layer.param, len(layer.bottoms)))
 
 
 # --- YoloDetectionOutput (YOLOv2) -----------------------------------------------------------
@@ -248,7 +245,7 @@ class YoloDetectionOutput(nn.Module):
                                  self.conf_thresh, self.nms_thresh)
 
 
-def _yolov2_cfg(p: object) -> dict[str, object]:
+def _yolov2_cfg(p: pb_message.Message) -> dict[str, object]:
     yp = p.yolo_detection_output_param
     if not yp.HasField("num_classes"):
         raise ShapeRuleError("yolo_detection_output_param needs num_classes")
@@ -260,7 +257,7 @@ def _yolov2_cfg(p: object) -> dict[str, object]:
             "conf_thresh": yp.confidence_threshold, "nms_thresh": yp.nms_threshold}
 
 
-def yolov2_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
+def yolo_detection_output_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     """At most one row per (cell, anchor); the count is data-dependent, as in Caffe."""
     cfg = _yolov2_cfg(p)
     if not 1 <= len(ins) <= 2:
@@ -274,11 +271,12 @@ def yolov2_shape(p: object, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((1, 1, max(rows, ins[0][0]), 7),))
 
 
-@register("YoloDetectionOutput", shape=yolov2_shape, fork="eric612/MobileNet-YOLO")
+@register("YoloDetectionOutput", shape=yolo_detection_output_shape, fork="eric612/MobileNet-YOLO")
 def convert_yolo_detection_output(layer: Layer, net: Net) -> nn.Module:
     """YoloDetectionOutput (MobileNet-YOLO, YOLOv2): decoding, threshold, class-agnostic NMS."""
-    try:
-        cfg = _yolov2_cfg(layer.param)
-    except ShapeRuleError as err:
-        raise UnsupportedLayerError(str(err)) from None
-    return YoloDetectionOutput(**cfg)
+    return YoloDetectionOutput(**_yolov2_cfg(layer.param))
+
+
+refuse("Region", "Region (YOLOv2's output layer) is not converted: no Caffe fork found gives it a "
+                 "CPU forward and a region_param, and OpenCV runs its RegionLayer only from its "
+                 "Darknet importer; the converter does not guess its semantics")

@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import re
 import resource
 import signal
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -311,11 +313,18 @@ NOT_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x
             b"\xe2\x82"]
 
 
+CORPUS = FIXTURES / "wild"  # real public definitions (tests/fixtures/wild/SOURCES*.md)
+
+
+def definition_paths() -> list[Path]:
+    """The fixture, released SENet, zoo and wild-corpus definitions."""
+    return sorted([*FIXTURES.glob("*.prototxt"), *(FIXTURES / "senet").glob("*.prototxt"),
+                   *(FIXTURES / "zoo").glob("*.prototxt"), *CORPUS.glob("*.prototxt")])
+
+
 def prototxt_seeds() -> list[bytes]:
-    """The released SENet, zoo and fixture definitions (header comments stripped or not)."""
-    paths = sorted([*FIXTURES.glob("*.prototxt"), *(FIXTURES / "senet").glob("*.prototxt"),
-                    *(FIXTURES / "zoo").glob("*.prototxt")])
-    seeds = [p.read_bytes() for p in paths]
+    """The fixture, released SENet, zoo and wild-corpus definitions, whole and shortened."""
+    seeds = [p.read_bytes() for p in definition_paths()]
     if not seeds:  # no fixture definitions: the generated SE-ResNet-50 layout
         from caffe_bridge.models.senet import se_resnet50
         from caffe_bridge.models.senet_caffe import caffe_prototxt_text
@@ -328,7 +337,7 @@ def prototxt_seeds() -> list[bytes]:
         cut = [i for i, line in enumerate(lines) if line.startswith((b"layer", b"layers"))]
         if len(cut) > 6:
             short.append(b"\n".join(lines[: cut[6]]))
-    return seeds + short * 3
+    return seeds + short * 2
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -350,6 +359,116 @@ def _numbers(data: bytes) -> list[tuple[int, int]]:
     return spans
 
 
+# Numbers a fork layer's parameter may be given: zeros, negatives, huge, NaN/inf spellings.
+FLOATS = ["0", "-0", "-1", "1e-30", "1e30", "-1e30", "3.4e38", "1e309", "nan", "-nan", "inf",
+          "-inf", "infinity", "2147483647", "4294967296", "99999999999", "0.5", "-0.5", "1e-45"]
+# Keys of the common BVLC parameters: the other numbers are mostly fork parameters.
+COMMON_KEYS = (b"kernel_size", b"stride", b"pad", b"num_output", b"lr_mult", b"decay_mult",
+               b"std", b"value", b"group", b"dilation", b"dim", b"local_size", b"alpha", b"beta",
+               b"eps", b"moving_average_fraction", b"negative_slope", b"bias_term")
+UNKNOWN = [b"fuzz_unknown: 3", b"fuzz_unknown_param { a: 1 b: \"x\" c { d: FOO } e: [1, 2] }",
+           b"fuzz_unknown < x: -inf >", b"fuzz_list: [1, 2.5, \"s\", BAR]", b"fuzz: 'x' \"y\"",
+           b"convolution_param { fuzz_nested { fuzz_deeper: 1 } }", b"fuzz_bare_word: WORD"]
+ENUMS = [b"MAX", b"AVE", b"STOCHASTIC", b"SUM", b"PROD", b"TRAIN", b"TEST", b"CAFFE", b"CUDNN",
+         b"ACROSS_CHANNELS", b"WITHIN_CHANNEL", b"CORNER", b"CENTER_SIZE", b"CORNER_SIZE",
+         b"FLOOR", b"CEIL", b"LINEAR", b"NEAREST", b"FOO", b"max", b"0", b"1", b"7", b"-1",
+         b"99999999999", b"\"MAX\"", b"true", b"nan"]
+STRINGS = [b'""', b'"\\377\\000"', b"'single'", b'"a" "b"', b'"\\x41\\u00e9"', b'"unterminated',
+           b'"\\"', b'"tab\\tnl\\n"', b'"' + b"y" * 5000 + b'"', b'"\\z"', b'"data"']
+DATA_TYPES = [b"Data", b"ImageData", b"HDF5Data", b"MemoryData", b"DummyData", b"WindowData",
+              b"AnnotatedData", b"VideoData", b"ImageSegData", b"DenseImageData", b"MatRead",
+              b"Input", b"SoftmaxWithLoss", b"Accuracy", b"Silence", b"MultiBoxLoss",
+              b"HDF5Output", b"FuzzLoss", b"Python"]
+DATA_LAYERS = [
+    b'layer { name: "fd" type: "Data" top: "data" top: "label" data_param { batch_size: %s } '
+    b'transform_param { crop_size: %s } }',
+    b'layer { name: "fd" type: "DummyData" top: "data" dummy_data_param { shape { dim: 1 '
+    b'dim: %s dim: 2 dim: %s } } }',
+    b'layer { name: "fd" type: "ImageData" top: "data" top: "label" image_data_param { '
+    b'batch_size: 1 new_height: %s new_width: %s is_color: false } }',
+    b'layer { name: "fd" type: "MemoryData" top: "data" top: "label" memory_data_param { '
+    b'batch_size: 1 channels: 3 height: %s width: %s } }',
+    b'layer { name: "fd" type: "HDF5Data" top: "data" hdf5_data_param { batch_size: %s } } #%s',
+    b'input: "data" input_shape { dim: %s dim: 3 dim: %s dim: 4 }',
+    b'input: "data" input_dim: 1 input_dim: %s input_dim: 2 input_dim: %s',
+    b'layer { name: "fl" type: "SoftmaxWithLoss" bottom: "data" bottom: "%s" top: "%s" }',
+    b'layer { name: "fi" type: "Input" top: "data" include { phase: TRAIN } input_param { '
+    b'shape { dim: %s dim: %s } } }',
+]
+
+
+def _op_unknown(rng: random.Random, data: bytes) -> bytes:
+    """A field, message or list the schema lacks, where a field may stand."""
+    lines = _lines(data)
+    at = rng.randrange(len(lines) + 1)
+    lines.insert(at, rng.choice(UNKNOWN))
+    return b"\n".join(lines)
+
+
+def _op_enum(rng: random.Random, data: bytes) -> bytes:
+    """An enum value becomes another type's value, a number, a lowercase or unknown word."""
+    spans = [m.span(1) for m in re.finditer(rb":\s*([A-Z][A-Z_0-9]*)\b", data)]
+    if not spans:
+        return data
+    i, j = rng.choice(spans)
+    return data[:i] + rng.choice(ENUMS) + data[j:]
+
+
+def _op_string(rng: random.Random, data: bytes) -> bytes:
+    """A quoted string becomes an odd one (escapes, adjacent literals, unterminated, long)."""
+    spans = [m.span() for m in re.finditer(rb'"[^"\n]*"', data)]
+    if not spans:
+        return data
+    i, j = rng.choice(spans)
+    return data[:i] + rng.choice(STRINGS) + data[j:]
+
+
+def _op_duplicate_name(rng: random.Random, data: bytes) -> bytes:
+    """A layer (or top) takes the name of another one: duplicate names."""
+    spans = [m.span(2) for m in re.finditer(rb'\b(name|top|bottom):\s*"([^"\n]*)"', data)]
+    if len(spans) < 2:
+        return data
+    (i, j), (k, m) = rng.sample(spans, 2)
+    return data[:i] + data[k:m] + data[j:]
+
+
+def _op_fork_number(rng: random.Random, data: bytes) -> bytes:
+    """A number of a less common (mostly fork) parameter becomes zero, negative, huge, NaN..."""
+    spans = [m.span(2) for m in re.finditer(rb"\b(\w+)\s*:\s*([-+]?[0-9.][0-9.eE+-]*f?)", data)
+             if not m.group(1).startswith(COMMON_KEYS)]
+    if not spans:
+        return data
+    i, j = rng.choice(spans)
+    return data[:i] + rng.choice(FLOATS).encode() + data[j:]
+
+
+def _op_data_layer(rng: random.Random, data: bytes) -> bytes:
+    """Deploy-form mutations: a layer's type becomes a data/training type, a data layer, input
+    field or TRAIN-only layer appears, an include/exclude rule moves or goes."""
+    roll = rng.random()
+    types = [m.span(1) for m in re.finditer(rb'\btype:\s*"([^"\n]*)"', data)]
+    if roll < 0.4 and types:
+        i, j = rng.choice(types)
+        return data[:i] + rng.choice(DATA_TYPES) + data[j:]
+    if roll < 0.6:
+        phases = [m.span() for m in re.finditer(rb"(include|exclude)\s*\{[^{}]*\}", data)]
+        if phases:
+            i, j = rng.choice(phases)
+            return data[:i] + rng.choice([b"", b"include { phase: TRAIN }",
+                                          b"exclude { phase: TEST }", b"include { stage: \"x\" }",
+                                          b"include { min_level: 2 }"]) + data[j:]
+    lines = _lines(data)
+    pick = [rng.choice(["0", "1", "3", "-1", "99999999999", "2147483648", "label", "data"])
+            for _ in range(2)]
+    lines.insert(rng.randrange(len(lines) + 1), rng.choice(DATA_LAYERS) % tuple(
+        x.encode() for x in pick))
+    return b"\n".join(lines)
+
+
+TEXT_OPS = [_op_unknown, _op_enum, _op_string, _op_duplicate_name, _op_fork_number,
+            _op_fork_number, _op_data_layer, _op_data_layer]
+
+
 def mutate_text(rng: random.Random, seeds: list[bytes]) -> bytes:
     """One mutation round of a prototxt: line, token and byte level."""
     roll = rng.random()
@@ -363,7 +482,7 @@ def mutate_text(rng: random.Random, seeds: list[bytes]) -> bytes:
     data = rng.choice(seeds)
     for _ in range(rng.choice([1, 1, 1, 2, 2, 3, 6])):
         lines = _lines(data)
-        op = rng.randrange(14)
+        op = rng.randrange(14 + len(TEXT_OPS))
         at = rng.randrange(len(lines))
         if op == 0:  # truncate
             data = data[: rng.randrange(len(data) + 1)]
@@ -413,6 +532,8 @@ def mutate_text(rng: random.Random, seeds: list[bytes]) -> bytes:
             j = rng.randrange(len(other))
             lines[at:at] = other[j : j + rng.choice([1, 5, 30])]
             data = b"\n".join(lines)
+        elif op >= 14:  # reader, deploy and fork-parameter mutations (below)
+            data = TEXT_OPS[op - 14](rng, data)
         else:  # rename: a quoted name becomes another seed's, or odd text
             quoted = [k for k, line in enumerate(lines) if line.count(b'"') >= 2]
             if quoted:
@@ -428,9 +549,22 @@ def mutate_text(rng: random.Random, seeds: list[bytes]) -> bytes:
 _MAX_COUNT = 2**31 - 1
 
 
+# ``input_shapes`` a user may give load_net (``--input-shape``): tiny, odd and absurd ones.
+GIVEN_SHAPES: list[dict[str, list[int]]] = [
+    {"data": [1, 3, 8, 8]}, {"data": [1, 1, 4, 4], "label": [1]}, {"data": [2, 3, 1, 1]},
+    {"data": [0, 3, 4, 4]}, {"data": [1, 3, 99999999999, 4]}, {"data": []},
+    {"data": [1, -3, 4, 4]}, {"nosuchinput": [1, 3, 4, 4]}, {"im_info": [1, 3], "data": [1, 3,
+    16, 16]}, {"data": [1, 3, 2147483647, 2147483647]}, {"data": [1] * 40},
+]
+
+
 def _load_net(path: Path) -> Any:
+    """load_net; one input in five gives ``input_shapes`` (tiny, odd or absurd)."""
     from caffe_bridge.ir import load_net
 
+    digest = zlib.crc32(path.read_bytes())
+    if digest % 5 == 0:
+        return load_net(path, input_shapes=GIVEN_SHAPES[digest // 5 % len(GIVEN_SHAPES)])
     return load_net(path)
 
 
@@ -452,6 +586,31 @@ def _net_oracle(data: bytes, net: Any) -> None:
 
 @target("load_net", _load_net, (CaffeBridgeError,), _net_oracle, ".prototxt", mutate_text)
 def load_net_seeds() -> list[bytes]:
+    return prototxt_seeds()
+
+
+def _parse(path: Path) -> Any:
+    """The text reader alone, as parse_prototxt decodes the file; only its syntax error (or a
+    PrototxtError, say for text that is not UTF-8) may escape."""
+    from caffe_bridge import schema, textparse
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return SKIPPED
+    net = schema.NetParameter()
+    return textparse.parse_text(text, net, {"layers": schema.LayerParameter})
+
+
+def _parse_expected() -> tuple[type[BaseException], ...]:
+    from caffe_bridge.textparse import TextSyntaxError
+
+    return (TextSyntaxError, CaffeBridgeError)
+
+
+@target("parse", _parse, _parse_expected(), None, ".prototxt", mutate_text)
+def parse_seeds() -> list[bytes]:
     return prototxt_seeds()
 
 
@@ -666,8 +825,35 @@ def _size(net: Any) -> int:
     return total
 
 
+def _index_feeds(net: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs that hold indices get valid ones (N(0, 1) values break the layers' contract, as
+    in Caffe, where out-of-range indices are a fatal CHECK or undefined): the rois of
+    (PS)ROIPooling (batch index, then corners) and an unpooling Upsample's mask."""
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        if len(layer.bottoms) != 2 or layer.bottoms[1] not in feeds:
+            continue
+        name = layer.bottoms[1]
+        x = feeds[name]
+        if layer.type in ("ROIPooling", "PSROIPooling") and x.size % 5 == 0:
+            rois = rng.uniform(0, 64, (x.size // 5, 5))
+            rois[:, 0] = rng.integers(0, net.blobs[layer.bottoms[0]].shape[0], len(rois))
+            feeds[name] = rois.reshape(x.shape).astype(np.float32)
+        elif layer.type == "Upsample":
+            out = net.blobs[layer.tops[0]].shape
+            feeds[name] = rng.integers(0, max(1, out[-1] * out[-2]), x.shape).astype(np.float32)
+    return feeds
+
+
+INDEXED = {"ROIPooling", "PSROIPooling", "Upsample"}  # inputs with indices: see _index_feeds
+# Layers whose output count depends on the data (the IR states the most they can give).
+DATA_DEPENDENT = {"DetectionOutput", "Yolov3DetectionOutput", "YoloDetectionOutput", "Proposal",
+                  "Python", "CTCGreedyDecoder"}
+
+
 def _convert_run(path: Path) -> Any:
-    """load_net, seeded weights (every other input), convert, run on the declared shapes.
+    """load_net, seeded weights (every other input, unless it has index inputs), convert, run
+    on the declared shapes.
 
     One input in four goes through the code generator instead (``caffe2torch convert``'s
     module, with its per-layer rebuild check), and its GraphModule runs.
@@ -683,10 +869,10 @@ def _convert_run(path: Path) -> Any:
     if _size(net) > RUN_LIMIT:
         return SKIPPED  # valid, but too large to run here: counted apart
     digest = zlib.crc32(path.read_bytes())
-    if digest % 2:
-        net = with_weights(net, random_weights(net))
+    if digest % 2 and not any(layer.type in INDEXED for layer in net.layers):
+        net = with_weights(net, random_weights(net))  # (it runs the net on N(0, 1) inputs)
     gm = generate(net).module if digest % 8 < 2 else build_module(net)
-    feeds = random_inputs(net)
+    feeds = _index_feeds(net, random_inputs(net))
     with torch.no_grad():
         out = gm(*[torch.from_numpy(feeds[n]) for n in net.inputs])
     return net, out if isinstance(out, tuple) else (out,)
@@ -698,12 +884,117 @@ def _convert_oracle(data: bytes, result: Any) -> None:
     _net_oracle(data, net)
     want = [net.blobs[v].shape for v in net.outputs]
     got = [tuple(o.shape) for o in outs]
+    if any(layer.type in DATA_DEPENDENT for layer in net.layers):  # ranks and counts only
+        want = [len(s) for s in want]
+        got = [len(s) for s in got]
     assert got == want, f"output shapes {got}, the IR inferred {want}"
 
 
-@target("convert", _convert_run, (CaffeBridgeError,), _convert_oracle, ".prototxt", random_net)
+SNIPPET_INPUT_LIMIT = 300_000  # values the inputs of one corpus window may hold
+SNIPPET_PARAM_LIMIT = 500_000  # and its parameters: each input stays quick to convert and run
+
+
+def _input_layer(name: str, shape: tuple[int, ...]) -> str:
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return (f'layer {{ name: "in_{name}" type: "Input" top: "{name}" '
+            f"input_param {{ shape {{ {dims} }} }} }}")
+
+
+def _window_text(net: Any, start: int, stop: int) -> str | None:
+    """Layers ``start:stop`` of a loaded corpus net as a definition of their own: each value
+    they read but do not make becomes an Input of its inferred shape. None when too large."""
+    import math
+
+    from google.protobuf import text_format
+
+    layers = net.layers[start:stop]
+    made = {v for layer in layers for v in layer.tops}
+    inputs: dict[str, tuple[int, ...]] = {}
+    for layer in layers:
+        for value, name in zip(layer.bottoms, layer.param.bottom, strict=False):
+            if value not in made and name not in inputs:
+                inputs[name] = net.blobs[value].shape
+    if sum(math.prod(v) for v in inputs.values()) > SNIPPET_INPUT_LIMIT or sum(
+            math.prod(s) for layer in layers for s in layer.param_shapes) > SNIPPET_PARAM_LIMIT:
+        return None
+    lines = ['name: "window"', *(_input_layer(n, v) for n, v in inputs.items())]
+    for layer in layers:
+        body = text_format.MessageToString(layer.param, as_one_line=True)
+        lines.append(f"layer {{ {body} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _corpus_nets() -> Iterator[Any]:
+    """The wild-corpus, zoo and SENet definitions that load (train/test ones with the shapes
+    tests/fixtures/wild/input_shapes.json gives)."""
+    import json
+    import warnings
+
+    from caffe_bridge.ir import load_net
+
+    given = json.loads((CORPUS / "input_shapes.json").read_text()) if CORPUS.is_dir() else {}
+    for path in definition_paths():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                yield load_net(path, input_shapes=given.get(path.stem))
+            except CaffeBridgeError:
+                continue
+
+
+def corpus_windows() -> dict[str, list[bytes]]:
+    """Windows of 1 to 3 consecutive layers of every corpus net, as small definitions, by the
+    registry key of their first layer (each deduplicated)."""
+    from caffe_bridge.converters.registry import registry_key
+
+    by_type: dict[str, dict[bytes, None]] = {}
+    for net in _corpus_nets():
+        for start, layer in enumerate(net.layers):
+            if layer.type == "Input":
+                continue
+            for size in (1, 2, 3):
+                text = _window_text(net, start, start + size)
+                if text is not None:
+                    key = registry_key(layer.type, layer.param)
+                    by_type.setdefault(key, {})[text.encode()] = None
+    return {k: list(v) for k, v in sorted(by_type.items())}
+
+
+def convert_input(rng: random.Random, seeds: list[bytes]) -> bytes:
+    """A random small net (2 in 5), or a corpus window with its numbers, enums, names and
+    fields mutated (fork layer types twice as often as the others)."""
+    if not seeds or rng.random() < 0.4:
+        return random_net(rng)
+    data = rng.choice(seeds)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        roll = rng.random()
+        if roll < 0.5:
+            data = _op_fork_number(rng, data)
+        elif roll < 0.65:  # any number, common keys too, with the integer limits
+            spans = _numbers(data)
+            if spans:
+                i, j = rng.choice(spans)
+                data = data[:i] + rng.choice(NUMBERS + FLOATS).encode() + data[j:]
+        elif roll < 0.9:
+            data = rng.choice(TEXT_OPS)(rng, data)
+        else:
+            data = mutate_text(rng, [data])
+    return data
+
+
+@target("convert", _convert_run, (CaffeBridgeError,), _convert_oracle, ".prototxt",
+        convert_input)
 def convert_seeds() -> list[bytes]:
-    return []
+    """Corpus windows, about as many starting at each layer type, fork types three times as
+    many as the BVLC ones: up to 16 windows of each type, each fork window listed 3 times."""
+    from caffe_bridge import converters
+
+    forks = {info.type for info in converters.REGISTRY if info.fork != "BVLC"}
+    seeds: list[bytes] = []
+    for kind, windows in corpus_windows().items():
+        step = max(1, len(windows) // 16)
+        seeds += windows[::step][:16] * (3 if kind in forks else 1)
+    return seeds
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -833,6 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # tiny inputs: threads only add noise
+    warnings.simplefilter("ignore")  # mutated definitions warn a lot; errors are what counts
     if args.max_memory_gb > 0:
         cap_address_space(args.max_memory_gb)
     failures = 0

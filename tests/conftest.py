@@ -1,5 +1,5 @@
-"""Shared fixtures. ``tests/`` is on sys.path (pytest's rootdir conftest), so tests may
-``import reference`` (the pure-numpy Caffe reference) and ``import layer_check``."""
+"""Shared fixtures. ``tests`` is a package: the pure-numpy Caffe reference is
+``tests.reference``, shared helpers live in ``tests.helpers``."""
 
 from __future__ import annotations
 

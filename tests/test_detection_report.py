@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import caffe_bridge.converters  # noqa: F401  (registers the SSD shape rules)
 from caffe_bridge.detection_report import compare_detections, detections
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.export import export_net
 from caffe_bridge.verify import compare_blobs
-from layer_check import net_from_text
+from tests.helpers.layer_check import net_from_text
 
 ROWS = np.array([[0, 1, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 1, 0.8, 0.6, 0.6, 0.9, 0.9],
                  [0, 2, 0.7, 0.2, 0.2, 0.4, 0.4]], np.float32)
@@ -61,6 +60,27 @@ def test_verify_compares_detection_tops_as_rows() -> None:
 
 def test_onnx_export_of_detection_output_names_the_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]
     net = net_from_text(DET_NET)
-    with pytest.raises(CaffeBridgeError, match="DetectionOutput layer 'det' cannot be exported"):
+    msg = r"DetectionOutput layer 'det' \(bottoms loc, conf, prior\) cannot be exported"
+    with pytest.raises(CaffeBridgeError, match=msg):
         export_net(net, onnx=tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_ssd_codegen_is_standalone_and_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``caffe2torch convert`` of an SSD (DetectionOutput included) writes a torch-only module;
+    write_module_files itself re-imports it and demands bit-identical outputs."""
+    from pathlib import Path
+
+    from caffe_bridge.caffemodel import write_caffemodel
+    from caffe_bridge.codegen import write_module_files
+    from caffe_bridge.ir import load_net
+    from caffe_bridge.random_weights import random_weights
+
+    proto = Path(__file__).parent / "fixtures" / "wild" / "opencv_res10_ssd_face_deploy.prototxt"
+    net = load_net(proto)
+    model = tmp_path / "w.caffemodel"
+    write_caffemodel(model, random_weights(net, 0, calibration_batch=2), name=net.name)
+    py, _ = write_module_files(proto, model, tmp_path / "out")
+    source = py.read_text(encoding="utf-8")
+    assert "class SSDDetectionOutput" in source and "import numpy" not in source

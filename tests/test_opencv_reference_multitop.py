@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import reference
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
+from tests import reference
 
 NET = """name: "slices"
 layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }

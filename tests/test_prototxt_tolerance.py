@@ -209,7 +209,7 @@ def test_weights_of_a_repeated_name_go_to_the_first_layer_only(tmp_path: Path) -
 
 
 def test_layer_without_name_or_type_is_a_prototxt_error() -> None:
-    from layer_check import net_from_text
+    from tests.helpers.layer_check import net_from_text
 
     with pytest.raises(PrototxtError, match=r"^<test>:1: layer type 'ReLU': layer has no name"):
         net_from_text('layer { type: "ReLU" }')

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_reference_self import make_layer, run1
 
-from reference import run_layer
+from tests.helpers.reference_layers import make_layer, run1
+from tests.reference import run_layer
 
 X2 = np.array([[-4.0, 3.0, 0.0], [0.0, 2.0, 3.0]])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_reference_self import make_layer, run1
 
-from reference import detection as det
+from tests.helpers.reference_layers import make_layer, run1
+from tests.reference import detection as det
 
 
 def test_permute_appends_unlisted_axes_in_order() -> None:

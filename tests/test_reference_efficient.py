@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_reference_self import make_layer, run1
+
+from tests.helpers.reference_layers import make_layer, run1
 
 
 def test_shuffle_channel_order_group_2_of_6() -> None:

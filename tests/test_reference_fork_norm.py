@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_reference_self import make_layer, run1
 
-from reference.fork_norm import bn_variant
+from tests.helpers.reference_layers import make_layer, run1
+from tests.reference.fork_norm import bn_variant
 
 C1 = (1, 1, 1, 1)
 

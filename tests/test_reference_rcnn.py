@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from caffe_bridge import schema
-from reference import rcnn
+from tests.reference import rcnn
 
 
 def layer(type_: str, **params: dict) -> SimpleNamespace:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
-import reference
 from caffe_bridge import schema
-from reference import run_layer
+from tests import reference
+from tests.reference import run_layer
 
 
 def sig(v: float) -> float:

@@ -10,39 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
-import reference
-from caffe_bridge import schema
-from reference import pooling as ref_pooling
-from reference import run_layer, run_net
-
-
-def make_layer(
-    type_: str, text: str = "", blobs: tuple[Any, ...] = (), tops: int = 1, name: str = "l"
-) -> SimpleNamespace:
-    """A duck-typed layer: `text` is the LayerParameter body in prototxt syntax."""
-    param = schema.LayerParameter()
-    text_format.Parse(text, param)
-    param.type = type_
-    return SimpleNamespace(
-        name=name,
-        type=type_,
-        param=param,
-        blobs=tuple(np.asarray(b, dtype=np.float32) for b in blobs),
-        tops=tuple(f"t{i}" for i in range(tops)),
-    )
-
-
-def run1(layer: SimpleNamespace, *inputs: Any) -> np.ndarray:
-    outs = run_layer(layer, [np.asarray(x, dtype=np.float64) for x in inputs])
-    assert len(outs) == 1
-    return outs[0]
-
-
-def rng(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
+from tests import reference
+from tests.helpers.reference_layers import make_layer, rng, run1
+from tests.reference import pooling as ref_pooling
+from tests.reference import run_layer, run_net
 
 # ---------------------------------------------------------------- registry
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from caffe_bridge import schema
-from reference import yolo
+from tests.reference import yolo
 
 
 def layer(type_: str, **params: dict) -> SimpleNamespace:

@@ -104,3 +104,21 @@ def test_se_resnet50_totals(shared_dir: Path) -> None:
     assert summary.total_params == 28_088_024 + 2 * channels + len(bn)
     # SE-ResNet-50 is quoted at ~3.86 G multiply-accumulates
     assert 2 * 3.8e9 < summary.total_flops < 2 * 3.9e9
+
+
+def test_partial_summary_names_a_refused_python_layer_by_its_registry_key(tmp_path: Path) -> None:
+    """A Python layer refused by design (py-faster-rcnn's training-only AnchorTargetLayer) is
+    listed as ``Python:<module>.<class>``, as an unregistered one is, not as ``Python``."""
+    path = tmp_path / "train.prototxt"
+    path.write_text("""
+input: "data" input_shape { dim: 1 dim: 18 dim: 4 dim: 4 }
+layer { name: "rpn-data" type: "Python" bottom: "data" top: "labels"
+  python_param { module: "rpn.anchor_target_layer" layer: "AnchorTargetLayer" } }
+layer { name: "other" type: "Python" bottom: "data" top: "other"
+  python_param { module: "my.module" layer: "Invented" } }
+""")
+    summary = inspect_files(path)
+    assert [(name, key) for name, key, _ in summary.unsupported] == [
+        ("rpn-data", "Python:rpn.anchor_target_layer.AnchorTargetLayer"),
+        ("other", "Python:my.module.Invented")]
+    assert "is a training layer" in summary.unsupported[0][2]

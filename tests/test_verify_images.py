@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
 from caffe_bridge.random_weights import random_weights
-from layer_check import net_from_text
+from tests.helpers.layer_check import net_from_text
 
 NET = """
 name: "tiny"

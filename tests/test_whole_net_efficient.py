@@ -27,13 +27,14 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.export import export_net
 from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
+from tests import reference
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).resolve().parent / "fixtures" / "wild"
@@ -45,11 +46,6 @@ NETS = {
     "shufflenet_v2_1x": "farmingyard_shufflenet_v2_1x_deploy.prototxt",
     "mobilenet_v3": "eric612_MobileNetV3.prototxt",
 }
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 @dataclass

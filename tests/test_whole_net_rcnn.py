@@ -20,23 +20,19 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_weights
+from tests import reference
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 WILD = Path(__file__).parent / "fixtures" / "wild"
 ZF = WILD / "faster_rcnn_zf_voc_test.prototxt"
 RFCN = WILD / "rfcn_resnet50_voc_test_agnostic.prototxt"
 OUTS = ["rois", "rpn_scores", "cls_score", "cls_prob", "bbox_pred"]
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    scale = float(np.max(np.abs(ref)))
-    return float(np.max(np.abs(ours.astype(np.float64) - ref))) / scale if scale else 0.0
 
 
 def variant(tmp: Path, opencv: bool, src: Path = ZF) -> Path:

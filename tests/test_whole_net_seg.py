@@ -1,6 +1,6 @@
 """Whole segmentation nets from the wild (tests/fixtures/wild/, SOURCES-seg.md), converted at a
-small input size (tests/seg_nets.py rewrites), against the float64 numpy reference at EVERY blob
-and, for DeepLab v2 (no fork BN, no unpooling), against OpenCV at every blob.
+small input size (tests/helpers/seg_nets.py rewrites), against the float64 numpy reference at
+EVERY blob and, for DeepLab v2 (no fork BN, no unpooling), against OpenCV at every blob.
 
 Seeded random weights (``random_weights``: fork BN statistics calibrated). Bound per blob, as in
 test_whole_net.py: ``max(1e-5, 3 x float32 floor)``, the floor being our float32 run against the
@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import seg_nets
 import torch
 
-import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.codegen import write_module_files
@@ -32,7 +30,9 @@ from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
-from layer_check import rel_err
+from tests import reference
+from tests.helpers import seg_nets
+from tests.helpers.layer_check import rel_err
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 REL_TOL = 1e-5

@@ -24,10 +24,11 @@ from google.protobuf import text_format
 
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_weights
-from reference import yolo as yolo_ref
+from tests.reference import yolo as yolo_ref
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cv2") is None,
                                 reason="OpenCV (cv2) is not installed")
@@ -36,10 +37,6 @@ DARKNET19 = WILD / "MobileNet-YOLO_darknet19_deploy.prototxt"
 TINY = WILD / "MobileNet-YOLO_yolov3-tiny.prototxt"
 SIZE = 128
 CONF = 0.45
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 def variant(src: Path, tmp: Path, keep_detection: bool) -> Path:

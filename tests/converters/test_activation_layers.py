@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import with_weights
 from caffe_bridge.random_weights import random_inputs, random_weights
-from layer_check import check_batch, check_layer, net_from_text, net_text, rel_err
-from layer_check import layer_text as one
+from tests import reference
+from tests.helpers.layer_check import check_batch, check_layer, net_from_text, net_text, rel_err
+from tests.helpers.layer_check import layer_text as one
 
 COVERS = {"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL",
           "Threshold", "Dropout", "Softmax", "Python:spatial_dropout.SpatialDropoutLayer"}

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.random_weights import random_inputs
-from layer_check import check_layer, net_from_text, rel_err
+from tests import reference
+from tests.helpers.layer_check import check_layer, net_from_text, rel_err
 
 COVERS = {"Axpy"}
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.converters import REGISTRY
 from caffe_bridge.converters.conv import FoldedAxis, SharedWeights
 from caffe_bridge.errors import CaffeBridgeError, UnsupportedLayerError
 from caffe_bridge.ir import with_weights
-from layer_check import check_layer, net_from_text
+from tests import reference
+from tests.helpers.layer_check import check_layer, net_from_text
 
 COVERS = {"Convolution", "Deconvolution", "InnerProduct"}
 

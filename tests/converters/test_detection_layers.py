@@ -8,18 +8,19 @@ import pytest
 import torch
 import torch.fx
 
-import caffe_bridge.converters  # noqa: F401  (registers the SSD shape rules before the registry API merge)
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
-from layer_check import check_batch, check_layer, layer_text, net_from_text, net_text, rel_err
+from tests import reference
+from tests.helpers.layer_check import (
+    check_batch,
+    check_layer,
+    layer_text,
+    net_from_text,
+    net_text,
+    rel_err,
+)
 
-COVERS = {"Permute", "Normalize", "PriorBox", "DetectionOutput", "ReLU6"}
-
-
-def test_relu6() -> None:
-    check_layer(net_text(layer_text("ReLU6"), (2, 3, 4, 4)),
-                inputs={"data": np.linspace(-9, 9, 96, dtype=np.float32).reshape(2, 3, 4, 4)})
+COVERS = {"Permute", "Normalize", "PriorBox", "DetectionOutput"}
 
 
 @pytest.mark.parametrize("order,shape", [
@@ -91,6 +92,43 @@ def test_prior_box_truncates_sizes_to_int() -> None:
     np.testing.assert_allclose(out[0, 0], [0.395, 0.395, 0.605, 0.605], rtol=1e-6)
 
 
+def _priors(body: str) -> np.ndarray:
+    layer = layer_text("PriorBox", f"prior_box_param {{ {body} }}", n_bottoms=2)
+    net = net_from_text(net_text(layer, (1, 1, 1, 1), (1, 3, 20, 20)))
+    with torch.no_grad():
+        return build_module(net)(torch.zeros(1, 1, 1, 1), torch.zeros(1, 3, 20, 20)).numpy()
+
+
+def test_prior_box_zero_aspect_ratio_flips_to_inf() -> None:
+    """LayerSetUp lists 1./0 = inf (no check): boxes of zero width / infinite height and back
+    (this raised ZeroDivisionError)."""
+    out = _priors("min_size: 10 aspect_ratio: 0 flip: true")
+    inf = np.inf
+    np.testing.assert_array_equal(out[0, 0], [0.25, 0.25, 0.75, 0.75, 0.5, -inf, 0.5, inf,
+                                              -inf, 0.5, inf, 0.5])
+
+
+def test_prior_box_nan_aspect_ratio_is_a_prior() -> None:
+    """fabs(NaN - x) < 1e-6 is false, so Caffe lists a NaN ratio and makes a (NaN) prior for
+    it: 2 priors, not 1 (a port testing ``>= 1e-6`` drops it)."""
+    out = _priors("min_size: 10 aspect_ratio: nan flip: false")
+    assert out.shape == (1, 2, 8)
+    np.testing.assert_array_equal(out[0, 0, :4], [0.25, 0.25, 0.75, 0.75])
+    assert np.isnan(out[0, 0, 4:]).all()
+
+
+@pytest.mark.parametrize("body", [
+    "min_size: nan", "min_size: inf", "min_size: 10 max_size: nan", "min_size: 10 max_size: inf",
+    "min_size: 10 variance: nan", "min_size: 10 variance: 0.1 variance: nan variance: 1 "
+    "variance: 1",
+])
+def test_prior_box_refuses_nan_and_infinite_sizes(body: str) -> None:
+    """NaN fails the source's CHECK_GTs; an infinite size has no int value (was ValueError)."""
+    layer = layer_text("PriorBox", f"prior_box_param {{ {body} }}", n_bottoms=2)
+    with pytest.raises(CaffeBridgeError, match="PriorBox"):
+        net_from_text(net_text(layer, (1, 1, 1, 1), (1, 3, 20, 20)))
+
+
 # --------------------------------------------------------------------------- DetectionOutput
 
 def do_net(body: str, n: int, p: int, c: int, loc_classes: int = 1) -> str:
@@ -146,6 +184,10 @@ CASES = {
                                    " code_type: CORNER_SIZE confidence_threshold: 0.3 "
                                    "variance_encoded_in_target: true nms_param { "
                                    "nms_threshold: 0.3 }", 2, 30, 3, 3, 0),
+    "opencv-clip": ("num_classes: 3 code_type: CENTER_SIZE confidence_threshold: 0.2 clip: true "
+                    + NMS, 2, 40, 3, 1, 0),
+    "top-k-beside-nms-param": ("num_classes: 3 code_type: CENTER_SIZE confidence_threshold: 0.1 "
+                               "top_k: 6 nms_param { nms_threshold: 0.45 }", 1, 40, 3, 1, 0),
     "corner-no-threshold": ("num_classes: 2 background_label_id: 1 nms_param { nms_threshold: "
                             "0.5 top_k: 400 }", 1, 25, 2, 1, 0),
 }
@@ -208,16 +250,74 @@ def test_detection_output_refuses_to_be_traced_for_export() -> None:
     net = net_from_text(do_net("num_classes: 3 " + NMS, 1, 10, 3))
     feeds = do_inputs(0, 1, 10, 3)
     args = tuple(torch.from_numpy(feeds[k]) for k in ("loc", "conf", "prior"))
-    with pytest.raises(CaffeBridgeError, match="DetectionOutput layer 'det' cannot be exported"):
+    msg = r"DetectionOutput layer 'det' \(bottoms loc, conf, prior\) cannot be exported"
+    with pytest.raises(RuntimeError, match=msg):
         torch.jit.trace(build_module(net), args, check_trace=False)
 
 
-def test_detection_output_rejects_extra_inputs() -> None:
-    text = do_net("num_classes: 3", 1, 4, 3).replace('bottom: "prior"',
-                                                     'bottom: "prior" bottom: "loc"')
-    with pytest.raises(CaffeBridgeError, match="not the SSD layer"):
-        net_from_text(text)
+def test_detection_output_rejects_other_inputs() -> None:
+    text = do_net("num_classes: 3", 1, 4, 3)
+    six = text.replace('bottom: "prior"', 'bottom: "prior"' + ' bottom: "loc"' * 3)
+    with pytest.raises(CaffeBridgeError, match="neither SSD's"):
+        net_from_text(six)
+    with pytest.raises(CaffeBridgeError, match="arm_conf"):  # 16 values, 4 priors want 8
+        net_from_text(text.replace('bottom: "prior"', 'bottom: "prior" bottom: "loc"'))
+
+
+def refinedet_net(body: str, n: int, p: int, c: int, arm_loc: bool) -> str:
+    text = do_net(body, n, p, c)
+    extra = f" shape {{ dim: {n} dim: {p * 2} }}" + (f" shape {{ dim: {n} dim: {p * 4} }}"
+                                                     if arm_loc else "")
+    tops = ' top: "arm_conf"' + (' top: "arm_loc"' if arm_loc else "")
+    text = text.replace('top: "prior" ', 'top: "prior"' + tops + " ", 1)
+    text = text.replace(" } }\nlayer", extra + " } }\nlayer", 1)
+    return text.replace('bottom: "prior"', 'bottom: "prior" bottom: "arm_conf"'
+                        + (' bottom: "arm_loc"' if arm_loc else ""))
+
+
+@pytest.mark.parametrize("arm_loc", [False, True], ids=["arm-conf", "arm-conf-and-loc"])
+def test_refinedet_detection_output(arm_loc: bool) -> None:
+    """RefineDet's ARM inputs: easy negatives become background; arm_loc refines the priors."""
+    body = ("num_classes: 4 code_type: CENTER_SIZE keep_top_k: 20 confidence_threshold: 0.2 "
+            "objectness_score: 0.3 nms_param { nms_threshold: 0.45 top_k: 30 }")
+    n, p, c = 2, 40, 4
+    net = net_from_text(refinedet_net(body, n, p, c, arm_loc))
+    for seed in range(3):
+        feeds = do_inputs(seed, n, p, c)
+        rng = np.random.default_rng(seed + 10)
+        obj = rng.uniform(0, 1, (n, p, 1))
+        feeds["arm_conf"] = np.concatenate([1 - obj, obj], -1).reshape(n, -1).astype(np.float32)
+        if arm_loc:
+            feeds["arm_loc"] = rng.normal(0, 0.5, (n, p * 4)).astype(np.float32)
+        ref = reference.run_net(net, feeds)["out"]
+        with torch.no_grad():
+            got = build_module(net)(*(torch.from_numpy(feeds[k]) for k in net.inputs)).numpy()
+        assert_rows(got, ref)
+        plain, _ = run_both(do_net(body, n, p, c), {k: feeds[k] for k in ("loc", "conf", "prior")})
+        assert plain.shape != got.shape or np.abs(plain - got).max() > 0.01  # the ARM matters
 
 
 def test_rel_err_helper_sanity() -> None:
     assert rel_err(np.ones(2), np.ones(2)) == 0
+
+
+def test_opencv_clip_changes_the_result() -> None:
+    """OpenCV's ``clip: 1`` (res10 face detector) clamps before NMS: ignoring it is wrong."""
+    body, n, p, c, lc, lv = CASES["opencv-clip"]
+    feeds = do_inputs(0, n, p, c, lc, lv)
+    got, ref = run_both(do_net(body, n, p, c, lc), feeds)
+    plain, _ = run_both(do_net(body.replace("clip: true", ""), n, p, c, lc), feeds)
+    assert got.min() >= -0 and got[..., 3:].max() <= 1
+    assert plain.shape != got.shape or np.abs(plain - got).max() > 0.01
+
+
+def test_normalized_bbox_false_is_refused() -> None:
+    with pytest.raises(CaffeBridgeError, match="normalized_bbox"):
+        build_module(net_from_text(do_net("num_classes: 3 normalized_bbox: false", 1, 4, 3)))
+
+
+def test_opencv_explicit_prior_sizes_are_refused() -> None:
+    layer = layer_text("PriorBox", "prior_box_param { min_size: 4 width: 3 height: 5 }",
+                       n_bottoms=2)
+    with pytest.raises(CaffeBridgeError, match="width/height"):
+        net_from_text(net_text(layer, (1, 1, 2, 2), (1, 3, 8, 8)))

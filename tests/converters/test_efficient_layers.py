@@ -10,8 +10,8 @@ import torch
 import caffe_bridge.converters  # noqa: F401  (registers the shape rules)
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
-from layer_check import check_batch, check_layer, net_from_text, net_text
-from layer_check import layer_text as one
+from tests.helpers.layer_check import check_batch, check_layer, net_from_text, net_text
+from tests.helpers.layer_check import layer_text as one
 
 COVERS = {"ConvolutionDepthwise", "DepthwiseConvolution", "ShuffleChannel", "ReLU6", "Clip",
           "Swish", "Mish", "HardSwish"}

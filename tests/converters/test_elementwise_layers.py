@@ -8,7 +8,7 @@ import torch
 
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import ShapeError
-from layer_check import check_batch, check_layer, layer_text, net_from_text, net_text
+from tests.helpers.layer_check import check_batch, check_layer, layer_text, net_from_text, net_text
 
 COVERS = {"Eltwise", "Concat", "Split"}
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.converters.norm import (
     Affine,
@@ -19,7 +18,8 @@ from caffe_bridge.converters.norm import (
 )
 from caffe_bridge.ir import with_weights
 from caffe_bridge.random_weights import random_weights
-from layer_check import check_layer, net_from_text
+from tests import reference
+from tests.helpers.layer_check import check_layer, net_from_text
 
 COVERS = {"BatchNorm", "Scale", "Bias", "LRN"}
 

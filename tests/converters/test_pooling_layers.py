@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.converters import REGISTRY
 from caffe_bridge.converters.pooling import PaddedAvgPool2d, PaddedMaxPool2d
 from caffe_bridge.errors import UnsupportedLayerError
-from layer_check import check_layer, net_from_text
+from tests import reference
+from tests.helpers.layer_check import check_layer, net_from_text
 
 COVERS = {"Pooling"}
 
@@ -191,3 +191,29 @@ def test_pooling_geometry_sweep(pool, round_mode):
             failures.append((h, k, s, p))
     assert tried > 150
     assert not failures, failures
+
+
+DARKNET_TINY_POOL = """name: "Darkent2Caffe"
+input: "data"
+input_dim: 1
+input_dim: 2
+input_dim: 13
+input_dim: 13
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param { stride: 1 pool: MAX kernel_size: 2 pad: 0 } }
+"""
+
+
+def test_caffe_yolov3_fork_pooling_keeps_the_size() -> None:
+    """Nets written by ChenYingpeng/caffe-yolov3's darknet converter (named "Darkent2Caffe")
+    run on that fork's Pooling, which adds a window when kernel - stride is odd: YOLOv3-tiny's
+    2x2/1 maxpool keeps 13x13 (BVLC's formula gives 12x12 and the net's later Concat fails).
+    The extra window sees the last row/column only."""
+    check_layer(DARKNET_TINY_POOL)
+    gm = build_module(net_from_text(DARKNET_TINY_POOL))
+    x = torch.arange(169.0).reshape(1, 1, 13, 13).expand(1, 2, 13, 13).contiguous()
+    y = gm(x)
+    assert tuple(y.shape) == (1, 2, 13, 13)
+    assert float(y[0, 0, 12, 12]) == 168.0 and float(y[0, 0, 11, 12]) == 168.0
+    bvlc = build_module(net_from_text(DARKNET_TINY_POOL.replace("Darkent2Caffe", "plain")))
+    assert tuple(bvlc(x).shape) == (1, 2, 12, 12)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import caffe_bridge.converters  # noqa: F401  (registers the shape rules)
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.converters.rcnn import roi_max_pool
-from layer_check import check_layer, layer_text, net_from_text, net_text, rel_err
+from tests import reference
+from tests.helpers.layer_check import check_layer, layer_text, net_from_text, net_text, rel_err
 
 COVERS = {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"}
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import with_weights
 from caffe_bridge.random_weights import random_weights
-from layer_check import check_layer, net_from_text, rel_err
+from tests import reference
+from tests.helpers.layer_check import check_layer, net_from_text, rel_err
 
 COVERS = {"LSTM", "RNN", "ContinuationIndicator", "Lstm", "Reverse", "Transpose", "Im2col",
           "CTCGreedyDecoder", "DenseBlock", "Python:layers.text_proposal_layer.ProposalLayer"}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from caffe_bridge.build import build_module
-from layer_check import check_batch, check_layer, net_from_text, net_text
-from layer_check import layer_text as layer
+from tests.helpers.layer_check import check_batch, check_layer, net_from_text, net_text
+from tests.helpers.layer_check import layer_text as layer
 
 COVERS = {"Slice", "Flatten", "Reshape", "Crop", "ArgMax"}
 

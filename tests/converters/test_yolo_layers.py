@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.errors import CaffeBridgeError
-from layer_check import check_batch, check_layer, layer_text, net_from_text, net_text, rel_err
+from tests import reference
+from tests.helpers.layer_check import (
+    check_batch,
+    check_layer,
+    layer_text,
+    net_from_text,
+    net_text,
+    rel_err,
+)
 
 COVERS = {"Reorg", "Yolov3DetectionOutput", "YoloDetectionOutput"}
 

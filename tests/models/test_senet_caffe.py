@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-import reference
 from caffe_bridge import CaffeBridgeError, CaffemodelError, PrototxtError
 from caffe_bridge.caffemodel import read_caffemodel, write_caffemodel
 from caffe_bridge.ir import load_net
@@ -18,6 +17,7 @@ from caffe_bridge.models import senet as S
 from caffe_bridge.models.senet_caffe import ARCHITECTURES, from_caffe, recognise, to_caffe
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.prototxt import parse_prototxt
+from tests import reference
 
 FAST = ["SE-ResNet-50", "SE-BN-Inception"]
 

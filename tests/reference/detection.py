@@ -4,6 +4,8 @@ Written from the fork's CPU forwards (commit 4817bf8b of branch ssd):
 src/caffe/layers/{permute,normalize,prior_box,detection_output}_layer.cpp and
 src/caffe/util/bbox_util.cpp (DecodeBBox, JaccardOverlap, BBoxSize, GetMaxScoreIndex,
 ApplyNMSFast). Loops follow the C++ literally; this is the spec, not the fast path.
+Fork variants of DetectionOutput: RefineDet's ARM bottoms (sfzhang15/RefineDet) and OpenCV's
+``clip`` field (opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp).
 """
 
 from __future__ import annotations
@@ -209,8 +211,17 @@ def _do_params(p: Any) -> dict[str, Any]:
         "conf_thr": float(F32(p.confidence_threshold)) if has(p, "confidence_threshold")
         else -FLT_MAX,
         "nms_thr": get(nms, "nms_threshold", 0.3), "eta": float(F32(get(nms, "eta", 1.0))),
-        "top_k": get(nms, "top_k", -1),
+        # a top_k beside nms_param is not Caffe's; OpenCV flattens parameters and reads it
+        "top_k": get(nms, "top_k", get(p, "top_k", -1)),
+        # OpenCV's fork field (opencv/opencv modules/dnn/src/layers/detection_output_layer.cpp,
+        # DecodeBBox): clamp every decoded coordinate to [0, 1] before NMS and output
+        "clip": get(p, "clip", False),
     }
+
+
+def _decode(q: dict[str, Any], prior: Array, var: Array, loc: Array) -> Array:
+    box = decode(prior, var, q["code"], q["in_target"], loc)
+    return np.clip(box, 0.0, 1.0) if q["clip"] else box
 
 
 def _image_detections(q: dict[str, Any], loc: Array, conf: Array, priors: Array,
@@ -219,8 +230,8 @@ def _image_detections(q: dict[str, Any], loc: Array, conf: Array, priors: Array,
     n_loc = 1 if q["share"] else q["C"]
     loc = loc.reshape(len(priors), n_loc, 4)
     conf = conf.reshape(len(priors), q["C"])
-    decoded = [[decode(priors[i], var[i], q["code"], q["in_target"], loc[i, lc])
-                for i in range(len(priors))] for lc in range(n_loc)]
+    decoded = [[_decode(q, priors[i], var[i], loc[i, lc]) for i in range(len(priors))]
+               for lc in range(n_loc)]
     indices: dict[int, list[int]] = {}
     for c in range(q["C"]):
         if c == q["bg"]:
@@ -243,24 +254,42 @@ def detection_output(layer: Any, inputs: list[Array]) -> list[Array]:
     """detection_output_layer.cpp: rows [image, label, score, xmin, ymin, xmax, ymax] of shape
     1 x 1 x N x 7, images in order, labels ascending, then NMS order. Boxes are not clipped.
     With no detection in the whole batch: one row per image, [i, -1, -1, -1, -1, -1, -1].
+
+    RefineDet (sfzhang15/RefineDet src/caffe/layers/detection_output_layer.cpp, bbox_util.cpp
+    OSGetConfidenceScores and CasRegDecodeBBoxesAll): a 4th bottom arm_conf (N x P*2) turns a
+    prior whose objectness arm_conf[p*2+1] < objectness_score into scores 1 (class 0) and 0 (the
+    others); a 5th bottom arm_loc (N x P*4) is decoded against the priors first, and the
+    locations are decoded against those refined priors with the same variances.
     """
-    if len(inputs) != 3:
-        raise ValueError("DetectionOutput reference takes (loc, conf, priors)")
+    if not 3 <= len(inputs) <= 5:
+        raise ValueError("DetectionOutput reference takes (loc, conf, priors[, arm_conf[, "
+                         "arm_loc]])")
+    if not get(layer.param.detection_output_param, "normalized_bbox", True):
+        raise ValueError("DetectionOutput normalized_bbox: false is not modelled")
     q = _do_params(layer.param.detection_output_param)
-    loc, conf, pri = (f64(v) for v in inputs)
+    loc, conf, pri = (f64(v) for v in inputs[:3])
     num = loc.shape[0]
     n_pri = pri.shape[2] // 4
     priors, var = pri[0, 0].reshape(n_pri, 4), pri[0, 1].reshape(n_pri, 4)
+    obj_thr = float(F32(get(layer.param.detection_output_param, "objectness_score", 0.01)))
     rows = []
     for n in range(num):
+        pr = priors
+        if len(inputs) == 5:  # CasRegDecodeBBoxesAll: refine the priors by the ARM's offsets
+            arm_loc = f64(inputs[4])[n].reshape(n_pri, 4)
+            pr = np.array([decode(priors[i], var[i], q["code"], q["in_target"], arm_loc[i])
+                           for i in range(n_pri)])
+        cf = conf[n].reshape(n_pri, q["C"]).copy()
+        if len(inputs) >= 4:  # OSGetConfidenceScores
+            easy = f64(inputs[3])[n].reshape(n_pri, 2)[:, 1] < obj_thr
+            cf[easy] = 0.0
+            cf[easy, 0] = 1.0
         lc = loc[n].reshape(n_pri, -1)
-        dets = _image_detections(q, lc, conf[n], priors, var)
+        dets = _image_detections(q, lc, cf.reshape(-1), pr, var)
         n_loc = 1 if q["share"] else q["C"]
         lc = lc.reshape(n_pri, n_loc, 4)
-        cf = conf[n].reshape(n_pri, q["C"])
         for c, i in dets:
-            box = decode(priors[i], var[i], q["code"], q["in_target"],
-                         lc[i, 0 if q["share"] else c])
+            box = _decode(q, pr[i], var[i], lc[i, 0 if q["share"] else c])
             rows.append([n, c, cf[i, c], *box])
     if not rows:
         rows = [[n] + [-1.0] * 6 for n in range(num)]

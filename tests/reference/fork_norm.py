@@ -1,6 +1,6 @@
 """The forks' normalisation layers: the custom "BN" in each published variant, and BVLC MVN.
 
-BN variants (docs/forks.md tells them apart; ``bn_variant`` is the rule):
+BN variants (docs/SEMANTICS.md tells them apart; ``bn_variant`` is the rule):
   * "pspnet": hszhao/PSPNet src/caffe/layers/bn_layer.cpp (HEAD), identical forward in
     yjxiong/caffe (branch action_recog, TSN). Blobs slope, bias, mean, variance; at TEST
     (or frozen) y = (x - mean) * (var + eps)^-0.5 * slope + bias, eps default 1e-5.

@@ -37,14 +37,20 @@ def pool2d(
     stride: tuple[int, int] = (1, 1),
     pad: tuple[int, int] = (0, 0),
     ceil_mode: bool = True,
+    extra: int = 0,
 ) -> Array:
-    """Caffe MAX/AVE pooling of x (N, C, H, W), window by window."""
+    """Caffe MAX/AVE pooling of x (N, C, H, W), window by window.
+
+    ``extra`` windows are added to both sizes before the clip rule: ChenYingpeng/caffe-yolov3's
+    caffe_layers/pooling_layer/pooling_layer.cpp (Reshape) does so when kernel_h - stride_h is
+    odd; its forward is BVLC's.
+    """
     if x.ndim != 4:
         raise ValueError(f"Pooling needs a 4-D blob, got shape {x.shape}")
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
-    oh = pooled_size(h, kh, sh, ph, ceil_mode)
-    ow = pooled_size(w, kw, sw, pw, ceil_mode)
+    oh = pooled_size(h, kh, sh, ph, ceil_mode) + extra
+    ow = pooled_size(w, kw, sw, pw, ceil_mode) + extra
     if ph or pw:
         # the last window must start strictly inside the image (or its top/left padding)
         if (oh - 1) * sh >= h + ph:
@@ -110,7 +116,8 @@ def pooling(layer: Any, inputs: list[Array]) -> list[Array]:
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ValueError(f"pooling pad {pad} must be smaller than kernel {kernel}")
     method = get(p, "pool", MAX)
-    y = pool2d(x, method, kernel, stride, pad, ceil_mode_of(p))
+    extra = int(get(p, "odd_window_extra", False) and (kernel[0] - stride[0]) % 2 == 1)
+    y = pool2d(x, method, kernel, stride, pad, ceil_mode_of(p), extra)
     if num_tops(layer) == 1:
         return [y]
     if method != MAX or num_tops(layer) != 2:

@@ -1,4 +1,5 @@
-"""Weights for layers a definition lacks are listed and reported, never silently dropped."""
+"""caffe_bridge.ir: how blob names become the graph's values, and weights for layers a
+definition lacks (listed and reported, never silently dropped)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from caffe_bridge import convert, load_net
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.cli import main
 from caffe_bridge.errors import CaffeBridgeWarning, CaffemodelError, ShapeError
+from tests.helpers.layer_check import net_from_text
 
 NET = """
 input: "data" input_dim: 1 input_dim: 2 input_dim: 4 input_dim: 4
@@ -58,3 +60,24 @@ def test_legacy_four_d_blobs_are_accepted(tmp_path: Path) -> None:
     proto, model = _files(tmp_path, {"ip": legacy})
     layer = load_net(proto, model).layer("ip")
     assert [b.shape for b in layer.blobs] == [(3, 32), (3,)]
+
+
+INPUT_X = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+
+
+@pytest.mark.parametrize("second", [
+    # a second Input of the same blob: the net had two inputs under one name (found by fuzzing)
+    'layer { name: "in2" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }',
+    'layer { name: "r" type: "ReLU" bottom: "y" top: "x" }',  # not in place: bottom is y
+    'layer { name: "s" type: "Split" bottom: "x" top: "x" top: "x" }',  # top 1 is no bottom
+])
+def test_a_blob_made_by_two_layers_is_refused(second: str) -> None:
+    """Caffe's AppendTop: 'Top blob produced by multiple sources' unless in place."""
+    first = 'layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 1 dim: 2 } } }\n'
+    with pytest.raises(ShapeError, match="multiple sources"):
+        net_from_text(INPUT_X + first + second + "\n")
+
+
+def test_in_place_tops_become_new_values() -> None:
+    net = net_from_text(INPUT_X + 'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }\n')
+    assert net.layers[1].tops == ("x@1",) and net.outputs == ("x@1",)

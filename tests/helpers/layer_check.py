@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-import reference
 from caffe_bridge.build import build_module
 from caffe_bridge.ir import Net, build_net, with_weights
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.prototxt import parse_prototxt_text
 from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
+from tests import reference
 
 
 def net_from_text(text: str) -> Net:

@@ -8,7 +8,7 @@ from caffe_bridge import load_net
 from caffe_bridge.errors import PrototxtError, ShapeError, UnsupportedLayerError
 from caffe_bridge.prototxt import parse_prototxt_text
 from caffe_bridge.upgrade import upgrade
-from layer_check import net_from_text
+from tests.helpers.layer_check import net_from_text
 
 V1_ALEXNET_HEAD = """
 name: "v1net"
