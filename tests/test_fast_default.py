@@ -59,13 +59,13 @@ import numpy as np
 import pytest
 import torch
 
-import reference
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
+from tests import reference
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 FLOOR_SEEDS = (100, 101, 102)
