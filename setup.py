@@ -46,6 +46,7 @@ setup(
             "grpcio-tools>=1.60",
             "build>=1.0",
             "ruff>=0.5",
+            "safetensors>=0.4",  # the --format safetensors tests
         ],
         "plot": ["matplotlib>=3.7"],
         "safetensors": ["safetensors>=0.4"],
