@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 from caffe_bridge.errors import CaffeBridgeError, CaffemodelError  # noqa: E402
 
 Mutator = Callable[[random.Random, list[bytes]], bytes]
-SKIPPED = "skipped"  # what a run returns for a valid input it does not go on with (too large)
+SKIPPED = "skipped"  # returned for a valid input not gone on with (too large, not UTF-8)
 
 
 @dataclass(frozen=True)
@@ -316,10 +316,17 @@ NOT_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x
 CORPUS = FIXTURES / "wild"  # real public definitions (tests/fixtures/wild/SOURCES*.md)
 
 
+SEED_FILES = 0  # --seed-files: that many definitions, evenly spaced (0: all of them)
+
+
 def definition_paths() -> list[Path]:
-    """The fixture, released SENet, zoo and wild-corpus definitions."""
-    return sorted([*FIXTURES.glob("*.prototxt"), *(FIXTURES / "senet").glob("*.prototxt"),
-                   *(FIXTURES / "zoo").glob("*.prototxt"), *CORPUS.glob("*.prototxt")])
+    """The fixture, released SENet, zoo and wild-corpus definitions (or ``SEED_FILES`` of
+    them, evenly spaced: a quick sample)."""
+    paths = sorted([*FIXTURES.glob("*.prototxt"), *(FIXTURES / "senet").glob("*.prototxt"),
+                    *(FIXTURES / "zoo").glob("*.prototxt"), *CORPUS.glob("*.prototxt")])
+    if 0 < SEED_FILES < len(paths):
+        paths = [paths[i * len(paths) // SEED_FILES] for i in range(SEED_FILES)]
+    return paths
 
 
 def prototxt_seeds() -> list[bytes]:
@@ -828,9 +835,15 @@ def _size(net: Any) -> int:
 def _index_feeds(net: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Inputs that hold indices get valid ones (N(0, 1) values break the layers' contract, as
     in Caffe, where out-of-range indices are a fatal CHECK or undefined): the rois of
-    (PS)ROIPooling (batch index, then corners) and an unpooling Upsample's mask."""
+    (PS)ROIPooling (batch index, then corners) and an unpooling Upsample's mask. The inputs of a YOLO head
+    are shifted to low scores: on N(0, 1) logits nearly every one of boxes x classes passes
+    the confidence threshold, and the source's greedy NMS is O(candidates x kept) (seconds
+    for 200,000 candidates: a cost of the data, not of the definition)."""
     rng = np.random.default_rng(0)
     for layer in net.layers:
+        if layer.type in YOLO_HEADS:  # mostly background, as a trained net's head says
+            for name in set(layer.bottoms) & set(feeds):
+                feeds[name] = feeds[name] - np.float32(4)
         if len(layer.bottoms) != 2 or layer.bottoms[1] not in feeds:
             continue
         name = layer.bottoms[1]
@@ -845,7 +858,8 @@ def _index_feeds(net: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return feeds
 
 
-INDEXED = {"ROIPooling", "PSROIPooling", "Upsample"}  # inputs with indices: see _index_feeds
+INDEXED = {"ROIPooling", "PSROIPooling", "Upsample"}
+YOLO_HEADS = {"Yolov3DetectionOutput", "YoloDetectionOutput"}  # inputs with indices: see _index_feeds
 # Layers whose output count depends on the data (the IR states the most they can give).
 DATA_DEPENDENT = {"DetectionOutput", "Yolov3DetectionOutput", "YoloDetectionOutput", "Proposal",
                   "Python", "CTCGreedyDecoder"}
@@ -1120,7 +1134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-memory-gb", type=float, default=4.0,
                         help="address space this process may add (0: no cap)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no tracebacks on stderr")
+    parser.add_argument("--seed-files", type=int, default=0,
+                        help="seed from this many definitions, evenly spaced (0: all)")
     args = parser.parse_args(argv)
+    global SEED_FILES
+    SEED_FILES = args.seed_files
     import torch
 
     torch.set_num_threads(1)  # tiny inputs: threads only add noise
@@ -1134,7 +1152,8 @@ def main(argv: list[str] | None = None) -> int:
                      args.timeout, args.max_rss_growth_mb, args.quiet)
         failures += stats["failures"]
         rejections = ", ".join(f"{k} {v}" for k, v in stats["rejections"].most_common())
-        large = f" (too large to run: {stats['skipped_large']})" if stats["skipped_large"] else ""
+        skipped = stats["skipped_large"]
+        large = f" (not run on: {skipped}: too large, or not UTF-8)" if skipped else ""
         print(f"target={name} seed={args.seed} inputs={stats['inputs']} "
               f"accepted={stats['accepted']}{large} rejected={stats['rejected']} "
               f"failures={stats['failures']} slowest={stats['slowest_s'] * 1e3:.1f}ms "
