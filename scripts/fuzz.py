@@ -1,6 +1,6 @@
 """Seeded fuzzer for the readers and the converter: only the documented errors may escape.
 
-    python scripts/fuzz.py --target caffemodel load_net convert --n 10000 [--seed 0]
+    python scripts/fuzz.py --target caffemodel parse load_net convert --n 10000 [--seed 0]
                            [--out fuzz-failures] [--timeout 5] [--max-memory-gb 4]
 
 Each target supplies a seed corpus (bytes), a way to make one input from it (by default the
@@ -14,12 +14,16 @@ than ``--timeout`` seconds (a hang), or one raising the peak RSS by more than
 allocation fails instead of exhausting the machine). Failures are saved under ``--out`` with
 their traceback; the exit status is 1 when there are any.
 
-Targets: ``caffemodel`` (the wire reader, with protobuf as oracle), ``load_net`` (prototxt text:
-mutations of the released, zoo and fixture definitions: truncations, bit flips, deleted,
-duplicated and swapped lines, out-of-range numbers such as ``dim: 99999999999``, deep nesting,
-garbage, non-UTF-8) and ``convert`` (small random nets with random layer parameters: each must
-convert and run on a tiny input, with the output shapes the IR inferred, or raise a
-``CaffeBridgeError``). Add a target with ``@target("name", ...)`` on its seed function.
+Targets: ``caffemodel`` (the wire reader, with protobuf as oracle), ``parse`` (the text reader
+alone: only its TextSyntaxError may escape), ``load_net`` (prototxt text: mutations of the
+fixture, released SENet, zoo and wild-corpus definitions: truncations, bit flips, deleted,
+duplicated and swapped lines, out-of-range numbers such as ``dim: 99999999999``, NaN/inf,
+unknown fields, enum swaps, odd strings, duplicate names, data and loss layers, phase rules,
+deep nesting, garbage, non-UTF-8; one input in five with ``input_shapes``) and ``convert``
+(windows of 1-3 layers of the corpus nets, fork types favoured, with their parameters mutated,
+and small random nets: each must convert and run on its declared shapes, with the output shapes
+the IR inferred, or raise a ``CaffeBridgeError``). ``--seed-files N`` seeds from N definitions
+only (a quick sample). Add a target with ``@target("name", ...)`` on its seed function.
 """
 
 from __future__ import annotations
