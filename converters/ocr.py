@@ -22,7 +22,15 @@ from caffe_bridge.converters.python_param import yaml_dict
 from caffe_bridge.converters.registry import register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
-from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError, conv_geometry, conv_out_sizes
+from caffe_bridge.shapes import (
+    MAX_COUNT,
+    LayerShapes,
+    Shape,
+    ShapeRuleError,
+    check_count,
+    conv_geometry,
+    conv_out_sizes,
+)
 
 OCR_FORKS = "tianzhi0549/CTPN, senlinuc/caffe_ocr"
 
@@ -233,6 +241,12 @@ def dense_block_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShape
         raise ShapeRuleError(f"DenseBlock takes one N x C x H x W bottom, got {list(ins)}")
     n_t, g, bc = _dense_layout(p)
     n, c0, h, w = ins[0]
+    check_count((n, c0 + n_t * g, h, w), "DenseBlock output")
+    # the 3x3 filters alone hold 9 g (n_t c0 + g n_t (n_t - 1) / 2) values: refuse an absurd
+    # block before listing its n_t transitions' blob shapes
+    if 9 * g * (n_t * c0 + g * n_t * (n_t - 1) // 2) > MAX_COUNT:
+        raise ShapeRuleError(f"DenseBlock of {n_t} transitions growing by {g} from {c0} "
+                             f"channels: its filters would hold more than {MAX_COUNT:,} values")
     chans = [c0 + t * g for t in range(n_t)]
     filters = [(g, 4 * g if bc else c, 3, 3) for c in chans]
     per_c = [(1, c, 1, 1) for c in chans]

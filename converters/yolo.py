@@ -94,6 +94,16 @@ def _predictions(x: torch.Tensor, biases: torch.Tensor, mask: Sequence[int], nbo
     return boxes.reshape(-1, 4), conf.reshape(-1)
 
 
+def _degenerate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
+                area: torch.Tensor) -> torch.Tensor:
+    """Boxes without a finite centre and a positive finite area (say from a zero, negative,
+    tiny or infinite anchor). Their IoU with any box is 0 or NaN (no overlap, an infinite or
+    NaN union, or 0/0), never >= a positive threshold: the greedy loop keeps each of them and
+    they suppress nothing, so it need not visit them one by one (thousands did take minutes)."""
+    finite = torch.isfinite(x) & torch.isfinite(y) & torch.isfinite(area)
+    return ~(finite & (w > 0) & (h > 0) & (area > 0))
+
+
 def _suppress(boxes: torch.Tensor, thresh: float) -> torch.Tensor:
     """Greedy class-agnostic NMS over boxes sorted by confidence: keep mask. A box dies when
     its IoU (centre boxes, no +1) with a kept earlier one is >= thresh. The loop runs once per
@@ -101,6 +111,12 @@ def _suppress(boxes: torch.Tensor, thresh: float) -> torch.Tensor:
     x, y, w, h = boxes.unbind(1)
     left, right, top, bot = x - w / 2, x + w / 2, y - h / 2, y + h / 2
     area = w * h
+    if thresh > 0:  # (NaN is not): set degenerate boxes apart, see _degenerate
+        odd = _degenerate(x, y, w, h, area)
+        if bool(odd.any()):
+            keep = odd.clone()
+            keep[~odd] = _suppress(boxes[~odd], thresh)
+            return keep
     pos = torch.arange(len(boxes), device=boxes.device)
     alive = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
     keep = torch.zeros_like(alive)

@@ -2,7 +2,8 @@
 
 The sample runs in a child process, where the fuzzer caps its address space: a regression that
 allocates without bound fails there instead of exhausting the machine. The full campaign is
-``python scripts/fuzz.py --target caffemodel load_net convert --n 10000``.
+``python scripts/fuzz.py --target caffemodel parse load_net convert --n 10000``; the sample
+seeds from a dozen definitions, wild-corpus ones among them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from caffe_bridge.errors import CaffeBridgeError, PrototxtError, ShapeError
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = REPO / "scripts" / "fuzz.py"
-TARGETS = ("caffemodel", "load_net", "convert")
-N = 300
+TARGETS = ("caffemodel", "parse", "load_net", "convert")
+N = 200
+SEED_FILES = 12  # definitions seeding the sample (fixtures, zoo, SENet, wild corpus)
 SUMMARY = re.compile(r"target=(\w+) seed=\d+ inputs=(\d+) accepted=(\d+)(?: \([^)]*\))? "
                      r"rejected=(\d+) failures=(\d+)")
 
@@ -43,7 +45,7 @@ def fuzz() -> ModuleType:
 def test_seeded_sample_of_every_target_has_no_failure() -> None:
     proc = subprocess.run(
         [sys.executable, str(FUZZ), "--target", *TARGETS, "--n", str(N), "--seed", "0",
-         "--timeout", "10"],
+         "--timeout", "10", "--seed-files", str(SEED_FILES)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     report = proc.stdout + proc.stderr[-4000:]
@@ -56,6 +58,12 @@ def test_seeded_sample_of_every_target_has_no_failure() -> None:
         assert accepted > 0 and rejected > 0, f"{name} exercises one path only:\n{report}"
         assert accepted + rejected == inputs
     assert proc.returncode == 0, report
+
+
+def test_seeds_include_the_wild_corpus(fuzz: ModuleType) -> None:
+    paths = fuzz.definition_paths()
+    assert sum(p.parent.name == "wild" for p in paths) >= 70
+    assert {"senet", "zoo"} <= {p.parent.name for p in paths}
 
 
 def test_mutations_are_seeded(fuzz: ModuleType) -> None:
@@ -120,6 +128,13 @@ FOUND: dict[str, tuple[str, type[BaseException] | None]] = {
     "huge_num_output": (_dims(1, 3, 4, 4) + 'layer { name: "ip" type: "InnerProduct" bottom: '
                         '"data" top: "ip" inner_product_param { num_output: 4294967295 } }',
                         ShapeError),
+    # a zero PriorBox aspect ratio with flip: ZeroDivisionError (Caffe lists 1./0 = inf)
+    "prior_box_zero_ratio": (_dims(1, 1, 2, 2) + INPUT.replace('"data"', '"img"').format(
+        "dim: 1 dim: 3 dim: 8 dim: 8") + 'layer { name: "p" type: "PriorBox" bottom: "data" '
+        'bottom: "img" top: "p" prior_box_param { min_size: 4 aspect_ratio: 0 flip: true } }',
+        None),
+    # a second Input of one blob name: the module wanted two arguments for one input
+    "input_twice": (_dims(1, 2) + _dims(1, 2), ShapeError),
     "huge_deconv": (_dims(1, 1, 3, 3) + 'layer { name: "d" type: "Deconvolution" bottom: '
                     '"data" top: "d" convolution_param { num_output: 1 kernel_size: 1 '
                     'stride: 2147483647 } }', ShapeError),

@@ -465,3 +465,20 @@ def test_ctpn_text_proposals_needs_batch_one_and_ten_anchors() -> None:
     for shape in [(2, 20, 2, 2), (1, 18, 2, 2)]:
         with pytest.raises(CaffeBridgeError, match="batch 1"):
             net_from_text(seq_net(PROPOSAL, {"data": shape, "b1": shape, "b2": (1, 3)}))
+
+
+@pytest.mark.parametrize("n_t,growth,shape", [
+    (2147483647, 8, (1, 128, 8, 70)),  # an output past INT_MAX values (found by fuzzing: hung)
+    (1000000, 1, (1, 1, 1, 1)),  # a small output, but ~4.5e12 filter values
+])
+def test_dense_block_refuses_absurd_sizes_before_listing_blobs(
+        n_t: int, growth: int, shape: tuple[int, ...]) -> None:
+    """The shape rule listed n_t transitions' blob shapes before any size check (seconds to
+    hours); it now refuses what no Caffe blob could hold, at once."""
+    from caffe_bridge.errors import ShapeError
+
+    dims = " ".join(f"dim: {d}" for d in shape)
+    text = (f'layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}'
+            f"\n{dense_layer(n_t, growth)}\n")
+    with pytest.raises(ShapeError, match="DenseBlock"):
+        net_from_text(text)

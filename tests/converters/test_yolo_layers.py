@@ -178,3 +178,42 @@ def test_yolo2_tied_classes_take_the_first_and_threshold_is_inclusive() -> None:
 def test_yolo2_rejects_non_square() -> None:
     with pytest.raises(CaffeBridgeError, match="square"):
         net_from_text(yolo2_text(3, [(1, 16, 4, 5)]))
+
+
+def test_nms_sets_degenerate_boxes_apart_exactly() -> None:
+    """Zero, infinite or NaN boxes never reach IoU >= a positive threshold: kept, suppressing
+    nothing, without a loop pass each (an infinite anchor made thousands: a fuzzing hang)."""
+    import torch
+
+    from caffe_bridge.converters.yolo import _suppress
+
+    inf, nan = float("inf"), float("nan")
+    boxes = torch.tensor([[.5, .5, .4, .4], [.5, .5, inf, .4], [.52, .5, .4, .4],
+                          [.5, .5, 0., .4], [nan, .5, .4, .4], [.9, .9, .1, .1],
+                          [.5, .5, -.4, .4], [.5, .5, .4, 1e-30]])
+    assert _suppress(boxes, 0.45).tolist() == [True, True, False, True, True, True, True, True]
+    finite = boxes[torch.arange(len(boxes)) != 4]  # (Python's min/max do not propagate NaN)
+    for t in (0.45, 0.0, -1.0):  # the one-box-at-a-time loop decides (no shortcut at t <= 0)
+        assert _suppress(finite, t).tolist() == _greedy(finite.double().tolist(), t), t
+    many = torch.cat([boxes[:1], torch.tensor([[.5, .5, inf, .4]]).repeat(20000, 1)])
+    assert _suppress(many, 0.45).all()
+
+
+def _greedy(boxes: list[list[float]], t: float) -> list[bool]:
+    """Plain greedy NMS, float64, centre boxes, no +1."""
+
+    def iou(a: list[float], b: list[float]) -> float:
+        ow = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+        oh = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+        inter = 0.0 if ow < 0 or oh < 0 else ow * oh
+        union = a[2] * a[3] + b[2] * b[3] - inter
+        with np.errstate(all="ignore"):
+            return float(np.float64(inter) / np.float64(union))
+
+    alive, keep = [True] * len(boxes), [False] * len(boxes)
+    for i in range(len(boxes)):
+        if alive[i]:
+            keep[i] = True
+            for j in range(i + 1, len(boxes)):
+                alive[j] = alive[j] and not iou(boxes[i], boxes[j]) >= t
+    return keep
