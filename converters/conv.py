@@ -166,7 +166,8 @@ MAX_BLOCKS = 32  # InnerProduct: partial dot products summed at the end (see Blo
 
 
 def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.Tensor:
-    """``x @ weight.T`` over x's last axis, each dot product summed as ``blocks`` partial sums.
+    """``x @ weight.T`` for a 2-D ``x`` (N, k), each dot product summed as ``blocks`` partial
+    sums.
 
     For one row PyTorch's CPU ``linear`` is a matrix-vector product that sums each output's
     terms in long float32 chains: ResNet-50's classifier at batch 1 put its softmax 1.0e-6 from
@@ -175,9 +176,8 @@ def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.
     the bmm of tiny blocks and the longer sum cost time in every SE block).
     """
     out, k = weight.shape
-    parts = x.reshape(-1, blocks, k // blocks).transpose(0, 1)
-    y = torch.bmm(parts, weight.reshape(out, blocks, -1).permute(1, 2, 0)).sum(0)
-    return y.reshape(x.shape[:-1] + (out,))
+    parts = x.reshape(-1, blocks, k // blocks).transpose(0, 1)  # x is (N, k): no shape to restore
+    return torch.bmm(parts, weight.reshape(out, blocks, -1).permute(1, 2, 0)).sum(0)
 
 
 class BlockedLinear(nn.Linear):
@@ -208,11 +208,11 @@ class BlockedPointwiseConv2d(nn.Conv2d):
         self.blocks = blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # explicit permutations: ONNX export rejects movedim's negative axes
-        y = blocked_matmul(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.blocks)
+        # x is N x C x 1 x 1 (checked at conversion): one row per sample
+        y = blocked_matmul(x.flatten(1), self.weight.flatten(1), self.blocks)
         if self.bias is not None:
             y = y + self.bias
-        return y.permute(0, 3, 1, 2)
+        return y[:, :, None, None]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, blocks={self.blocks}"
@@ -242,7 +242,9 @@ def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
     k = int(np.prod(x[axis:], dtype=np.int64))
     n = ip.num_output
     make = uninitialised if layer.blobs else _plain  # weights overwrite every parameter
-    linear = make(BlockedLinear, k, n, bias=ip.bias_term, blocks=math.gcd(k, MAX_BLOCKS))
+    # blocked sums for the usual N x k rows (axis 1); plain nn.Linear for other axes
+    blocks = math.gcd(k, MAX_BLOCKS) if axis == 1 else 1
+    linear = make(BlockedLinear, k, n, bias=ip.bias_term, blocks=blocks)
     if layer.blobs:
         w = np.asarray(layer.blobs[0], dtype=np.float32)
         w = w.reshape(k, n).T if ip.transpose else w.reshape(n, k)
