@@ -52,6 +52,7 @@ from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net, load_net, with_weights
+from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_inputs, random_weights
@@ -67,11 +68,6 @@ NETS = {  # key: (file, reduced input side)
     "yolov4": ("yolov4_chenyingpeng.prototxt", 128),
     "colorization": ("colorization_deploy_v2.prototxt", 64),
 }
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 def smaller_copy(src: Path, side: int, tmp: Path) -> Path:
