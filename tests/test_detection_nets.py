@@ -29,9 +29,10 @@ from caffe_bridge.ir import Net, load_net, with_weights
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.wild import WILD
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
-WILD = Path(__file__).parent / "fixtures" / "wild"
+
 HEAD_TYPES = {"Permute", "Flatten", "PriorBox", "Normalize", "Concat"}
 
 

@@ -21,8 +21,7 @@ from caffe_bridge.prototxt import parse_prototxt_text
 from caffe_bridge.random_weights import random_inputs, random_weights
 from caffe_bridge.upgrade import upgrade
 from tests import reference
-
-WILD = Path(__file__).parent / "fixtures" / "wild"
+from tests.helpers.wild import WILD
 
 
 def net_of(text: str, name: str) -> Net:

@@ -57,9 +57,10 @@ from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.wild import WILD
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
-WILD = Path(__file__).resolve().parent / "fixtures" / "wild"
+
 REL_TOL = 1e-5
 FLOOR_FACTOR = 3.0
 CALIBRATION_BATCH = 8

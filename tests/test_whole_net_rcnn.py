@@ -27,9 +27,10 @@ from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_weights
 from tests import reference
+from tests.helpers.wild import WILD
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
-WILD = Path(__file__).parent / "fixtures" / "wild"
+
 ZF = WILD / "faster_rcnn_zf_voc_test.prototxt"
 RFCN = WILD / "rfcn_resnet50_voc_test_agnostic.prototxt"
 OUTS = ["rois", "rpn_scores", "cls_score", "cls_prob", "bbox_pred"]

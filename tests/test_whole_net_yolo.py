@@ -28,11 +28,12 @@ from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.prototxt import parse_prototxt
 from caffe_bridge.random_weights import random_weights
+from tests.helpers.wild import WILD
 from tests.reference import yolo as yolo_ref
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cv2") is None,
                                 reason="OpenCV (cv2) is not installed")
-WILD = Path(__file__).parent / "fixtures" / "wild"
+
 DARKNET19 = WILD / "MobileNet-YOLO_darknet19_deploy.prototxt"
 TINY = WILD / "MobileNet-YOLO_yolov3-tiny.prototxt"
 SIZE = 128

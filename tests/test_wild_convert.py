@@ -27,11 +27,7 @@ from caffe_bridge import UnsupportedLayerError, converters, load_net
 from caffe_bridge.build import CAFFE_LAYER, build_module
 from caffe_bridge.cli import main
 from caffe_bridge.ir import Layer, Net
-
-WILD = Path(__file__).resolve().parent / "fixtures" / "wild"
-FILES = sorted(WILD.glob("*.prototxt"))
-INPUT_SHAPES = {k: v for k, v in json.loads((WILD / "input_shapes.json").read_text()).items()
-                if not k.startswith("_")}
+from tests.helpers.wild import FILES, INPUT_SHAPES
 
 # Files that do not load, by stem: (the registry key of the layer type the UnsupportedLayerError
 # names, why it is refused: words of the error message). None else: every other file converts.

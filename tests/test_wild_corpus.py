@@ -21,12 +21,8 @@ import pytest
 from caffe_bridge import UnsupportedLayerError, load_net
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import Net
+from tests.helpers.wild import FILES, INPUT_SHAPES, WILD
 
-WILD = Path(__file__).resolve().parent / "fixtures" / "wild"
-FILES = sorted(WILD.glob("*.prototxt"))
-# Shapes for data layers that state none (train/test files), by file stem.
-INPUT_SHAPES = {k: v for k, v in json.loads((WILD / "input_shapes.json").read_text()).items()
-                if not k.startswith("_")}
 OPENCV_TIMEOUT_S = 600
 
 # Files that load and that OpenCV 4.x reads and runs: their shapes are compared with OpenCV's.

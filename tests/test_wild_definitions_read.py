@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from caffe_bridge.summary import inspect_files, summary_json
+from tests.helpers.wild import WILD
 
-WILD = Path(__file__).parent / "fixtures" / "wild"
 FILES = sorted(WILD.glob("*.prototxt")) if WILD.is_dir() else []
 SHAPES_FILE = WILD / "input_shapes.json"
 SHAPES = json.loads(SHAPES_FILE.read_text()) if SHAPES_FILE.is_file() else {}

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WILD = Path(__file__).resolve().parents[1] / "fixtures" / "wild"
+from tests.helpers.wild import WILD
 
 
 def layer_blocks(text: str) -> list[tuple[int, int]]:
