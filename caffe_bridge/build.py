@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import fx, nn
 
+from caffe_bridge.caffemodel import release_pages
 from caffe_bridge.errors import CaffeBridgeWarning, ShapeError
 from caffe_bridge.ir import Layer, Net, load_net
 
@@ -85,6 +86,7 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
                 i += 1
         if module is None:
             module = registry.convert(layer, net)
+        release_pages(layer.blobs + (produced.blobs if produced is not layer else ()))
         attr = safe_identifier(produced.name, taken)
         root.add_module(attr, module)
         node = graph.call_module(attr, tuple(env[b] for b in layer.bottoms))

@@ -38,6 +38,7 @@ __all__ = [
     "open_caffemodel",
     "read_caffemodel",
     "read_caffemodel_layers",
+    "release_pages",
     "write_caffemodel",
 ]
 
@@ -522,6 +523,34 @@ def open_caffemodel(path: str | os.PathLike[str]) -> CaffemodelFile:
         # Blob views keep the mapping alive (close() refuses then); with none, release it now.
         with contextlib.suppress(BufferError):
             mm.close()
+
+
+def release_pages(arrays: Sequence[np.ndarray]) -> None:
+    """Let the kernel drop the file pages behind ``arrays`` (views of a caffemodel mapping).
+
+    Called once a layer's blobs are copied into its parameters: the pages read so far would
+    otherwise stay in this process's memory until the mapping closes (a second copy of every
+    weight at the peak). The arrays stay valid: the mapping is read-only and file-backed, so a
+    later read faults the page in again from the file. Arrays that are not views of a mapping
+    (gathered or converted values) are left alone.
+    """
+    for a in arrays:
+        base = a.base
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, memoryview):
+            base = base.obj
+        if not isinstance(base, mmap.mmap) or base.closed or a.nbytes == 0:
+            continue
+        offset = a.__array_interface__["data"][0] - _address(base)
+        start = offset - offset % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):  # advice only: never an error
+            base.madvise(mmap.MADV_DONTNEED, start, offset + a.nbytes - start)
+
+
+def _address(buf: mmap.mmap) -> int:
+    """The address of a mapping's first byte."""
+    return np.frombuffer(buf, dtype=np.uint8, count=1).__array_interface__["data"][0]
 
 
 def read_caffemodel_layers(path: str | os.PathLike[str]) -> list[CaffemodelLayer]:

@@ -232,6 +232,31 @@ def test_blobs_are_zero_copy_read_only_views(tmp_path: Path) -> None:
         blob[0, 0, 0] = 1.0
 
 
+def _rss_file_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("RssFile:")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_release_pages_drops_the_file_pages_and_keeps_the_values(tmp_path: Path) -> None:
+    """After a layer's blobs are copied, their file pages leave this process's memory (a
+    convert would otherwise hold every weight twice at its peak); the views stay readable."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 1024, 256), dtype=np.float32)  # 64 MiB
+    path = tmp_path / "big.caffemodel"
+    write_caffemodel(path, {"a": [w], "b": [w[:1, :1, :7]]})
+    blobs = read_caffemodel(path)
+    (blob,) = blobs["a"]
+    before = _rss_file_kb()
+    assert float(blob.sum(dtype=np.float64)) == pytest.approx(float(w.sum(dtype=np.float64)))
+    touched = _rss_file_kb()
+    assert touched - before > 48 * 1024  # reading the view mapped the file's pages in
+    caffemodel.release_pages([blob, *blobs["b"], np.zeros(3, np.float32)])
+    assert touched - _rss_file_kb() > 48 * 1024
+    assert np.array_equal(blob, w) and np.array_equal(blobs["b"][0], w[:1, :1, :7])
+
+
 def test_legacy_four_field_shapes(tmp_path: Path) -> None:
     values = np.arange(6, dtype=np.float32)
     blobs = [

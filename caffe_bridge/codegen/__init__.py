@@ -33,7 +33,7 @@ import secrets
 import sys
 import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from caffe_bridge.codegen.render import (
     Progress,
     check_identifiers,
     display_text,
+    has_meta,
     recording,
     render_module,
     same_values,
@@ -58,6 +59,7 @@ __all__ = [
     "CodegenError",
     "Generated",
     "check_generated",
+    "check_saved",
     "check_identifiers",
     "display_text",
     "generate",
@@ -201,7 +203,12 @@ def check_generated(
     net: Net,
     seed: int = 0,
 ) -> None:
-    """Import the generated file, build it, and require bit-identical outputs to ``reference``."""
+    """Import the generated file, build it, and require bit-identical outputs to ``reference``.
+
+    The generated model is built on the meta device and given ``reference``'s own tensors (no
+    second copy of the weights); the saved ``pth_path`` must hold the generated model's state
+    dict names, shapes and dtypes, with ``reference``'s values (:func:`check_saved`).
+    """
     try:
         module = load_generated(py_path)
     except CodegenError:
@@ -210,12 +217,14 @@ def check_generated(
         raise CodegenError(f"the generated file does not import: {type(err).__name__}: {err}",
                            file=os.fspath(py_path)) from None
     try:
-        model = module.build(os.fspath(pth_path) if pth_path is not None else None)
-        if pth_path is None:
-            model.load_state_dict(reference.state_dict())
+        model = _generated_model(module, reference)
+        if pth_path is not None:
+            check_saved(pth_path, model.state_dict(), reference.state_dict())
         feeds = random_inputs(net, seed)
         args = [torch.from_numpy(feeds[n]) for n in net.inputs]
-        want, got = reference(*args), model(*args)
+        want, got = reference(*args), _forward_freeing(model)(*args)
+    except CodegenError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise CodegenError(f"the generated model fails to run: {type(err).__name__}: {err}",
                            file=os.fspath(py_path)) from None
@@ -226,6 +235,71 @@ def check_generated(
     if len(want) != len(got) or not all(same_values(a, b) for a, b in zip(want, got, strict=True)):
         raise CodegenError("the generated model does not reproduce the converted one bit for "
                            "bit", file=os.fspath(py_path))
+
+
+def _generated_model(module: types.ModuleType, reference: torch.nn.Module) -> torch.nn.Module:
+    """The generated model holding ``reference``'s tensors (shared where it can be)."""
+    state = reference.state_dict()
+    with torch.device("meta"):
+        model = module.build(None)
+    model.load_state_dict(state, assign=True)
+    if has_meta(model):  # a tensor the state dict does not hold: build it as usual
+        model = module.build(None)
+        model.load_state_dict(state)
+    return model
+
+
+class _CallsOnly(fx.Tracer):
+    """Records ``forward``'s own statements: every submodule call is one opaque call."""
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _forward_freeing(model: torch.nn.Module) -> Callable[..., object]:
+    """``model``'s forward as torch.fx replays it, each blob freed after its last reader.
+
+    The generated forward keeps every blob's variable alive until it returns (readable code
+    without ``del`` lines); its statements are straight-line submodule calls, so the traced
+    program performs exactly those calls, in that order, on the same tensors, while holding
+    only the live blobs (the check then costs no more memory than one converted forward).
+    Falls back to ``model`` itself if the forward cannot be traced.
+    """
+    try:
+        return fx.GraphModule(model, _CallsOnly().trace(model))
+    except Exception:  # noqa: BLE001 - untraceable: run the forward as written
+        return model
+
+
+SAMPLE = 256  # values compared at each end of a saved tensor (whole tensors up to 4x this)
+
+
+def check_saved(path: str | os.PathLike[str], names: dict[str, torch.Tensor],
+                values: dict[str, torch.Tensor]) -> None:
+    """The .pth at ``path`` holds exactly ``names``' keys, shapes and dtypes, and ``values``.
+
+    The file is mapped, not read: small tensors are compared whole, larger ones at both ends
+    (enough to catch a wrong name or order; torch.save wrote the very tensors compared).
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    where = os.fspath(path)
+    if set(saved) != set(names):
+        missing, extra = set(names) - set(saved), set(saved) - set(names)
+        raise CodegenError(f"the saved state dict does not match the generated model "
+                           f"(missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]})",
+                           file=where)
+    for key, t in saved.items():
+        want = values[key]
+        if t.shape != names[key].shape or t.dtype != names[key].dtype:
+            raise CodegenError(f"saved {key!r} is {t.dtype} {tuple(t.shape)}, the generated "
+                               f"model has {names[key].dtype} {tuple(names[key].shape)}",
+                               file=where)
+        a, b = t.reshape(-1), want.detach().reshape(-1)
+        if a.numel() > 4 * SAMPLE:
+            a = torch.cat([a[:SAMPLE], a[-SAMPLE:]])
+            b = torch.cat([b[:SAMPLE], b[-SAMPLE:]])
+        if not same_values(a, b):
+            raise CodegenError(f"saved {key!r} differs from the converted model", file=where)
 
 
 def module_name(stem: str) -> str:

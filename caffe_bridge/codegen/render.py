@@ -663,7 +663,7 @@ def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
-def _has_meta(module: nn.Module) -> bool:
+def has_meta(module: nn.Module) -> bool:
     """Whether any tensor of ``module`` (registered or a plain attribute) is on the meta device."""
     for m in module.modules():
         for value in vars(m).values():
@@ -687,7 +687,7 @@ def _rebuild(expr: str, namespace: dict[str, object], original: nn.Module) -> nn
             with torch.device("meta"):
                 rebuilt = eval(expr, dict(namespace))  # noqa: S307 - our own expression
             rebuilt.load_state_dict(state, assign=True)
-            if not _has_meta(rebuilt):
+            if not has_meta(rebuilt):
                 return rebuilt
         except Exception:  # noqa: BLE001, S110 - the ordinary way below reports the problem
             pass

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from caffe_bridge import converters
-from caffe_bridge.build import caffe_layer_names
+from caffe_bridge import codegen, converters
+from caffe_bridge.build import caffe_layer_names, convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.codegen import (
     CodegenError,
@@ -314,3 +314,29 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert (out / "small.pth").read_text() == "keep" and not (out / "small.py").exists()
     write_module_files(proto, model, out, force=True)
     assert json.dumps(sorted(p.name for p in out.iterdir())) == '["small.pth", "small.py"]'
+
+
+def test_check_shares_the_weights_and_checks_the_saved_file(tmp_path: Path) -> None:
+    """The self-check builds the generated model around the converted tensors (no second copy
+    of the weights) and rejects a saved file whose names or values do not match."""
+    proto, model = _write_net(tmp_path, SMALL, "small")
+    py, pth = write_module_files(proto, model, tmp_path / "out")
+    net = load_net(proto, model)
+    reference = convert(net, exact=True)
+    module = codegen.load_generated(py)
+    built = codegen._generated_model(module, reference)
+    ptrs = {t.data_ptr() for t in reference.state_dict().values()}
+    assert {t.data_ptr() for t in built.state_dict().values()} == ptrs
+    codegen.check_generated(py, pth, reference, net)  # the file as written passes
+    state = torch.load(pth, weights_only=True)
+    weight = next(k for k in state if k.endswith("weight"))
+    bad = dict(state)
+    bad[weight] = state[weight].clone()
+    bad[weight].view(-1)[-1] += 1.0  # the last value: only the tail is sampled in big tensors
+    torch.save(bad, pth)
+    with pytest.raises(CodegenError, match="differs from the converted model"):
+        codegen.check_generated(py, pth, reference, net)
+    renamed = {("x" + k if k == weight else k): v for k, v in state.items()}
+    torch.save(renamed, pth)
+    with pytest.raises(CodegenError, match="does not match the generated model"):
+        codegen.check_generated(py, pth, reference, net)
