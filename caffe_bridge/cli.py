@@ -266,6 +266,10 @@ def layers_command() -> None:
               help="A blob forward returns (repeat for several, in order; e.g. the logits "
                    "instead of prob). Default: the net's outputs.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--exact", is_flag=True,
+              help="Write Caffe's own order of operations (BatchNorm kept, NCHW) instead of "
+                   "the default fast form (BatchNorm folded into the convolutions, ReLU in "
+                   "place, channels-last: Caffe's numbers within float32 rounding).")
 @click.option("--as", "as_", type=click.Choice(["senet"]), default=None,
               help="Write the idiomatic SENet instead (caffe_bridge.models): <stem>.pth "
                    "(state dict) + <stem>.preset.json (mean, std, channel order, crop, classes).")
@@ -285,7 +289,7 @@ def layers_command() -> None:
 @input_shape_option
 @handle_errors
 def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool,
-                    outputs: tuple[str, ...], force: bool, as_: str | None,
+                    outputs: tuple[str, ...], force: bool, exact: bool, as_: str | None,
                     class_order: str | None, input_format: str | None, fold_input: bool,
                     formats: tuple[str, ...], quiet: bool) -> None:
     """Write a standalone PyTorch module (OUTDIR/<module>.py) and its weights (<module>.pth).
@@ -293,9 +297,11 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
     <module> is the prototxt's name made importable (SE-ResNet-50 -> se_resnet_50); the
     class is named after the net (or the file). Without WEIGHTS, NET.caffemodel beside the
     prototxt is used when present. The .py needs only torch: `build("<module>.pth")` returns
-    the model in eval mode, one named submodule per Caffe layer. The .pth is a plain state
-    dict (torch.load(..., weights_only=True)). Before the files are moved into place, the
-    module is imported and must reproduce the conversion bit for bit.
+    the model in eval mode, one named submodule per Caffe layer. The code is the fast form
+    that `caffe_bridge.convert` returns (BatchNorm/Scale folded into their convolution);
+    --exact keeps Caffe's order of operations. The .pth is a plain state dict
+    (torch.load(..., weights_only=True)). Before the files are moved into place, the module
+    is imported and must reproduce the conversion bit for bit.
 
     \b
     Examples:
@@ -310,8 +316,9 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
     if as_ == "senet":
         from caffe_bridge.models.senet_export import convert_senet
 
-        if outputs:
-            raise click.UsageError("--output does not apply to --as senet (it returns logits)")
+        if outputs or exact:
+            raise click.UsageError("--output and --exact do not apply to --as senet (it "
+                                   "returns logits from Caffe's own BatchNorm layers)")
         if fold_input and input_format in (None, "caffe"):
             raise click.UsageError("--fold-input needs --input-format bgr255, rgb255 or "
                                    "torchvision")
@@ -329,7 +336,7 @@ def convert_command(net: str, weights: str | None, outdir: str, no_weights: bool
     bars = Progress(quiet)
     try:
         py, pth = write_module_files(net, caffemodel, outdir, force=force, progress=bars,
-                                     outputs=list(outputs) or None)
+                                     outputs=list(outputs) or None, exact=exact)
     finally:
         bars.close()
     click.echo(f"wrote {py} and {pth}")

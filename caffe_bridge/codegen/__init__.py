@@ -43,7 +43,9 @@ from torch import fx
 from caffe_bridge.build import build_module, warn_unused_weights
 from caffe_bridge.codegen.render import (
     CodegenError,
+    InitCall,
     Progress,
+    Records,
     check_identifiers,
     display_text,
     has_meta,
@@ -52,6 +54,7 @@ from caffe_bridge.codegen.render import (
     same_values,
 )
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.fast import CONV_TYPES, fast_structure
 from caffe_bridge.ir import Net
 from caffe_bridge.random_weights import random_inputs
 
@@ -141,17 +144,49 @@ def generate(
     outputs: Sequence[str] | None = None,
     check: bool = True,
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> Generated:
     """Convert ``net`` and render it as standalone source.
 
     ``sources`` are ``(role, file name, sha256)`` triples for the header; ``outputs`` as in
     :func:`caffe_bridge.build.build_module`; ``check`` rebuilds every submodule from its
-    rendered constructor call and compares it with the converted one.
+    rendered constructor call and compares it with the converted one. The code is the fast
+    form of :func:`caffe_bridge.convert` unless ``exact``; ``module`` is then the converted
+    model before its weights go channels-last (``build`` in the code does that).
     """
+    gm, records = _converted(net, outputs, exact)
+    source = render_module(net, gm, records, sources=sources, check=check, progress=progress,
+                           fast=not exact)
+    return Generated(source, gm)
+
+
+def _converted(net: Net, outputs: Sequence[str] | None, exact: bool) -> tuple[fx.GraphModule,
+                                                                              Records]:
+    """The converted model (exact, or the fast form's modules) and its constructor records."""
     with recording() as records:
         gm = build_module(net, outputs)
-    source = render_module(net, gm, records, sources=sources, check=check, progress=progress)
-    return Generated(source, gm)
+    if exact:
+        return gm, records
+    calls = {name: records[id(m)][1] for name, m in gm.named_modules()
+             if name and records.get(id(m), (None,))[0] is m}  # not the root: its record
+    # holds the module it was assembled from, and with it every convolution folding replaces
+    records.clear()  # the records hold the modules: let the replaced ones go
+    fast_structure(gm)
+    return gm, {id(m): (m, _as_now(m, calls[name])) for name, m in gm.named_modules()
+                if name in calls}
+
+
+def _as_now(module: torch.nn.Module, call: InitCall | None) -> InitCall | None:
+    """``call`` updated to build ``module`` as the fast form left it: a folded convolution has
+    a bias, a ReLU may work in place."""
+    if call is None:
+        return None
+    kwargs = dict(call.kwargs)
+    if isinstance(module, CONV_TYPES) and module.bias is not None:
+        kwargs.pop("bias", None)  # True, the default
+    if type(module) is torch.nn.ReLU and module.inplace:
+        kwargs["inplace"] = True
+    return InitCall(call.cls, call.args, kwargs)
 
 
 def _owns_storage(t: torch.Tensor) -> bool:
@@ -238,7 +273,11 @@ def check_generated(
 
 
 def _generated_model(module: types.ModuleType, reference: torch.nn.Module) -> torch.nn.Module:
-    """The generated model holding ``reference``'s tensors (shared where it can be)."""
+    """The generated model holding ``reference``'s tensors (shared where it can be).
+
+    It keeps ``reference``'s (contiguous) layout: the check compares the code, and the fast
+    form's ``build`` turning the weights channels-last is a change of layout only.
+    """
     state = reference.state_dict()
     with torch.device("meta"):
         model = module.build(None)
@@ -246,7 +285,7 @@ def _generated_model(module: types.ModuleType, reference: torch.nn.Module) -> to
     if has_meta(model):  # a tensor the state dict does not hold: build it as usual
         model = module.build(None)
         model.load_state_dict(state)
-    return model
+    return model.to(memory_format=torch.contiguous_format)
 
 
 class _CallsOnly(fx.Tracer):
@@ -319,12 +358,14 @@ def write_module_files(
     check: bool = True,
     progress: Progress | None = None,
     outputs: Sequence[str] | None = None,
+    exact: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``OUTDIR/<module>.py`` and ``OUTDIR/<module>.pth`` atomically; return their paths.
 
     ``<module>`` is the prototxt's stem made importable (:func:`module_name`). ``outputs``
     chooses the blobs ``forward`` returns (default: the net's outputs). Without ``caffemodel``
-    the state dict holds what the converters make without weights.
+    the state dict holds what the converters make without weights. The code is the fast form
+    of :func:`caffe_bridge.convert` unless ``exact`` (Caffe's order of operations).
     """
     from caffe_bridge.atomic import atomic_outputs
     from caffe_bridge.ir import load_net
@@ -343,14 +384,14 @@ def write_module_files(
     try:
         net = load_net(prototxt, caffemodel)
         warn_unused_weights(net, caffemodel)
-        with recording() as records:
-            gm = build_module(net, outputs)
+        gm, records = _converted(net, outputs, exact)
         digests = hashes.result()
         sources = [(role, Path(p).name, d) for (role, p), d in zip(files, digests, strict=True)]
         source = render_module(net, gm, records, sources=sources, check=check,
-                               progress=progress, stem=Path(prototxt).stem)
+                               progress=progress, stem=Path(prototxt).stem, fast=not exact)
     finally:
         hashes.cancel()
+    del records
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:

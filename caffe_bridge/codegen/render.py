@@ -46,6 +46,7 @@ from torch import fx, nn
 
 from caffe_bridge.build import caffe_layer_names, safe_identifier
 from caffe_bridge.errors import CaffeBridgeError
+from caffe_bridge.fast import CAFFE_FOLDED
 from caffe_bridge.ir import Net
 
 Progress = Callable[[str, int, int], None]
@@ -607,9 +608,12 @@ def _comment_shows(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9 _.,:+()/\-]{1,80}", name) is not None
 
 
-def _init_line(attr: str, expr: str, caffe: str) -> str:
-    """``self.<attr> = <expr>``, with the Caffe layer name as a comment where it differs."""
+def _init_line(attr: str, expr: str, caffe: str, folded: str | None = None) -> str:
+    """``self.<attr> = <expr>``, with the Caffe layer name as a comment where it differs
+    (``folded``: a convolution's own layer, ``caffe`` the BatchNorm folded into it)."""
     comment = f"  # {caffe}" if caffe != attr and _comment_shows(caffe) else ""
+    if folded is not None and _comment_shows(folded) and _comment_shows(caffe):
+        comment = f"  # {folded}, with {caffe} folded in"
     line = _wrap_call(f"        self.{attr} = ", expr, 100 - len(comment))
     if not comment or "\n" not in line:
         return line + comment
@@ -696,6 +700,14 @@ def _rebuild(expr: str, namespace: dict[str, object], original: nn.Module) -> nn
     return rebuilt
 
 
+FAST_FORM = """\
+This is the fast form: BatchNorm folded into the convolutions, ReLU in place, channels-last
+weights (Caffe's numbers within float32 rounding, as measured by caffe-bridge's tests);
+``caffe2torch convert --exact`` writes Caffe's own order of operations instead."""
+EXACT_FORM = """\
+This is the exact form: Caffe's own order of operations (``caffe2torch convert`` without
+``--exact`` writes the faster form, BatchNorm folded into the convolutions)."""
+
 CHECK_SIDE = 8  # the per-layer check first runs on inputs with spatial sides cut to this
 
 
@@ -752,6 +764,7 @@ def _init_lines(net: Net, gm: fx.GraphModule, renderer: _Renderer, stmts: list[_
     """``self.<attr> = <constructor call>`` per submodule, each rebuilt and checked if asked."""
     shapes = {s.attr: [net.blobs[a].shape for a in s.args] for s in stmts}
     names = caffe_layer_names(gm)
+    folded = {n.target: n.meta[CAFFE_FOLDED] for n in gm.graph.nodes if CAFFE_FOLDED in n.meta}
     children = list(gm.named_children())
     lines = []
     for k, (attr, module) in enumerate(children):
@@ -759,7 +772,7 @@ def _init_lines(net: Net, gm: fx.GraphModule, renderer: _Renderer, stmts: list[_
         if check:
             _check_layer(attr, names.get(attr, attr), module, expr,
                          renderer.emitter.namespace(), shapes.get(attr, []), net)
-        lines.append(_init_line(attr, expr, names.get(attr, attr)))
+        lines.append(_init_line(attr, expr, names.get(attr, attr), folded.get(attr)))
         if progress is not None:
             progress("render", k + 1, len(children))
     return lines
@@ -774,10 +787,13 @@ def render_module(
     check: bool = True,
     progress: Progress | None = None,
     stem: str | None = None,
+    fast: bool = False,
 ) -> str:
     """The standalone source of ``gm`` (built from ``net`` while ``records`` recorded).
 
-    ``stem`` (the file's name) names the class when the net has no name.
+    ``stem`` (the file's name) names the class when the net has no name; ``fast``: ``gm`` is
+    the fast form (:func:`caffe_bridge.fast.fast_structure`), whose ``build`` also makes the
+    weights channels-last.
     """
     import caffe_bridge
 
@@ -817,6 +833,8 @@ def render_module(
         forward_args=fwd_args,
         forward_returns="torch.Tensor" if single else "tuple[torch.Tensor, ...]",
         forward_body=fwd_body,
+        form=FAST_FORM if fast else EXACT_FORM,
+        layout=".to(memory_format=torch.channels_last)" if fast else "",
     )
     check_identifiers(source)
     return source

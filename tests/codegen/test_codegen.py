@@ -110,20 +110,19 @@ def _fresh_run(py: Path, pth: Path, inputs: dict[str, np.ndarray], cwd: Path) ->
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-def _converted_outputs(proto: Path, model: Path, inputs: dict[str, np.ndarray]) -> list:
-    from caffe_bridge import convert
-
-    gm = convert(proto, model, exact=True)  # the generated code is the exact model
+def _converted_outputs(proto: Path, model: Path, inputs: dict[str, np.ndarray],
+                       exact: bool = False) -> list:
+    gm = convert(proto, model, exact=exact)  # the generated code is the same form
     with torch.no_grad():
         y = gm(*(torch.from_numpy(v) for v in inputs.values()))
     return [t.numpy() for t in (y if isinstance(y, tuple) else (y,))]
 
 
-def _check_bit_exact(tmp_path: Path, proto: Path, model: Path) -> str:
-    py, pth = write_module_files(proto, model, tmp_path / "out")
+def _check_bit_exact(tmp_path: Path, proto: Path, model: Path, exact: bool = False) -> str:
+    py, pth = write_module_files(proto, model, tmp_path / "out", exact=exact, force=True)
     inputs = random_inputs(load_net(proto), seed=7)
     got = _fresh_run(py, pth, inputs, tmp_path)
-    want = _converted_outputs(proto, model, inputs)
+    want = _converted_outputs(proto, model, inputs, exact)
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         assert torch.equal(torch.from_numpy(g), torch.from_numpy(w))
@@ -140,11 +139,17 @@ def _imported_modules(source: str) -> set[str]:
     return mods
 
 
-def test_small_net_bit_exact_in_fresh_interpreter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+def test_small_net_bit_exact_in_fresh_interpreter(tmp_path: Path, exact: bool) -> None:
+    """The default code is ``convert``'s fast form (BatchNorm folded, ReLU in place,
+    channels-last weights); ``exact`` writes Caffe's order of operations. Either way the file
+    reproduces the same form of ``convert`` bit for bit."""
     proto, model = _write_net(tmp_path, SMALL, "small")
-    source = _check_bit_exact(tmp_path, proto, model)
+    source = _check_bit_exact(tmp_path, proto, model, exact)
     assert _imported_modules(source) <= {"__future__", "torch"}
     assert "def build(weights: str | None = None) -> torch.nn.Module:" in source
+    assert ("nn.BatchNorm2d(" in source) == exact
+    assert ("channels_last" in source) == (not exact)
 
 
 def test_header_names_sources_with_sha256(tmp_path: Path) -> None:
@@ -169,8 +174,9 @@ def test_one_named_submodule_per_layer(tmp_path: Path) -> None:
     assert "CAFFE_NAMES = " in gen.source
     for attr, caffe in names.items():
         line = next(x for x in gen.source.splitlines() if x.startswith(f"        self.{attr} = "))
-        assert caffe == attr or line.endswith(f"  # {caffe}") or f"{attr!r}: {caffe!r}," in \
-            gen.source
+        assert (caffe == attr or line.endswith((f"  # {caffe}", f" with {caffe} folded in"))
+                or f"{attr!r}: {caffe!r}," in gen.source)
+    assert "        self.conv1 = nn.Conv2d(  # conv1, with sc1 folded in" in gen.source
 
 
 def test_hostile_names_run_and_create_no_file(tmp_path: Path) -> None:
@@ -217,7 +223,8 @@ def test_se_resnet50_bit_exact(shared_dir: Path, tmp_path: Path) -> None:
     assert "class SEResNet50(nn.Module):" in source
     assert "= nn.ReLU(" in source and "= nn.Sigmoid(" in source
     assert "class LeakyReLU" not in source and "class Sigmoid" not in source
-    assert "self.conv1_7x7_s2 = nn.Conv2d(  # conv1/7x7_s2\n            3, 64," in source
+    assert ("self.conv1_7x7_s2 = nn.Conv2d(  # conv1/7x7_s2, with conv1/7x7_s2/bn/scale folded "
+            "in\n            3, 64," in source)
     assert source.count("\n") < 1000  # no 260-line name dict, no 88 del lines
 
 
@@ -237,9 +244,7 @@ def test_unnamed_net_class_from_file_and_chosen_outputs(shared_dir: Path,
     assert mod.SqueezenetV11Deploy.OUTPUTS == ("conv10", "pool10")
     x = torch.from_numpy(random_inputs(load_net(proto), seed=1)["data"])
     got = mod.build(str(pth))(x)
-    from caffe_bridge import convert
-
-    want = convert(proto, model, outputs=["conv10", "pool10"], exact=True)(x)
+    want = convert(proto, model, outputs=["conv10", "pool10"])(x)
     assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
@@ -322,7 +327,7 @@ def test_check_shares_the_weights_and_checks_the_saved_file(tmp_path: Path) -> N
     proto, model = _write_net(tmp_path, SMALL, "small")
     py, pth = write_module_files(proto, model, tmp_path / "out")
     net = load_net(proto, model)
-    reference = convert(net, exact=True)
+    reference = codegen.generate(net).module  # the fast form's modules, NCHW as written
     module = codegen.load_generated(py)
     built = codegen._generated_model(module, reference)
     ptrs = {t.data_ptr() for t in reference.state_dict().values()}
