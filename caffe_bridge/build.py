@@ -134,7 +134,7 @@ def convert(
     is passed to :func:`caffe_bridge.load_net` (shapes of data layers' tops in train/test files).
 
     By default the model is in its fast form (:mod:`caffe_bridge.fast`: BatchNorm folded into
-    convolutions, channels-last weights), which differs from Caffe's order of operations only
+    convolutions, channels-last pooling), which differs from Caffe's order of operations only
     within float32 rounding (measured per net in ``tests/test_fast_default.py``). ``exact=True``
     keeps one module per Caffe layer and Caffe's order of operations (every intermediate blob,
     trainable BatchNorm modules).

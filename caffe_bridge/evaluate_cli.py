@@ -248,7 +248,7 @@ def run_eval(o: EvalOptions) -> EvalResult:
                    "is meaningless) instead of WEIGHTS / NET.caffemodel.")
 @click.option("--exact", is_flag=True,
               help="Run the exact model (Caffe's order of operations) instead of the default "
-                   "fast form (BatchNorm folded into convolutions, channels-last; within "
+                   "fast form (BatchNorm folded into convolutions, channels-last pooling; within "
                    "float32 rounding of the exact model).")
 @handle_errors
 def eval_command(**opts: Any) -> None:

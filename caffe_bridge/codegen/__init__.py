@@ -33,6 +33,7 @@ import secrets
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ from caffe_bridge.codegen.render import (
     same_values,
 )
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.fast import CONV_TYPES, fast_structure
+from caffe_bridge.fast import make_fast
 from caffe_bridge.ir import Net
 from caffe_bridge.random_weights import random_inputs
 
@@ -150,9 +151,8 @@ def generate(
 
     ``sources`` are ``(role, file name, sha256)`` triples for the header; ``outputs`` as in
     :func:`caffe_bridge.build.build_module`; ``check`` rebuilds every submodule from its
-    rendered constructor call and compares it with the converted one. The code is the fast
-    form of :func:`caffe_bridge.convert` unless ``exact``; ``module`` is then the converted
-    model before its weights go channels-last (``build`` in the code does that).
+    rendered constructor call and compares it with the converted one. The code (and
+    ``module``) is the fast form of :func:`caffe_bridge.convert` unless ``exact``.
     """
     gm, records = _converted(net, outputs, exact)
     source = render_module(net, gm, records, sources=sources, check=check, progress=progress,
@@ -162,28 +162,37 @@ def generate(
 
 def _converted(net: Net, outputs: Sequence[str] | None, exact: bool) -> tuple[fx.GraphModule,
                                                                               Records]:
-    """The converted model (exact, or the fast form's modules) and its constructor records."""
+    """The converted model (exact, or the fast form) and its modules' constructor records.
+
+    The fast form's new modules (folded convolutions, pooling wrappers) are built by their
+    constructors while recording; records are matched to modules by identity through weak
+    references, so the modules the fast form replaces are freed (their weights with them).
+    """
     with recording() as records:
         gm = build_module(net, outputs)
     if exact:
         return gm, records
-    calls = {name: records[id(m)][1] for name, m in gm.named_modules()
-             if name and records.get(id(m), (None,))[0] is m}  # not the root: its record
-    # holds the module it was assembled from, and with it every convolution folding replaces
-    records.clear()  # the records hold the modules: let the replaced ones go
-    fast_structure(gm)
-    return gm, {id(m): (m, _as_now(m, calls[name])) for name, m in gm.named_modules()
-                if name in calls}
+    built = {key: (weakref.ref(m), call) for key, (m, call) in records.items() if m is not gm}
+    records.clear()
+    with recording() as added:
+        make_fast(gm)
+    out: Records = {}
+    for m in gm.modules():
+        entry = added.get(id(m))
+        if entry is not None and entry[0] is m:
+            out[id(m)] = entry
+            continue
+        ref, call = built.get(id(m), (None, None))
+        if ref is not None and ref() is m:
+            out[id(m)] = (m, _as_now(m, call))
+    return gm, out
 
 
 def _as_now(module: torch.nn.Module, call: InitCall | None) -> InitCall | None:
-    """``call`` updated to build ``module`` as the fast form left it: a folded convolution has
-    a bias, a ReLU may work in place."""
+    """``call`` updated to build ``module`` as the fast form left it (a ReLU in place)."""
     if call is None:
         return None
     kwargs = dict(call.kwargs)
-    if isinstance(module, CONV_TYPES) and module.bias is not None:
-        kwargs.pop("bias", None)  # True, the default
     if type(module) is torch.nn.ReLU and module.inplace:
         kwargs["inplace"] = True
     return InitCall(call.cls, call.args, kwargs)
@@ -273,11 +282,7 @@ def check_generated(
 
 
 def _generated_model(module: types.ModuleType, reference: torch.nn.Module) -> torch.nn.Module:
-    """The generated model holding ``reference``'s tensors (shared where it can be).
-
-    It keeps ``reference``'s (contiguous) layout: the check compares the code, and the fast
-    form's ``build`` turning the weights channels-last is a change of layout only.
-    """
+    """The generated model holding ``reference``'s tensors (shared where it can be)."""
     state = reference.state_dict()
     with torch.device("meta"):
         model = module.build(None)
@@ -285,7 +290,7 @@ def _generated_model(module: types.ModuleType, reference: torch.nn.Module) -> to
     if has_meta(model):  # a tensor the state dict does not hold: build it as usual
         model = module.build(None)
         model.load_state_dict(state)
-    return model.to(memory_format=torch.contiguous_format)
+    return model
 
 
 class _CallsOnly(fx.Tracer):

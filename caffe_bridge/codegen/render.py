@@ -613,7 +613,7 @@ def _init_line(attr: str, expr: str, caffe: str, folded: str | None = None) -> s
     (``folded``: a convolution's own layer, ``caffe`` the BatchNorm folded into it)."""
     comment = f"  # {caffe}" if caffe != attr and _comment_shows(caffe) else ""
     if folded is not None and _comment_shows(folded) and _comment_shows(caffe):
-        comment = f"  # {folded}, with {caffe} folded in"
+        comment = f"  # {folded} + {caffe}"
     line = _wrap_call(f"        self.{attr} = ", expr, 100 - len(comment))
     if not comment or "\n" not in line:
         return line + comment
@@ -701,9 +701,9 @@ def _rebuild(expr: str, namespace: dict[str, object], original: nn.Module) -> nn
 
 
 FAST_FORM = """\
-This is the fast form: BatchNorm folded into the convolutions, ReLU in place, channels-last
-weights (Caffe's numbers within float32 rounding, as measured by caffe-bridge's tests);
-``caffe2torch convert --exact`` writes Caffe's own order of operations instead."""
+This is the fast form: BatchNorm folded into the convolutions, ReLU in place, pooling on
+channels-last copies (Caffe's numbers within float32 rounding, as measured by caffe-bridge's
+tests); ``caffe2torch convert --exact`` writes Caffe's own order of operations instead."""
 EXACT_FORM = """\
 This is the exact form: Caffe's own order of operations (``caffe2torch convert`` without
 ``--exact`` writes the faster form, BatchNorm folded into the convolutions)."""
@@ -792,8 +792,7 @@ def render_module(
     """The standalone source of ``gm`` (built from ``net`` while ``records`` recorded).
 
     ``stem`` (the file's name) names the class when the net has no name; ``fast``: ``gm`` is
-    the fast form (:func:`caffe_bridge.fast.fast_structure`), whose ``build`` also makes the
-    weights channels-last.
+    the fast form (:func:`caffe_bridge.fast.make_fast`), which the header says.
     """
     import caffe_bridge
 
@@ -834,7 +833,6 @@ def render_module(
         forward_returns="torch.Tensor" if single else "tuple[torch.Tensor, ...]",
         forward_body=fwd_body,
         form=FAST_FORM if fast else EXACT_FORM,
-        layout=".to(memory_format=torch.channels_last)" if fast else "",
     )
     check_identifiers(source)
     return source

@@ -141,15 +141,15 @@ def _imported_modules(source: str) -> set[str]:
 
 @pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
 def test_small_net_bit_exact_in_fresh_interpreter(tmp_path: Path, exact: bool) -> None:
-    """The default code is ``convert``'s fast form (BatchNorm folded, ReLU in place,
-    channels-last weights); ``exact`` writes Caffe's order of operations. Either way the file
+    """The default code is ``convert``'s fast form (BatchNorm folded, ReLU in place, pooling
+    on channels-last copies); ``exact`` writes Caffe's order of operations. Either way the file
     reproduces the same form of ``convert`` bit for bit."""
     proto, model = _write_net(tmp_path, SMALL, "small")
     source = _check_bit_exact(tmp_path, proto, model, exact)
     assert _imported_modules(source) <= {"__future__", "torch"}
     assert "def build(weights: str | None = None) -> torch.nn.Module:" in source
     assert ("nn.BatchNorm2d(" in source) == exact
-    assert ("channels_last" in source) == (not exact)
+    assert ("= ChannelsLastPool(" in source) == (not exact)
 
 
 def test_header_names_sources_with_sha256(tmp_path: Path) -> None:
@@ -174,9 +174,9 @@ def test_one_named_submodule_per_layer(tmp_path: Path) -> None:
     assert "CAFFE_NAMES = " in gen.source
     for attr, caffe in names.items():
         line = next(x for x in gen.source.splitlines() if x.startswith(f"        self.{attr} = "))
-        assert (caffe == attr or line.endswith((f"  # {caffe}", f" with {caffe} folded in"))
+        assert (caffe == attr or line.endswith((f"  # {caffe}", f" + {caffe}"))
                 or f"{attr!r}: {caffe!r}," in gen.source)
-    assert "        self.conv1 = nn.Conv2d(  # conv1, with sc1 folded in" in gen.source
+    assert "        self.conv1 = nn.Conv2d(  # conv1 + sc1" in gen.source
 
 
 def test_hostile_names_run_and_create_no_file(tmp_path: Path) -> None:
@@ -223,8 +223,8 @@ def test_se_resnet50_bit_exact(shared_dir: Path, tmp_path: Path) -> None:
     assert "class SEResNet50(nn.Module):" in source
     assert "= nn.ReLU(" in source and "= nn.Sigmoid(" in source
     assert "class LeakyReLU" not in source and "class Sigmoid" not in source
-    assert ("self.conv1_7x7_s2 = nn.Conv2d(  # conv1/7x7_s2, with conv1/7x7_s2/bn/scale folded "
-            "in\n            3, 64," in source)
+    assert ("self.conv1_7x7_s2 = nn.Conv2d(  # conv1/7x7_s2 + conv1/7x7_s2/bn/scale\n"
+            "            3, 64," in source)
     assert source.count("\n") < 1000  # no 260-line name dict, no 88 del lines
 
 
