@@ -17,6 +17,7 @@ from caffe_bridge.errors import CaffeBridgeWarning, ShapeError
 from caffe_bridge.ir import Layer, Net, load_net
 
 CAFFE_LAYER = "caffe_layer"  # node.meta key: the Caffe layer a call_module node computes
+CAFFE_TOPS = "caffe_tops"  # node.meta key: the IR values it produces (layer names may repeat)
 
 
 def safe_identifier(name: str, taken: set[str]) -> str:
@@ -91,6 +92,7 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
         root.add_module(attr, module)
         node = graph.call_module(attr, tuple(env[b] for b in layer.bottoms))
         node.meta[CAFFE_LAYER] = produced.name
+        node.meta[CAFFE_TOPS] = tuple(produced.tops)
         if len(produced.tops) == 1:
             env[produced.tops[0]] = node
         else:

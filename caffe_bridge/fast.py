@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from caffe_bridge.build import CAFFE_LAYER
+from caffe_bridge.build import CAFFE_LAYER, CAFFE_TOPS
 
 CAFFE_FOLDED = "caffe_folded"  # node.meta key: the convolution's own Caffe layer, once folded
 
@@ -127,6 +127,8 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
             if CAFFE_LAYER in prev.meta:
                 prev.meta[CAFFE_FOLDED] = prev.meta[CAFFE_LAYER]
             prev.meta[CAFFE_LAYER] = node.meta[CAFFE_LAYER]
+        if CAFFE_TOPS in node.meta:
+            prev.meta[CAFFE_TOPS] = node.meta[CAFFE_TOPS]
         gm.graph.erase_node(node)
         gm.delete_submodule(node.target)
         count += 1

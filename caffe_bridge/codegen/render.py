@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from caffe_bridge.build import caffe_layer_names, safe_identifier
+from caffe_bridge.build import CAFFE_TOPS, caffe_layer_names, safe_identifier
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.fast import CAFFE_FOLDED
 from caffe_bridge.ir import Net
@@ -518,7 +518,7 @@ def _graph_statements(gm: fx.GraphModule, net: Net) -> tuple[list[str], list[_St
             value_of[node] = input_values[len(inputs)]
             inputs.append(value_of[node])
         elif node.op == "call_module":
-            tops = list(net.layer(names[node.target]).tops)
+            tops = list(node.meta.get(CAFFE_TOPS) or net.layer(names[node.target]).tops)
             args = [value_of[a] for a in node.args]
             stmts.append(_Statement(node.target, args, tops))
             if len(tops) == 1:

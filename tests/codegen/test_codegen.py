@@ -345,3 +345,21 @@ def test_check_shares_the_weights_and_checks_the_saved_file(tmp_path: Path) -> N
     torch.save(renamed, pth)
     with pytest.raises(CodegenError, match="does not match the generated model"):
         codegen.check_generated(py, pth, reference, net)
+
+
+REPEATED_NAMES = """
+name: "repeated"
+input: "data"
+input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }
+layer { name: "p" type: "Power" bottom: "data" top: "a" power_param { scale: 2 } }
+layer { name: "p" type: "Power" bottom: "data" top: "b" power_param { shift: 1 } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+"""
+
+
+def test_layers_sharing_a_name_keep_their_own_tops(tmp_path: Path) -> None:
+    """Two layers named alike (HED's five 'crop' layers): each statement binds its own top, so
+    the concat reads both (the name used to resolve to the last layer: 'b' twice)."""
+    proto, model = _write_net(tmp_path, REPEATED_NAMES, "repeated")
+    source = _check_bit_exact(tmp_path, proto, model)
+    assert "self.cat(a, b)" in source
