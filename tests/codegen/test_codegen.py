@@ -363,3 +363,30 @@ def test_layers_sharing_a_name_keep_their_own_tops(tmp_path: Path) -> None:
     proto, model = _write_net(tmp_path, REPEATED_NAMES, "repeated")
     source = _check_bit_exact(tmp_path, proto, model)
     assert "self.cat(a, b)" in source
+
+
+ROIS_INPUT = """
+name: "fast_rcnn_head"
+input: "data"
+input_shape { dim: 1 dim: 2 dim: 8 dim: 8 }
+input: "rois"
+input_shape { dim: 3 dim: 5 }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "data" bottom: "rois" top: "pool"
+  roi_pooling_param { pooled_h: 2 pooled_w: 2 spatial_scale: 1 } }
+"""
+
+
+def test_rois_input_is_checked_without_random_boxes(tmp_path: Path) -> None:
+    """rois as a net input (Fast R-CNN): N(0, 1) values are no boxes (negative batch indices).
+    The layer check and the whole-file run cannot feed them, so the file is written with a
+    warning saying what was not run, and it computes as convert does on real boxes."""
+    from caffe_bridge.errors import CaffeBridgeWarning
+
+    proto, model = _write_net(tmp_path, ROIS_INPUT, "head")
+    with pytest.warns(CaffeBridgeWarning, match="not run as a whole"):
+        py, pth = write_module_files(proto, model, tmp_path / "out")
+    x = torch.from_numpy(random_inputs(load_net(proto), seed=3)["data"])
+    rois = torch.tensor([[0, 0, 0, 7, 7], [0, 2, 1, 5, 6], [0, 3, 3, 3, 3]], dtype=torch.float32)
+    got = codegen.load_generated(py).build(str(pth))(x, rois)
+    want = convert(proto, model)(x, rois)
+    assert got.shape == (3, 2, 2, 2) and torch.equal(got, want)
