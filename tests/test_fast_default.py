@@ -251,7 +251,7 @@ def test_folded_constants_are_pytorch_batch_norm_own() -> None:
 
 def test_fast_pools_channels_last(tmp_path: Path) -> None:
     """Windowed pooling runs on a channels-last copy; its result is contiguous again."""
-    from caffe_bridge.fast import pool_channels_last
+    from caffe_bridge.fast import ChannelsLastPool, pool_channels_last
 
     path = tmp_path / "p.prototxt"
     path.write_text(CONV_BN_RELU.replace('layer { name: "fc"', 'layer { name: "pool" '
@@ -263,12 +263,15 @@ def test_fast_pools_channels_last(tmp_path: Path) -> None:
     x = torch.from_numpy(random_inputs(net, 4, batch=2)["data"])
     outs = ["pool", "fc"]
     exact, fast = convert(net, exact=True, outputs=outs), convert(net, outputs=outs)
-    methods = [n.kwargs.get("memory_format") for n in fast.graph.nodes if n.op == "call_method"]
-    assert methods == [torch.channels_last, None]
+    wrapped = [m for m in fast.modules() if isinstance(m, ChannelsLastPool)]
+    assert len(wrapped) == 1 and isinstance(wrapped[0].pool, torch.nn.MaxPool2d)
     assert pool_channels_last(convert(net, exact=True)) == 1
+    seen: list[bool] = []
+    wrapped[0].pool.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     with torch.no_grad():
         (p, fc), (p_fast, fc_fast) = exact(x), fast(x)
-    assert p_fast.is_contiguous()
+    assert seen == [True] and p_fast.is_contiguous()
     assert rel_err(p_fast.numpy(), p.numpy()) < 1e-5
     assert rel_err(fc_fast.numpy(), fc.numpy()) < 1e-5
 
