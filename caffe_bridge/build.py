@@ -18,6 +18,7 @@ from caffe_bridge.ir import Layer, Net, load_net
 
 CAFFE_LAYER = "caffe_layer"  # node.meta key: the Caffe layer a call_module node computes
 CAFFE_TOPS = "caffe_tops"  # node.meta key: the IR values it produces (layer names may repeat)
+CAFFE_SHAPES = "caffe_shapes"  # node.meta key: its bottoms' shapes in the definition
 
 
 def safe_identifier(name: str, taken: set[str]) -> str:
@@ -93,6 +94,7 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
         node = graph.call_module(attr, tuple(env[b] for b in layer.bottoms))
         node.meta[CAFFE_LAYER] = produced.name
         node.meta[CAFFE_TOPS] = tuple(produced.tops)
+        node.meta[CAFFE_SHAPES] = tuple(net.blobs[b].shape for b in layer.bottoms)
         if len(produced.tops) == 1:
             env[produced.tops[0]] = node
         else:
