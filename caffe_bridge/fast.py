@@ -202,7 +202,7 @@ class PointwiseGemm(nn.Module):
     """A 1x1 convolution (stride 1, no padding, one group) as a batched matrix product.
 
     PyTorch's NCHW path for it reorders every input and output to oneDNN's blocked layout; on
-    large maps the product itself is 1.5-3.2x faster at batch 16 (on 7 x 7 maps slower, so
+    large maps the product itself is 1.1-3.2x faster at batch 16 (on 7 x 7 maps slower, so
     those stay convolutions). Measured no less accurate: ``tests/test_fast_default.py``.
     """
 
