@@ -261,6 +261,25 @@ def test_cli_convert_output_option(shared_dir: Path, tmp_path: Path) -> None:
     assert "OUTPUTS = ('pool10',)" in (tmp_path / "o" / "sq.py").read_text()
 
 
+def test_cli_convert_exact_option(tmp_path: Path) -> None:
+    """`convert --exact` writes Caffe's order (BatchNorm kept); the default folds it. With
+    `--as senet` (the idiomatic model) it is a usage error."""
+    from click.testing import CliRunner
+
+    from caffe_bridge.cli import main
+
+    proto, _ = _write_net(tmp_path, SMALL, "small")
+    for flags, folded in (([], True), (["--exact"], False)):
+        res = CliRunner().invoke(main, ["convert", str(proto), "-o", str(tmp_path / "o"),
+                                        "--force", "-q", *flags])
+        assert res.exit_code == 0, res.output
+        source = (tmp_path / "o" / "small.py").read_text()
+        assert ("nn.BatchNorm2d(" not in source) == folded
+        assert ("This is the fast form" in source) == folded
+    res = CliRunner().invoke(main, ["convert", str(proto), "--as", "senet", "--exact"])
+    assert res.exit_code == 2 and "--exact" in res.output
+
+
 def test_recording_captures_constructor_calls() -> None:
     with recording() as records:
         conv = nn.Conv2d(3, 4, 3, stride=2, bias=False)
