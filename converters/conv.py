@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from caffe_bridge import shapes
@@ -138,7 +139,8 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     channels, group = x[axis], cp.group
     cls, extra = _DECONV[n_sp] if deconv else _CONV[n_sp], {}
     if not deconv and _pointwise_classifier(layer, net, geo):
-        cls, extra = BlockedPointwiseConv2d, {"blocks": math.gcd(channels, MAX_BLOCKS)}
+        blocks = math.gcd(channels, MAX_BLOCKS)
+        cls, extra = BlockedPointwiseConv2d, {"blocks": blocks if blocks > 1 else MAX_BLOCKS}
     conv = loaded_module(layer, cls, channels, cp.num_output, geo.kernel,
                          stride=geo.stride, padding=geo.pad, dilation=geo.dilation,
                          groups=group, bias=cp.bias_term, **extra)
@@ -176,7 +178,10 @@ def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.
     the bmm of tiny blocks and the longer sum cost time in every SE block).
     """
     out, k = weight.shape
-    parts = x.reshape(-1, blocks, k // blocks).transpose(0, 1)  # x is (N, k): no shape to restore
+    if k % blocks:  # zero terms add nothing: pad k to a multiple of blocks
+        x = F.pad(x, (0, -k % blocks))
+        weight = F.pad(weight, (0, -k % blocks))
+    parts = x.reshape(-1, blocks, x.shape[1] // blocks).transpose(0, 1)  # x is (N, k)
     return torch.bmm(parts, weight.reshape(out, blocks, -1).permute(1, 2, 0)).sum(0)
 
 
@@ -201,32 +206,42 @@ class BlockedLinear(nn.Linear):
 
 class BlockedPointwiseConv2d(nn.Conv2d):
     """A 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d`` computed as :func:`blocked_matmul`
-    over the channel axis (used where the definition gives it a 1x1 input: a classifier)."""
+    over the channel axis, one row per position (used where its result is the net's output or
+    a Softmax's input: a classifier, or a dense head such as colorization's ``class8_ab``)."""
 
     def __init__(self, *args: object, blocks: int = 1, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.blocks = blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x is N x C x 1 x 1 (checked at conversion): one row per sample
-        y = blocked_matmul(x.flatten(1), self.weight.flatten(1), self.blocks)
+        if x.shape[2] == 1 and x.shape[3] == 1:  # N x C x 1 x 1: one row per sample, and no
+            y = blocked_matmul(x.flatten(1), self.weight.flatten(1), self.blocks)  # shape to
+            if self.bias is not None:  # restore (a traced export keeps the batch dynamic)
+                y = y + self.bias
+            return y[:, :, None, None]
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        y = blocked_matmul(rows, self.weight.flatten(1), self.blocks)
         if self.bias is not None:
             y = y + self.bias
-        return y[:, :, None, None]
+        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, blocks={self.blocks}"
 
 
 def _pointwise_classifier(layer: Layer, net: Net, geo: shapes.ConvGeometry) -> bool:
-    """A 1x1 convolution over a 1x1 blob (a matrix-vector product at batch 1) whose result is
-    the net's output or read only by a Softmax: a classifier. (Not the SE blocks' 1x1
-    convolutions: their errors are damped by the gate, and blocking would cost time in each.)"""
+    """A 1x1 convolution whose result is the net's output or read only by a Softmax: a
+    classifier (over a 1x1 blob, a matrix-vector product at batch 1), or a dense head whose
+    long channel sums reach the output unaveraged (colorization's 313 -> 2 ``class8_ab``: 3.1x
+    OpenCV's distance to float64 before). Not the SE blocks' 1x1 convolutions: their errors
+    are damped by the gate, and blocking would cost time in each."""
     x = net.blobs[layer.bottoms[0]].shape
     cp = layer.param.convolution_param
     if not (len(x) == 4 and len(layer.bottoms) == 1 and cp.group == 1 and not any(geo.pad)
-            and shapes.canonical_axis(cp.axis, 4) == 1 and math.gcd(x[1], MAX_BLOCKS) > 1
-            and all(v == 1 for v in (*x[2:], *geo.kernel, *geo.stride))):
+            and shapes.canonical_axis(cp.axis, 4) == 1
+            and (math.gcd(x[1], MAX_BLOCKS) > 1 or x[1] >= 2 * MAX_BLOCKS)
+            and all(v == 1 for v in (*geo.kernel, *geo.stride))):
         return False
     top = layer.tops[0]
     readers = [other.type for other in net.layers if top in other.bottoms]

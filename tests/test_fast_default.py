@@ -37,9 +37,45 @@ densenet121        1.11e-06   1.43  1.43e-06  1.38e-06  1.59e-06   0.90   0.87
 =================  ========  =====  ========  ========  ========  =====  =====
 
 The pointwise convolutions on large maps that the fast form runs as one batched GEMM
-(``PointwiseGemm``) give these same figures to the digits shown. Running pointwise convolutions channels-last instead (faster still at batch 16) was
-measured too and rejected: ResNet-50 3.75x its floor from the exact model, SE-ResNet-50 1.72x
-OpenCV's distance.
+(``PointwiseGemm``) give these same figures to the digits shown. Running pointwise
+convolutions channels-last instead (faster still at batch 16) was measured too and rejected:
+ResNet-50 3.75x its floor from the exact model, SE-ResNet-50 1.72x OpenCV's distance.
+
+The wild corpus nets OpenCV runs (``CORPUS``: their first output; same method, one thread
+as in the tests, 2026-11-30):
+
+============================  ========  =====  ========  ========  ========  =====  =====
+net                           floor     ratio  exact     fast      OpenCV    ex/cv  fa/cv
+============================  ========  =====  ========  ========  ========  =====  =====
+bvlc_googlenet_deploy         1.53e-07   0.00  1.12e-07  1.12e-07  1.35e-07   0.83   0.83
+colorization_deploy_v2        3.57e-07   0.00  3.70e-07  3.70e-07  4.20e-07   0.88   0.88
+densenet201_deploy            1.79e-06   1.49  1.53e-06  2.05e-06  1.61e-06   0.95   1.27
+dpn92_deploy                  9.16e-06   1.15  1.25e-05  8.57e-06  1.27e-05   0.98   0.68
+inception_resnet_v2_deploy    1.38e-06   0.62  1.07e-06  1.24e-06  9.19e-07   1.17   1.35
+inception_v3_deploy           2.41e-05   1.02  1.48e-05  1.50e-05  2.08e-05   0.71   0.72
+inception_v4_deploy           2.41e-04   1.26  2.04e-04  1.70e-04  1.60e-04   1.28   1.07
+mtcnn_det1                    4.71e-07   0.00  3.13e-07  3.13e-07  4.82e-07   0.65   0.65
+mtcnn_det2                    9.80e-07   0.00  9.04e-07  9.04e-07  1.06e-06   0.85   0.85
+mtcnn_det3                    4.76e-07   0.00  2.83e-07  2.83e-07  5.03e-07   0.56   0.56
+nin_imagenet_deploy           1.52e-07   0.00  1.93e-07  1.93e-07  6.63e-07   0.29   0.29
+openpose_body25_deploy        7.83e-07   0.00  1.02e-06  1.02e-06  3.84e-07   2.65   2.65
+resnet101_v2_deploy           2.28e-05   0.81  2.07e-05  1.25e-05  1.65e-05   1.25   0.75
+resnext50_32x4d_deploy        1.23e-06   0.81  1.10e-06  1.35e-06  1.10e-06   1.01   1.23
+retinaface_mnet25_clancylian  4.18e-05   0.80  2.53e-05  3.27e-05  3.57e-05   0.71   0.92
+retinaface_mnet_charrin       4.87e-05   1.15  2.97e-05  3.63e-05  3.32e-05   0.90   1.09
+shufflenet_v1_1x_g3_deploy    2.72e-07   1.05  2.37e-07  2.31e-07  5.27e-07   0.45   0.44
+shufflenet_v2_1x_deploy       5.50e-06   1.34  4.35e-06  5.00e-06  4.68e-06   0.93   1.07
+vgg_face_deploy               3.13e-07   0.00  2.19e-07  2.19e-07  5.09e-07   0.43   0.43
+xception_deploy               3.67e-07   1.20  3.47e-07  3.15e-07  5.13e-07   0.68   0.61
+============================  ========  =====  ========  ========  ========  =====  =====
+
+colorization's output is a 313 -> 2 pointwise convolution on a 56 x 56 map of probabilities;
+its long channel sums were 3.1x OpenCV's distance until ``converters/conv.py`` gave it blocked
+sums (as the classifiers). Still behind (marked xfail): OpenPose BODY_25 (2.65x, exact and
+fast alike; the error grows through its 3x3 convolutions over 128-512 channels, each followed
+by PReLU: oneDNN's float32 sums against OpenCV's blocked ones) and inception_resnet_v2's fast
+model (1.35x; its exact model 1.17x). These figures depend on the thread count (BatchNorm
+calibration and reductions): with 2 threads inception_v4's exact model was 1.38x.
 
 Ranking two float32 implementations by these distances is noisy: the ratio ours / OpenCV moves
 by tens of percent between input sets (exact model, SE-ResNet-50: 0.74 over six other inputs,
@@ -105,8 +141,34 @@ NETS = {
     "resnet152_kaiming": "zoo/resnet152_kaiming_deploy.prototxt",
     "densenet121": "zoo/densenet121_deploy.prototxt",
 }
-SLOW = {"SE-ResNet-152", "SENet-154"}
-KEYS = [pytest.param(k, id=k, marks=[pytest.mark.slow] if k in SLOW else []) for k in NETS]
+# The wild corpus nets OpenCV runs (tests/test_wild_corpus.py::SHAPE_CHECKED), first output;
+# hed_deploy and fcn8s_voc_deploy (500 x 500: 50-90 s each for the float64 reference) measured
+# once instead (2 threads), 2026-11-30: exact / fast / OpenCV 2.17e-07 / 2.23e-07 / 2.59e-07 and
+# 4.98e-07 / 4.68e-07 / 5.26e-07.
+CORPUS = (
+    "bvlc_googlenet_deploy", "colorization_deploy_v2", "densenet201_deploy", "dpn92_deploy",
+    "inception_resnet_v2_deploy", "inception_v3_deploy", "inception_v4_deploy", "mtcnn_det1",
+    "mtcnn_det2", "mtcnn_det3", "nin_imagenet_deploy", "openpose_body25_deploy",
+    "resnet101_v2_deploy", "resnext50_32x4d_deploy", "retinaface_mnet25_clancylian",
+    "retinaface_mnet_charrin", "shufflenet_v1_1x_g3_deploy", "shufflenet_v2_1x_deploy",
+    "vgg_face_deploy", "xception_deploy",
+)
+NETS.update({name: f"wild/{name}.prototxt" for name in CORPUS})
+SLOW = {"SE-ResNet-152", "SENet-154", "colorization_deploy_v2", "vgg_face_deploy",
+        "inception_resnet_v2_deploy", "xception_deploy", "dpn92_deploy", "inception_v4_deploy"}
+# Still further from float64 than OpenCV (measured 2026-11-30; see the module docstring).
+BEHIND_EXACT = {"openpose_body25_deploy": 2.65}
+BEHIND_FAST = {"openpose_body25_deploy": 2.65, "inception_resnet_v2_deploy": 1.35}
+
+
+def _keys(behind: dict[str, float]) -> list[object]:
+    return [pytest.param(k, id=k, marks=[
+        *([pytest.mark.slow] if k in SLOW else []),
+        *([pytest.mark.xfail(reason=f"{behind[k]}x OpenCV's distance to float64", strict=False)]
+          if k in behind else [])]) for k in NETS]
+
+
+KEYS = _keys({})
 
 @dataclass(frozen=True)
 class Figures:
@@ -118,8 +180,10 @@ class Figures:
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The net's first output (the one compared) for input ``x``."""
     with torch.no_grad():
-        return model(x).numpy()
+        y = model(x)
+    return (y[0] if isinstance(y, tuple) else y).numpy()
 
 
 def noise_floor(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
@@ -182,7 +246,7 @@ def test_fast_within_twice_the_floor(key: str, figures: Callable[[str], Figures]
     assert f.fast_vs_exact <= FAST_FACTOR * f.floor, f
 
 
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("key", _keys(BEHIND_EXACT))
 def test_exact_as_close_to_float64_as_opencv(key: str, figures: Callable[[str], Figures]) -> None:
     """The exact model is no further from the float64 reference than OpenCV (Winograd off)."""
     f = figures(key)
@@ -191,7 +255,7 @@ def test_exact_as_close_to_float64_as_opencv(key: str, figures: Callable[[str], 
     assert f.exact <= TIE * f.opencv, f
 
 
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("key", _keys(BEHIND_FAST))
 def test_fast_as_close_to_float64_as_opencv(key: str, figures: Callable[[str], Figures]) -> None:
     """The default (fast) model is no further from the float64 reference than OpenCV."""
     f = figures(key)
