@@ -140,7 +140,8 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     cls, extra = _DECONV[n_sp] if deconv else _CONV[n_sp], {}
     if not deconv and _pointwise_classifier(layer, net, geo):
         blocks = math.gcd(channels, MAX_BLOCKS)
-        cls, extra = BlockedPointwiseConv2d, {"blocks": blocks if blocks > 1 else MAX_BLOCKS}
+        cls, extra = BlockedPointwiseConv2d, {"blocks": blocks if blocks > 1 else MAX_BLOCKS,
+                                              "spatial": any(d != 1 for d in x[2:])}
     conv = loaded_module(layer, cls, channels, cp.num_output, geo.kernel,
                          stride=geo.stride, padding=geo.pad, dilation=geo.dilation,
                          groups=group, bias=cp.bias_term, **extra)
@@ -167,7 +168,8 @@ def convert_deconvolution(layer: Layer, net: Net) -> nn.Module:
 MAX_BLOCKS = 32  # InnerProduct: partial dot products summed at the end (see BlockedLinear)
 
 
-def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.Tensor:
+def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int, pad: int = 0
+                   ) -> torch.Tensor:
     """``x @ weight.T`` for a 2-D ``x`` (N, k), each dot product summed as ``blocks`` partial
     sums.
 
@@ -177,12 +179,11 @@ def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.
     (one ``bmm``, then ``sum``) bring it to 3.6e-7 at any batch size (128 blocks: 3.3e-7, but
     the bmm of tiny blocks and the longer sum cost time in every SE block).
     """
-    out, k = weight.shape
-    if k % blocks:  # zero terms add nothing: pad k to a multiple of blocks
-        x = F.pad(x, (0, -k % blocks))
-        weight = F.pad(weight, (0, -k % blocks))
+    if pad:  # zero terms add nothing: k + pad is a multiple of blocks (known when built)
+        x = F.pad(x, (0, pad))
+        weight = F.pad(weight, (0, pad))
     parts = x.reshape(-1, blocks, x.shape[1] // blocks).transpose(0, 1)  # x is (N, k)
-    return torch.bmm(parts, weight.reshape(out, blocks, -1).permute(1, 2, 0)).sum(0)
+    return torch.bmm(parts, weight.reshape(weight.shape[0], blocks, -1).permute(1, 2, 0)).sum(0)
 
 
 class BlockedLinear(nn.Linear):
@@ -209,25 +210,27 @@ class BlockedPointwiseConv2d(nn.Conv2d):
     over the channel axis, one row per position (used where its result is the net's output or
     a Softmax's input: a classifier, or a dense head such as colorization's ``class8_ab``)."""
 
-    def __init__(self, *args: object, blocks: int = 1, **kwargs: object) -> None:
+    def __init__(self, *args: object, blocks: int = 1, spatial: bool = False,
+                 **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.blocks = blocks
+        self.spatial = spatial  # from the definition: the input map is larger than 1 x 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[2] == 1 and x.shape[3] == 1:  # N x C x 1 x 1: one row per sample, and no
-            y = blocked_matmul(x.flatten(1), self.weight.flatten(1), self.blocks)  # shape to
-            if self.bias is not None:  # restore (a traced export keeps the batch dynamic)
+        pad = -self.in_channels % self.blocks
+        if not self.spatial:  # N x C x 1 x 1: one row per sample, and no shape to restore (a
+            y = blocked_matmul(x.flatten(1), self.weight.flatten(1), self.blocks, pad)  # traced
+            if self.bias is not None:  # export keeps the batch axis dynamic)
                 y = y + self.bias
             return y[:, :, None, None]
-        n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        y = blocked_matmul(rows, self.weight.flatten(1), self.blocks)
+        rows = x.permute(0, 2, 3, 1).flatten(0, 2)
+        y = blocked_matmul(rows, self.weight.flatten(1), self.blocks, pad)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        return y.reshape(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, blocks={self.blocks}"
+        return f"{super().extra_repr()}, blocks={self.blocks}, spatial={self.spatial}"
 
 
 def _pointwise_classifier(layer: Layer, net: Net, geo: shapes.ConvGeometry) -> bool:

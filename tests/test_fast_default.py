@@ -374,6 +374,30 @@ def test_blocked_inner_product_matches_linear(tmp_path: Path) -> None:
     assert torch.allclose(fc.double()(z), want, rtol=1e-12, atol=1e-12)
 
 
+DENSE_HEAD = """
+name: "head"
+input: "data" input_shape { dim: 2 dim: 67 dim: 5 dim: 6 }
+layer { name: "ab" type: "Convolution" bottom: "data" top: "ab"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+
+
+def test_dense_output_head_sums_in_blocks(tmp_path: Path) -> None:
+    """A 1x1 convolution whose spatial result is the net's output (colorization's class8_ab)
+    sums each position's channels in 32 blocks, 67 channels padded with zeros to 96: the same
+    function as the convolution (float64 check), one row per position."""
+    from caffe_bridge.converters.conv import BlockedPointwiseConv2d
+
+    path = tmp_path / "head.prototxt"
+    path.write_text(DENSE_HEAD)
+    net = with_weights(load_net(path), random_weights(load_net(path), 3))
+    conv = convert(net, exact=True).ab
+    assert isinstance(conv, BlockedPointwiseConv2d) and conv.blocks == 32 and conv.spatial
+    z = torch.randn(2, 67, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    want = torch.nn.functional.conv2d(z, conv.weight.double(), conv.bias.double())
+    assert torch.allclose(conv.double()(z), want, rtol=1e-12, atol=1e-12)
+
+
 def test_pointwise_gemm_matches_the_convolution_on_large_maps_only() -> None:
     """1x1 convolutions on maps of 28 x 28 or more become one batched GEMM (same values within
     float32 rounding); smaller maps, strides, groups and windows stay convolutions."""
