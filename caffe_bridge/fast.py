@@ -153,7 +153,7 @@ def relu_in_place(gm: fx.GraphModule) -> int:
         (arg,) = node.args
         if (isinstance(arg, fx.Node) and arg.op in ("call_module", "call_function")
                 and len(arg.users) == 1):
-            relu.inplace = True
+            gm.add_submodule(node.target, nn.ReLU(inplace=True))  # new: codegen records it
             count += 1
     return count
 

@@ -45,7 +45,6 @@ from torch import fx
 from caffe_bridge.build import build_module, warn_unused_weights
 from caffe_bridge.codegen.render import (
     CodegenError,
-    InitCall,
     Progress,
     Records,
     check_identifiers,
@@ -165,9 +164,10 @@ def _converted(net: Net, outputs: Sequence[str] | None, exact: bool) -> tuple[fx
                                                                               Records]:
     """The converted model (exact, or the fast form) and its modules' constructor records.
 
-    The fast form's new modules (folded convolutions, pooling wrappers) are built by their
-    constructors while recording; records are matched to modules by identity through weak
-    references, so the modules the fast form replaces are freed (their weights with them).
+    The fast form's new modules (folded convolutions, in-place ReLUs, pooling and GEMM
+    modules) are built by their constructors while recording; records are matched to modules
+    by identity through weak references, so the modules the fast form replaces are freed
+    (their weights with them).
     """
     with recording() as records:
         gm = build_module(net, outputs)
@@ -185,18 +185,8 @@ def _converted(net: Net, outputs: Sequence[str] | None, exact: bool) -> tuple[fx
             continue
         ref, call = built.get(id(m), (None, None))
         if ref is not None and ref() is m:
-            out[id(m)] = (m, _as_now(m, call))
+            out[id(m)] = (m, call)
     return gm, out
-
-
-def _as_now(module: torch.nn.Module, call: InitCall | None) -> InitCall | None:
-    """``call`` updated to build ``module`` as the fast form left it (a ReLU in place)."""
-    if call is None:
-        return None
-    kwargs = dict(call.kwargs)
-    if type(module) is torch.nn.ReLU and module.inplace:
-        kwargs["inplace"] = True
-    return InitCall(call.cls, call.args, kwargs)
 
 
 def _owns_storage(t: torch.Tensor) -> bool:
