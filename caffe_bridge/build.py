@@ -19,6 +19,7 @@ from caffe_bridge.ir import Layer, Net, load_net
 CAFFE_LAYER = "caffe_layer"  # node.meta key: the Caffe layer a call_module node computes
 CAFFE_TOPS = "caffe_tops"  # node.meta key: the IR values it produces (layer names may repeat)
 CAFFE_SHAPES = "caffe_shapes"  # node.meta key: its bottoms' shapes in the definition
+CAFFE_FOLDED = "caffe_folded"  # node.meta key: a convolution's own layer, once BN is folded in
 
 
 def safe_identifier(name: str, taken: set[str]) -> str:

@@ -29,9 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from caffe_bridge.build import CAFFE_LAYER, CAFFE_SHAPES, CAFFE_TOPS
-
-CAFFE_FOLDED = "caffe_folded"  # node.meta key: the convolution's own Caffe layer, once folded
+from caffe_bridge.build import CAFFE_FOLDED, CAFFE_LAYER, CAFFE_SHAPES, CAFFE_TOPS
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -91,10 +89,16 @@ def _conv_with(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn.
         out = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size,
                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                          groups=conv.groups, padding_mode=conv.padding_mode)
-    grad = conv.weight.requires_grad
-    out.weight = nn.Parameter(weight, grad)
-    out.bias = nn.Parameter(bias, grad)
-    return out
+    return _holding(out, weight, bias, conv.weight.requires_grad)
+
+
+def _holding(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
+             grad: bool) -> nn.Module:
+    """``module`` (built on the meta device) with ``weight`` and ``bias`` as its parameters."""
+    module.weight = nn.Parameter(weight, grad)
+    if bias is not None:
+        module.bias = nn.Parameter(bias, grad)
+    return module
 
 
 def _foldable(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -236,23 +240,22 @@ def pointwise_gemm(gm: fx.GraphModule) -> int:
     count = 0
     for node in gm.graph.nodes:
         conv = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if conv is None or len(node.args) != 1 or not _pointwise(conv,
-                                                                  node.meta.get(CAFFE_SHAPES, ())):
+        shapes = node.meta.get(CAFFE_SHAPES, ())
+        if conv is None or len(node.args) != 1 or not _pointwise(conv, shapes):
             continue
         with torch.device("meta"):  # no initialisation: the tensors are given
             gemm = PointwiseGemm(conv.in_channels, conv.out_channels, conv.bias is not None)
-        grad = conv.weight.requires_grad
-        gemm.weight = nn.Parameter(conv.weight.reshape(conv.out_channels, -1), grad)
-        if conv.bias is not None:
-            gemm.bias = nn.Parameter(conv.bias.detach(), grad)
-        gm.add_submodule(node.target, gemm)
+        bias = None if conv.bias is None else conv.bias.detach()
+        weight = conv.weight.detach().reshape(conv.out_channels, -1)
+        gm.add_submodule(node.target, _holding(gemm, weight, bias, conv.weight.requires_grad))
         count += 1
     return count
 
 
 def make_fast(model: fx.GraphModule) -> fx.GraphModule:
     """Turn a converted model into its fast form, in place (no copy of the weights); return it:
-    BatchNorm folded, ReLU in place, pooling on channels-last copies, eval mode.
+    BatchNorm folded, ReLU in place, pooling on channels-last copies, pointwise convolutions on
+    large maps as one batched GEMM, eval mode.
 
     The convolutions stay NCHW: oneDNN's channels-last (NHWC) kernels sum a 3x3 convolution's
     ``9 * C_in`` products in a float32 order whose error grows with ``C_in`` (RMS error 2x

@@ -44,9 +44,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from caffe_bridge.build import CAFFE_TOPS, caffe_layer_names, safe_identifier
+from caffe_bridge.build import CAFFE_FOLDED, CAFFE_TOPS, caffe_layer_names, safe_identifier
 from caffe_bridge.errors import CaffeBridgeError
-from caffe_bridge.fast import CAFFE_FOLDED
 from caffe_bridge.ir import Net
 
 Progress = Callable[[str, int, int], None]
@@ -505,8 +504,10 @@ class _Statement:
 
 def _graph_statements(gm: fx.GraphModule, net: Net) -> tuple[list[str], list[_Statement],
                                                               list[str]]:
-    """(input values, one statement per submodule call, output values) of ``gm``'s graph."""
-    names = caffe_layer_names(gm)
+    """(input values, one statement per submodule call, output values) of ``gm``'s graph.
+
+    Each call's tops come from its node (``build_module`` records them): layer names may repeat.
+    """
     input_values = [v for layer in net.layers if layer.type == "Input" for v in layer.tops]
     value_of: dict[fx.Node, str] = {}
     multi: dict[fx.Node, list[str]] = {}
@@ -518,7 +519,7 @@ def _graph_statements(gm: fx.GraphModule, net: Net) -> tuple[list[str], list[_St
             value_of[node] = input_values[len(inputs)]
             inputs.append(value_of[node])
         elif node.op == "call_module":
-            tops = list(node.meta.get(CAFFE_TOPS) or net.layer(names[node.target]).tops)
+            tops = list(node.meta[CAFFE_TOPS])
             args = [value_of[a] for a in node.args]
             stmts.append(_Statement(node.target, args, tops))
             if len(tops) == 1:
@@ -702,8 +703,9 @@ def _rebuild(expr: str, namespace: dict[str, object], original: nn.Module) -> nn
 
 FAST_FORM = """\
 This is the fast form: BatchNorm folded into the convolutions, ReLU in place, pooling on
-channels-last copies (Caffe's numbers within float32 rounding, as measured by caffe-bridge's
-tests); ``caffe2torch convert --exact`` writes Caffe's own order of operations instead."""
+channels-last copies, 1x1 convolutions on large maps as one batched matrix product (Caffe's
+numbers within float32 rounding, as measured by caffe-bridge's tests); ``caffe2torch convert
+--exact`` writes Caffe's own order of operations instead."""
 EXACT_FORM = """\
 This is the exact form: Caffe's own order of operations (``caffe2torch convert`` without
 ``--exact`` writes the faster form, BatchNorm folded into the convolutions)."""
