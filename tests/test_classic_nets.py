@@ -23,6 +23,7 @@ from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.per_key import computed_once
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REL_TOL = 1e-5
@@ -97,15 +98,8 @@ def _compute(fx: Fixture) -> Result:
 
 
 @pytest.fixture(scope="module")
-def result() -> Callable[[str], Result]:
-    cache: dict[str, Result] = {}
-
-    def get(key: str) -> Result:
-        if key not in cache:
-            cache[key] = _compute(BY_KEY[key])
-        return cache[key]
-
-    return get
+def result(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Result]:
+    return computed_once(lambda key, _tmp: _compute(BY_KEY[key]), tmp_path_factory)
 
 
 @pytest.mark.parametrize("key", KEYS)

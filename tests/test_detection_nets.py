@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from caffe_bridge.ir import Net, load_net, with_weights
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.per_key import computed_once
 from tests.helpers.wild import WILD
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
@@ -139,15 +141,13 @@ def compute(spec: Spec, tmp: Path) -> Result:
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    cache: dict[str, Result] = {}
+def result(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Result]:
+    computed = computed_once(lambda key, tmp: compute(NETS[key], tmp), tmp_path_factory)
 
     def get(key: str) -> Result:
         if not HAVE_CV2:
             pytest.skip("needs opencv-python-headless")
-        if key not in cache:
-            cache[key] = compute(NETS[key], tmp_path_factory.mktemp(key))
-        return cache[key]
+        return computed(key)
 
     return get
 

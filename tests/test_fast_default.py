@@ -116,6 +116,7 @@ from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.per_key import computed_once
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 FLOOR_SEEDS = (100, 101, 102)
@@ -225,17 +226,13 @@ def compute(path: Path, tmp: Path) -> Figures:
 @pytest.fixture(scope="module")
 def figures(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Callable[[str], Figures]:
-    cache: dict[str, Figures] = {}
+    def shown(key: str, tmp: Path) -> Figures:
+        f = compute(shared_dir / NETS[key], tmp)
+        print(f"\n{key}: floor {f.floor:.3g} fast-vs-exact {f.fast_vs_exact:.3g} "
+              f"to f64: exact {f.exact:.3g} fast {f.fast:.3g} opencv {f.opencv}")
+        return f
 
-    def get(key: str) -> Figures:
-        if key not in cache:
-            cache[key] = compute(shared_dir / NETS[key], tmp_path_factory.mktemp(key))
-            f = cache[key]
-            print(f"\n{key}: floor {f.floor:.3g} fast-vs-exact {f.fast_vs_exact:.3g} "
-                  f"to f64: exact {f.exact:.3g} fast {f.fast:.3g} opencv {f.opencv}")
-        return cache[key]
-
-    return get
+    return computed_once(shown, tmp_path_factory)
 
 
 @pytest.mark.parametrize("key", KEYS)

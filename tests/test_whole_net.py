@@ -36,6 +36,7 @@ from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.per_key import computed_once
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 
@@ -153,14 +154,8 @@ def compute(spec: Spec, shared: Path, tmp: Path) -> Result:
 def result(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Callable[[str], Result]:
     """key -> Result, computed on first use and kept for the module."""
-    cache: dict[str, Result] = {}
-
-    def get(key: str) -> Result:
-        if key not in cache:
-            cache[key] = compute(BY_KEY[key], shared_dir, tmp_path_factory.mktemp(key))
-        return cache[key]
-
-    return get
+    return computed_once(lambda key, tmp: compute(BY_KEY[key], shared_dir, tmp),
+                         tmp_path_factory)
 
 
 @pytest.mark.parametrize("key", ALL)

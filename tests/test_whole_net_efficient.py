@@ -35,6 +35,7 @@ from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_forward
 from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
+from tests.helpers.per_key import computed_once
 from tests.helpers.wild import WILD
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
@@ -99,14 +100,7 @@ def compute(key: str, tmp: Path) -> Result:
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Result]:
-    cache: dict[str, Result] = {}
-
-    def get(key: str) -> Result:
-        if key not in cache:
-            cache[key] = compute(key, tmp_path_factory.mktemp(key))
-        return cache[key]
-
-    return get
+    return computed_once(compute, tmp_path_factory)
 
 
 def _report(key: str, errs: dict[str, tuple[float, float]], what: str) -> None:

@@ -33,6 +33,7 @@ from caffe_bridge.random_weights import random_inputs, random_weights
 from tests import reference
 from tests.helpers import seg_nets
 from tests.helpers.layer_check import rel_err
+from tests.helpers.per_key import computed_once
 
 HAVE_CV2 = importlib.util.find_spec("cv2") is not None
 REL_TOL = 1e-5
@@ -80,14 +81,7 @@ def compute(key: str, tmp: Path) -> Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
-    cache: dict[str, Run] = {}
-
-    def get(key: str) -> Run:
-        if key not in cache:
-            cache[key] = compute(key, tmp_path_factory.mktemp(key))
-        return cache[key]
-
-    return get
+    return computed_once(compute, tmp_path_factory)
 
 
 @pytest.mark.parametrize("key", list(NETS))
