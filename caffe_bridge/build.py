@@ -15,6 +15,7 @@ from torch import fx, nn
 from caffe_bridge.caffemodel import release_pages
 from caffe_bridge.errors import CaffeBridgeWarning, ShapeError
 from caffe_bridge.ir import Layer, Net, load_net
+from caffe_bridge.micro_batch import PART_LIMIT, CaffeGraphModule, part_limit
 
 CAFFE_LAYER = "caffe_layer"  # node.meta key: the Caffe layer a call_module node computes
 CAFFE_TOPS = "caffe_tops"  # node.meta key: the IR values it produces (layer names may repeat)
@@ -108,7 +109,8 @@ def build_module(net: Net, outputs: Sequence[str] | None = None) -> fx.GraphModu
     result = env[out_values[0]] if len(out_values) == 1 else tuple(env[v] for v in out_values)
     graph.output(result)
     graph.lint()
-    gm = fx.GraphModule(root, graph, class_name=_class_name(net))
+    gm = CaffeGraphModule(root, graph, class_name=_class_name(net))
+    gm.meta[PART_LIMIT] = part_limit(net, registry.per_sample)
     gm.eval()
     return gm
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from caffe_bridge.build import CAFFE_FOLDED, CAFFE_LAYER, CAFFE_SHAPES, CAFFE_TOPS
+from caffe_bridge.micro_batch import MICRO_BATCH, PART_LIMIT
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -255,7 +256,8 @@ def pointwise_gemm(gm: fx.GraphModule) -> int:
 def make_fast(model: fx.GraphModule) -> fx.GraphModule:
     """Turn a converted model into its fast form, in place (no copy of the weights); return it:
     BatchNorm folded, ReLU in place, pooling on channels-last copies, pointwise convolutions on
-    large maps as one batched GEMM, eval mode.
+    large maps as one batched GEMM, large batches in parts (:mod:`caffe_bridge.micro_batch`,
+    nets that never mix samples only), eval mode.
 
     The convolutions stay NCHW: oneDNN's channels-last (NHWC) kernels sum a 3x3 convolution's
     ``9 * C_in`` products in a float32 order whose error grows with ``C_in`` (RMS error 2x
@@ -264,6 +266,7 @@ def make_fast(model: fx.GraphModule) -> fx.GraphModule:
     floor from the exact model.
     """
     fold_batch_norm(model)
+    model.meta[MICRO_BATCH] = model.meta.get(PART_LIMIT, 0)
     relu_in_place(model)
     pool_channels_last(model)
     pointwise_gemm(model)

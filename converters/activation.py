@@ -14,7 +14,7 @@ from torch import nn
 
 from caffe_bridge import shapes
 from caffe_bridge.converters.python_param import literal_dict
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.registry import axis_past_batch, register
 from caffe_bridge.errors import PrototxtError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32, f32_tensor
@@ -23,14 +23,14 @@ from caffe_bridge.shapes import canonical_axis, same_shape
 PRELU_DEFAULT_SLOPE = 0.25  # Caffe's PReLU filler when the definition names none
 
 
-@register("ReLU", shape=same_shape)
+@register("ReLU", shape=same_shape, per_sample=True)
 def convert_relu(layer: Layer, net: Net) -> nn.Module:
     """ReLU, with Caffe's ``negative_slope`` (leaky) when set."""
     slope = f32(layer.param.relu_param.negative_slope)
     return nn.LeakyReLU(slope) if slope else nn.ReLU()
 
 
-@register("PReLU", shape=shapes.prelu_shapes)
+@register("PReLU", shape=shapes.prelu_shapes, per_sample=True)
 def convert_prelu(layer: Layer, net: Net) -> nn.Module:
     """PReLU; ``channel_shared`` gives one slope for all channels."""
     (shape,) = layer.param_shapes
@@ -51,7 +51,7 @@ def convert_prelu(layer: Layer, net: Net) -> nn.Module:
     return prelu
 
 
-@register("ELU", shape=same_shape)
+@register("ELU", shape=same_shape, per_sample=True)
 def convert_elu(layer: Layer, net: Net) -> nn.Module:
     """ELU with Caffe's ``alpha`` (default 1)."""
     return nn.ELU(f32(layer.param.elu_param.alpha))
@@ -62,19 +62,19 @@ class AbsVal(nn.Module):
         return torch.abs(x)
 
 
-@register("Sigmoid", shape=same_shape)
+@register("Sigmoid", shape=same_shape, per_sample=True)
 def convert_sigmoid(layer: Layer, net: Net) -> nn.Module:
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
     return nn.Sigmoid()
 
 
-@register("TanH", shape=same_shape)
+@register("TanH", shape=same_shape, per_sample=True)
 def convert_tanh(layer: Layer, net: Net) -> nn.Module:
     """Hyperbolic tangent."""
     return nn.Tanh()
 
 
-@register("AbsVal", shape=same_shape)
+@register("AbsVal", shape=same_shape, per_sample=True)
 def convert_absval(layer: Layer, net: Net) -> nn.Module:
     """Absolute value ``|x|``."""
     return AbsVal()
@@ -115,7 +115,7 @@ class Constant(nn.Module):
         return f"value={self.value}"
 
 
-@register("Power", shape=same_shape)
+@register("Power", shape=same_shape, per_sample=True)
 def convert_power(layer: Layer, net: Net) -> nn.Module:
     """Power ``(shift + scale * x) ^ power``; a constant when ``power * scale == 0``."""
     p = layer.param.power_param
@@ -151,7 +151,7 @@ def _log_base(base: float) -> float:
     return f32(math.log(base))
 
 
-@register("Exp", shape=same_shape)
+@register("Exp", shape=same_shape, per_sample=True)
 def convert_exp(layer: Layer, net: Net) -> nn.Module:
     """Exp ``base ^ (shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.exp_param
@@ -185,7 +185,7 @@ class ScaledLog(nn.Module):
         return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
 
 
-@register("Log", shape=same_shape)
+@register("Log", shape=same_shape, per_sample=True)
 def convert_log(layer: Layer, net: Net) -> nn.Module:
     """Log ``log_base(shift + scale * x)``; base -1 (default) means e."""
     p = layer.param.log_param
@@ -202,7 +202,7 @@ class BNLL(nn.Module):
         return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
 
 
-@register("BNLL", shape=same_shape)
+@register("BNLL", shape=same_shape, per_sample=True)
 def convert_bnll(layer: Layer, net: Net) -> nn.Module:
     """BNLL (softplus) ``log(1 + exp(x))``, exact for large |x|."""
     return BNLL()
@@ -222,13 +222,13 @@ class Threshold(nn.Module):
         return f"threshold={self.threshold}"
 
 
-@register("Threshold", shape=same_shape)
+@register("Threshold", shape=same_shape, per_sample=True)
 def convert_threshold(layer: Layer, net: Net) -> nn.Module:
     """Threshold: 1 where ``x > threshold`` (strictly), else 0."""
     return Threshold(f32(layer.param.threshold_param.threshold))
 
 
-@register("Dropout", shape=same_shape)
+@register("Dropout", shape=same_shape, per_sample=True)
 def convert_dropout(layer: Layer, net: Net) -> nn.Module:
     """Dropout: the identity at test time; ``scale_train: false`` (py-faster-rcnn) scales."""
     p = layer.param.dropout_param
@@ -241,7 +241,7 @@ def convert_dropout(layer: Layer, net: Net) -> nn.Module:
 
 
 @register("Python:spatial_dropout.SpatialDropoutLayer", shape=same_shape,
-          fork="TimoSaemann/caffe-enet")
+          fork="TimoSaemann/caffe-enet", per_sample=True)
 def convert_spatial_dropout(layer: Layer, net: Net) -> nn.Module:
     """ENet's SpatialDropoutLayer (Python): at TEST it scales by 1 / (1 - p), not identity."""
     # TimoSaemann/caffe-enet python/spatial_dropout.py: scale_ = 1. / (1. - p); with phase
@@ -256,7 +256,7 @@ def convert_spatial_dropout(layer: Layer, net: Net) -> nn.Module:
     return Power(1.0, f32(1.0 / (1.0 - p)), 0.0)
 
 
-@register("Softmax", shape=shapes.softmax_shapes)
+@register("Softmax", shape=shapes.softmax_shapes, per_sample=axis_past_batch("softmax_param"))
 def convert_softmax(layer: Layer, net: Net) -> nn.Module:
     """Softmax along ``axis`` (default 1, not the last axis)."""
     shape = net.blobs[layer.bottoms[0]].shape

@@ -31,7 +31,7 @@ class Axpy(nn.Module):
         return torch.addcmul(y, gate, x)
 
 
-@register("Axpy", shape=axpy_shapes, fork="hujie-frank/SENet")
+@register("Axpy", shape=axpy_shapes, fork="hujie-frank/SENet", per_sample=True)
 def convert_axpy(layer: Layer, net: Net) -> nn.Module:
     """Axpy (SENet): bottoms (a, X, Y) -> a * X + Y, a per sample and channel."""
     return Axpy(len(net.blobs[layer.bottoms[1]].shape) - 2)

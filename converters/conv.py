@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caffe_bridge import shapes
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.registry import axis_past_batch, register
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32_tensor
@@ -153,13 +153,15 @@ def _conv_family(layer: Layer, net: Net, deconv: bool) -> nn.Module:
     return module
 
 
-@register("Convolution", shape=shapes.convolution_shapes)
+@register("Convolution", shape=shapes.convolution_shapes,
+          per_sample=axis_past_batch("convolution_param"))
 def convert_convolution(layer: Layer, net: Net) -> nn.Module:
     """Convolution: nn.Conv1d/2d/3d (group, dilation, per-dim or _h/_w geometry, any axis)."""
     return _conv_family(layer, net, deconv=False)
 
 
-@register("Deconvolution", shape=shapes.deconvolution_shapes)
+@register("Deconvolution", shape=shapes.deconvolution_shapes,
+          per_sample=axis_past_batch("convolution_param"))
 def convert_deconvolution(layer: Layer, net: Net) -> nn.Module:
     """Deconvolution: nn.ConvTranspose1d/2d/3d without output padding (Caffe's output size)."""
     return _conv_family(layer, net, deconv=True)
@@ -251,7 +253,8 @@ def _pointwise_classifier(layer: Layer, net: Net, geo: shapes.ConvGeometry) -> b
     return top in net.outputs or (bool(readers) and set(readers) <= {"Softmax"})
 
 
-@register("InnerProduct", shape=shapes.inner_product_shapes)
+@register("InnerProduct", shape=shapes.inner_product_shapes,
+          per_sample=axis_past_batch("inner_product_param"))
 def convert_inner_product(layer: Layer, net: Net) -> nn.Module:
     """InnerProduct: flatten from ``axis``, then nn.Linear (weight transposed if ``transpose``)."""
     ip = layer.param.inner_product_param

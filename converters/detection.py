@@ -72,7 +72,11 @@ class CaffePermute(nn.Module):
         return x.permute(self.order).contiguous()
 
 
-@register("Permute", shape=permute_shape, fork="weiliu89/caffe (ssd)")
+def _batch_first(layer: Layer, net: Net) -> bool:
+    return permute_order(layer.param, len(net.blobs[layer.bottoms[0]].shape))[0] == 0
+
+
+@register("Permute", shape=permute_shape, fork="weiliu89/caffe (ssd)", per_sample=_batch_first)
 def convert_permute(layer: Layer, net: Net) -> nn.Module:
     """Permute (SSD): reorder axes; unlisted axes follow in their original order."""
     return CaffePermute(permute_order(layer.param, len(net.blobs[layer.bottoms[0]].shape)))
@@ -103,7 +107,7 @@ class L2Normalize(nn.Module):
         return x / norm * self.scale
 
 
-@register("Normalize", shape=normalize_shape, fork="weiliu89/caffe (ssd)")
+@register("Normalize", shape=normalize_shape, fork="weiliu89/caffe (ssd)", per_sample=True)
 def convert_normalize(layer: Layer, net: Net) -> nn.Module:
     """Normalize (SSD): L2 normalisation (eps inside the root) times a learned scale."""
     p = layer.param.norm_param

@@ -74,7 +74,7 @@ def convolution_depthwise_shape(param: pb_message.Message, ins: Sequence[Shape])
 
 
 @register("ConvolutionDepthwise", shape=convolution_depthwise_shape,
-          fork="conv_dw_layer.cpp (ShuffleNet/MobileNet ports)")
+          fork="conv_dw_layer.cpp (ShuffleNet/MobileNet ports)", per_sample=True)
 def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
     """ConvolutionDepthwise: nn.Conv2d with groups = channels; num_output/group are ignored."""
     cp = layer.param.convolution_param
@@ -89,7 +89,7 @@ def convert_convolution_depthwise(layer: Layer, net: Net) -> nn.Module:
 
 
 @register("DepthwiseConvolution", shape=shapes.convolution_shapes,
-          fork="yonghenglh6/DepthwiseConvolution")
+          fork="yonghenglh6/DepthwiseConvolution", per_sample=True)
 def convert_depthwise_convolution(layer: Layer, net: Net) -> nn.Module:
     """DepthwiseConvolution: Caffe's Convolution with the prototxt's group (1 when absent)."""
     return conv.convert_convolution(layer, net)
@@ -124,7 +124,8 @@ class ChannelShuffleCaffe(nn.Module):
         return f"group={self.group}"
 
 
-@register("ShuffleChannel", shape=shuffle_channel_shape, fork="farmingyard/ShuffleNet")
+@register("ShuffleChannel", shape=shuffle_channel_shape, fork="farmingyard/ShuffleNet",
+          per_sample=True)
 def convert_shuffle_channel(layer: Layer, net: Net) -> nn.Module:
     """ShuffleChannel (farmingyard/ShuffleNet): view channels as (group, C/group), transpose."""
     c = net.blobs[layer.bottoms[0]].shape[1]
@@ -150,7 +151,7 @@ class ReLU6Caffe(nn.Module):
         return f"negative_slope={self.negative_slope}"
 
 
-@register("ReLU6", shape=shapes.same_shape, fork="eric612/MobileNet-YOLO")
+@register("ReLU6", shape=shapes.same_shape, fork="eric612/MobileNet-YOLO", per_sample=True)
 def convert_relu6(layer: Layer, net: Net) -> nn.Module:
     """ReLU6 (eric612/MobileNet-YOLO): ReLU (relu6_param negative_slope) capped at 6."""
     return ReLU6Caffe(f32(layer.param.relu6_param.negative_slope))
@@ -171,7 +172,7 @@ class ClipCaffe(nn.Module):
         return f"min={self.lo}, max={self.hi}"
 
 
-@register("Clip", shape=shapes.same_shape)
+@register("Clip", shape=shapes.same_shape, per_sample=True)
 def convert_clip(layer: Layer, net: Net) -> nn.Module:
     """Clip: ``max(min, min(x, max))`` (both bounds required, as in BVLC's schema)."""
     cp = layer.param.clip_param
@@ -196,20 +197,20 @@ class SwishCaffe(nn.Module):
         return f"beta={self.beta}"
 
 
-@register("Swish", shape=shapes.same_shape)
+@register("Swish", shape=shapes.same_shape, per_sample=True)
 def convert_swish(layer: Layer, net: Net) -> nn.Module:
     """Swish: ``x * sigmoid(beta * x)`` (swish_param beta, default 1)."""
     return SwishCaffe(f32(layer.param.swish_param.beta))
 
 
 @register("Mish", shape=shapes.same_shape,
-          fork="foss-for-synopsys-dwc-arc-processors/synopsys-caffe")
+          fork="foss-for-synopsys-dwc-arc-processors/synopsys-caffe", per_sample=True)
 def convert_mish(layer: Layer, net: Net) -> nn.Module:
     """Mish: ``x * tanh(softplus(x))``, softplus linear above 20 (torch.nn.Mish's own rule)."""
     return nn.Mish()
 
 
-@register("HardSwish", shape=shapes.same_shape, fork="Zeitzmz/micronet-caffe")
+@register("HardSwish", shape=shapes.same_shape, fork="Zeitzmz/micronet-caffe", per_sample=True)
 def convert_hard_swish(layer: Layer, net: Net) -> nn.Module:
     """HardSwish: ``x * min(max(x + 3, 0), 6) / 6`` (torch.nn.Hardswish, same order)."""
     return nn.Hardswish()

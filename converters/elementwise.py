@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from caffe_bridge import schema, shapes
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.registry import axis_past_batch, register
 from caffe_bridge.errors import PrototxtError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.shapes import canonical_axis
@@ -53,7 +53,7 @@ class EltwiseMax(nn.Module):
         return y
 
 
-@register("Eltwise", shape=shapes.eltwise_shapes)
+@register("Eltwise", shape=shapes.eltwise_shapes, per_sample=True)
 def convert_eltwise(layer: Layer, net: Net) -> nn.Module:
     """Eltwise SUM (optional per-bottom ``coeff``), PROD or MAX of equally shaped bottoms."""
     ep = layer.param.eltwise_param
@@ -84,7 +84,8 @@ class Concat(nn.Module):
         return f"axis={self.axis}"
 
 
-@register("Concat", shape=shapes.concat_shapes)
+@register("Concat", shape=shapes.concat_shapes,
+          per_sample=axis_past_batch("concat_param", "concat_dim"))
 def convert_concat(layer: Layer, net: Net) -> nn.Module:
     """Concat along ``axis`` (default 1; the legacy ``concat_dim`` wins when set)."""
     cp = layer.param.concat_param
@@ -108,7 +109,7 @@ class Split(nn.Module):
         return f"n_tops={self.n_tops}"
 
 
-@register("Split", shape=shapes.split_shapes)
+@register("Split", shape=shapes.split_shapes, per_sample=True)
 def convert_split(layer: Layer, net: Net) -> nn.Module:
     """Split: copies of the bottom, one per top."""
     return Split(len(layer.tops))

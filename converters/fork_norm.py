@@ -166,7 +166,7 @@ def mvn_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=(ins[0],))
 
 
-@register("MVN", shape=mvn_shape)
+@register("MVN", shape=mvn_shape, per_sample=True)
 def convert_mvn(layer: Layer, net: Net) -> nn.Module:
     """MVN: mean (and std, eps added to the std) over H*W or C*H*W."""
     mp = layer.param.mvn_param

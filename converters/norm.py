@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caffe_bridge import schema, shapes
-from caffe_bridge.converters.registry import register, register_fusion
+from caffe_bridge.converters.registry import axis_past_batch, register, register_fusion
 from caffe_bridge.errors import ShapeError, UnsupportedLayerError
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32_tensor
@@ -85,7 +85,8 @@ def _bn_module(layer: Layer, net: Net, affine: Layer | None = None) -> nn.Module
     return bn.eval()
 
 
-@register("BatchNorm", shape=shapes.batch_norm_shapes)
+@register("BatchNorm", shape=shapes.batch_norm_shapes,
+          per_sample=lambda layer, net: uses_global_stats(layer))
 def convert_batch_norm(layer: Layer, net: Net) -> nn.Module:
     """BatchNorm: nn.BatchNormNd without affine; mean/f, var/f; batch stats if asked."""
     return _bn_module(layer, net)
@@ -185,13 +186,13 @@ def _scale_or_bias(layer: Layer, net: Net, is_scale: bool) -> nn.Module:
     return Affine(None, _operand(layer, 0, span, trailing, 0.0))
 
 
-@register("Scale", shape=shapes.scale_shapes)
+@register("Scale", shape=shapes.scale_shapes, per_sample=axis_past_batch("scale_param"))
 def convert_scale(layer: Layer, net: Net) -> nn.Module:
     """Scale: learned (one bottom, axis/num_axes) or bottom[1] broadcast from axis; opt. bias."""
     return _scale_or_bias(layer, net, is_scale=True)
 
 
-@register("Bias", shape=shapes.scale_shapes)
+@register("Bias", shape=shapes.scale_shapes, per_sample=axis_past_batch("bias_param"))
 def convert_bias(layer: Layer, net: Net) -> nn.Module:
     """Bias: learned (one bottom, axis/num_axes) or bottom[1] broadcast from axis."""
     return _scale_or_bias(layer, net, is_scale=False)
@@ -213,7 +214,7 @@ class WithinChannelLRN(nn.Module):
         return x * torch.pow(1.0 + self.alpha * avg, -self.beta)
 
 
-@register("LRN", shape=shapes.lrn_shapes)
+@register("LRN", shape=shapes.lrn_shapes, per_sample=True)
 def convert_lrn(layer: Layer, net: Net) -> nn.Module:
     """LRN: ACROSS_CHANNELS as nn.LocalResponseNorm; WITHIN_CHANNEL from AVE pooling of x^2."""
     lp = layer.param.lrn_param

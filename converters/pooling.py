@@ -151,7 +151,7 @@ class MaxPoolMask2d(nn.Module):
         return y, mask
 
 
-@register("Pooling", shape=shapes.pooling_shapes)
+@register("Pooling", shape=shapes.pooling_shapes, per_sample=True)
 def convert_pooling(layer: Layer, net: Net) -> nn.Module:
     """Pooling MAX/AVE (global, CEIL/FLOOR, pad up to kernel-1, stride default 1, MAX mask top)."""
     pp = layer.param.pooling_param

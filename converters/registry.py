@@ -28,6 +28,9 @@ from caffe_bridge.ir import Blob, Layer, Net, SourceLoc
 from caffe_bridge.shapes import LayerShapes, Rule, Shape, ShapeRuleError
 
 Converter = Callable[[Layer, Net], nn.Module]
+# Whether sample i of every top depends on sample i of the bottoms alone (axis 0 is the batch
+# and is never mixed): True/False for the type, or a test of the layer's parameters.
+PerSample = bool | Callable[[Layer, Net], bool]
 # A fusion turns two consecutive layers (the second consuming the first's only top) into one
 # module, or returns None when that would not be exact for these two layers.
 Fusion = Callable[[Layer, Layer, Net], "nn.Module | None"]
@@ -52,6 +55,7 @@ class ConverterInfo:
     origin: str  # module that registered it
     shape: Rule | None = None  # None: tops inferred by running the module on meta tensors
     fork: str = BVLC
+    per_sample: PerSample = False
 
     @property
     def summary(self) -> str:
@@ -67,13 +71,15 @@ class Registry:
         self._fusions: dict[tuple[str, str], Fusion] = {}
         self._refused: dict[str, str] = {}  # registry key -> why it is not converted
 
-    def register(self, *types: str, shape: Rule | None = None,
-                 fork: str = BVLC) -> Callable[[Converter], Converter]:
+    def register(self, *types: str, shape: Rule | None = None, fork: str = BVLC,
+                 per_sample: PerSample = False) -> Callable[[Converter], Converter]:
         """Register a converter (and its shape rule) for Caffe layer ``types``.
 
         Without ``shape`` the tops' shapes come from running the module on meta tensors, which
         suits parameter-free layers; layers with weight blobs give a rule whose ``params`` are
         the blob shapes Caffe stores. ``fork`` names the Caffe fork whose source defines it.
+        ``per_sample`` declares that the layer never mixes samples of a batch (see
+        :meth:`per_sample`); undeclared types are assumed to mix them.
         """
         if not types:
             raise TypeError("register() needs at least one Caffe layer type")
@@ -86,7 +92,7 @@ class Registry:
                     warnings.warn(f"layer type {t!r}: converter {old.origin}.{old.fn.__name__} "
                                   f"replaced by {fn.__module__}.{fn.__name__}",
                                   CaffeBridgeWarning, stacklevel=2)
-                self._by_type[t] = ConverterInfo(t, fn, fn.__module__, shape, fork)
+                self._by_type[t] = ConverterInfo(t, fn, fn.__module__, shape, fork, per_sample)
             return fn
 
         return deco
@@ -131,6 +137,14 @@ class Registry:
                 f"no converter for layer type {layer.type!r}; supported types: "
                 f"{', '.join(self.types())} (add one with caffe_bridge.register)"), layer)
         return info
+
+    def per_sample(self, layer: Layer, net: Net) -> bool:
+        """Whether ``layer`` computes each sample of the batch from that sample alone (so the
+        batch may be run in parts); False for unknown types."""
+        key = registry_key(layer.type, layer.param)
+        info = self._by_type.get(key)
+        rule = False if info is None else info.per_sample
+        return rule if isinstance(rule, bool) else bool(rule(layer, net))
 
     def lookup(self, layer: Layer) -> Converter:
         return self.info(layer).fn
@@ -181,6 +195,19 @@ def _meta_shapes(fn: Converter, param: pb_message.Message,
         out = module(*(torch.empty(s, device="meta") for s in in_shapes))
     outs = out if isinstance(out, tuple | list) else (out,)
     return LayerShapes(tuple(tuple(int(d) for d in t.shape) for t in outs))
+
+
+def axis_past_batch(param: str, legacy: str | None = None) -> Callable[[Layer, Net], bool]:
+    """A ``per_sample`` test: the layer's ``<param>.axis`` (``<param>.<legacy>`` when set) is
+    not the batch axis of its first bottom."""
+
+    def test(layer: Layer, net: Net) -> bool:
+        p = getattr(layer.param, param)
+        axis = getattr(p, legacy) if legacy and p.HasField(legacy) else p.axis
+        ndim = len(net.blobs[layer.bottoms[0]].shape)
+        return -ndim <= axis < ndim and axis % ndim != 0
+
+    return test
 
 
 REGISTRY = Registry()

@@ -69,7 +69,7 @@ class CaffeInterp(nn.Module):
         return F.interpolate(x, size=self.out, mode="bilinear", align_corners=True)
 
 
-@register("Interp", shape=interp_shape, fork="DeepLab v2 / hszhao/PSPNet")
+@register("Interp", shape=interp_shape, fork="DeepLab v2 / hszhao/PSPNet", per_sample=True)
 def convert_interp(layer: Layer, net: Net) -> nn.Module:
     """Interp (DeepLab/PSPNet): crop by pads, bilinear with corner alignment."""
     _, _, h, w = net.blobs[layer.bottoms[0]].shape
@@ -149,7 +149,7 @@ class MaskUnpool2d(nn.Module):
 
 @register("Upsample", shape=upsample_shape,
           fork="alexgkendall/caffe-segnet, TimoSaemann/caffe-enet (mask); "
-               "eric612/MobileNet-YOLO (nearest)")
+               "eric612/MobileNet-YOLO (nearest)", per_sample=True)
 def convert_upsample(layer: Layer, net: Net) -> nn.Module:
     """Upsample: max-unpooling by a mask bottom (SegNet/ENet) or nearest by scale (YOLO ports)."""
     x = net.blobs[layer.bottoms[0]].shape

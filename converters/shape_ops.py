@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from caffe_bridge import shapes
-from caffe_bridge.converters.registry import register
+from caffe_bridge.converters.registry import axis_past_batch, register
 from caffe_bridge.errors import ShapeError
 from caffe_bridge.ir import Layer, Net
 
@@ -45,7 +45,8 @@ class Slice(nn.Module):
         return f"axis={self.axis}, n_tops={self.n_tops}, points={self.points}"
 
 
-@register("Slice", shape=shapes.slice_shapes)
+@register("Slice", shape=shapes.slice_shapes,
+          per_sample=axis_past_batch("slice_param", "slice_dim"))
 def convert_slice(layer: Layer, net: Net) -> nn.Module:
     """Slice along ``axis`` (legacy ``slice_dim``) at ``slice_point``s, or into equal parts."""
     axis, sizes = shapes.slice_sizes(layer.param, _bottom_shape(layer, net))
@@ -71,7 +72,7 @@ class Flatten(nn.Module):
         return f"start={self.start}, end={self.end}"
 
 
-@register("Flatten", shape=shapes.flatten_shapes)
+@register("Flatten", shape=shapes.flatten_shapes, per_sample=axis_past_batch("flatten_param"))
 def convert_flatten(layer: Layer, net: Net) -> nn.Module:
     """Flatten axes ``axis`` (default 1) through ``end_axis`` (default -1) into one."""
     fp = layer.param.flatten_param
@@ -103,7 +104,14 @@ class Reshape(nn.Module):
         return f"dims={self.dims}, copied={self.copied}"
 
 
-@register("Reshape", shape=shapes.reshape_shapes)
+def _keeps_batch(layer: Layer, net: Net) -> bool:
+    """Reshape's per-sample test: axis 0 is outside the reshaped span or copied (``0``)."""
+    rp = layer.param.reshape_param
+    start = rp.axis + len(net.blobs[layer.bottoms[0]].shape) + 1 if rp.axis < 0 else rp.axis
+    return start > 0 or (len(rp.shape.dim) > 0 and rp.shape.dim[0] == 0)
+
+
+@register("Reshape", shape=shapes.reshape_shapes, per_sample=_keeps_batch)
 def convert_reshape(layer: Layer, net: Net) -> nn.Module:
     """Reshape with Caffe's ``0`` (copy), ``-1`` (infer), ``axis`` and ``num_axes``."""
     x = _bottom_shape(layer, net)
@@ -140,7 +148,7 @@ class Crop(nn.Module):
         return f"axis={self.axis}, offsets={self.offsets}"
 
 
-@register("Crop", shape=shapes.crop_shapes)
+@register("Crop", shape=shapes.crop_shapes, per_sample=axis_past_batch("crop_param"))
 def convert_crop(layer: Layer, net: Net) -> nn.Module:
     """Crop bottom 0 to bottom 1's shape from ``axis`` (default 2) at ``offset``(s)."""
     axis, offsets = shapes.crop_offsets(layer.param,

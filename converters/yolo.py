@@ -66,7 +66,7 @@ def reorg_shape(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(tops=((n, c * s * s, h // s, w // s),))
 
 
-@register("Reorg", shape=reorg_shape, fork="eric612/MobileNet-YOLO")
+@register("Reorg", shape=reorg_shape, fork="eric612/MobileNet-YOLO", per_sample=True)
 def convert_reorg(layer: Layer, net: Net) -> nn.Module:
     """Reorg (YOLOv2 passthrough): darknet's flat-index reorg, not a space-to-depth."""
     rp = layer.param.reorg_param

@@ -47,6 +47,7 @@ from torch import fx, nn
 from caffe_bridge.build import CAFFE_FOLDED, CAFFE_TOPS, caffe_layer_names, safe_identifier
 from caffe_bridge.errors import CaffeBridgeError
 from caffe_bridge.ir import Net
+from caffe_bridge.micro_batch import MICRO_BATCH, run_in_parts, splittable
 
 Progress = Callable[[str, int, int], None]
 SMALL_TENSOR = 4  # tensors with at most this many elements are written out exactly
@@ -703,9 +704,18 @@ def _rebuild(expr: str, namespace: dict[str, object], original: nn.Module) -> nn
 
 FAST_FORM = """\
 This is the fast form: BatchNorm folded into the convolutions, ReLU in place, pooling on
-channels-last copies, 1x1 convolutions on large maps as one batched matrix product (Caffe's
-numbers within float32 rounding, as measured by caffe-bridge's tests); ``caffe2torch convert
---exact`` writes Caffe's own order of operations instead."""
+channels-last copies, 1x1 convolutions on large maps as one batched matrix product, a large
+batch in parts when no layer mixes samples (Caffe's numbers within float32 rounding, as
+measured by caffe-bridge's tests); ``caffe2torch convert --exact`` writes Caffe's own order of
+operations instead."""
+CALL_IN_PARTS = """
+
+    MICRO_BATCH = $part  # a larger batch runs in parts of this many samples (none is mixed)
+
+    def __call__(self, *inputs: torch.Tensor, **kwargs: torch.Tensor) -> $returns:
+        if not kwargs and splittable(self, inputs, self.MICRO_BATCH):
+            return run_in_parts(self, inputs, self.MICRO_BATCH)
+        return super().__call__(*inputs, **kwargs)"""
 EXACT_FORM = """\
 This is the exact form: Caffe's own order of operations (``caffe2torch convert`` without
 ``--exact`` writes the faster form, BatchNorm folded into the convolutions)."""
@@ -811,9 +821,14 @@ def render_module(
     names = caffe_layer_names(gm)
     children = list(gm.named_children())
     init_lines = _init_lines(net, gm, _Renderer(emitter, records), stmts, check, progress)
+    part = int(gm.meta.get(MICRO_BATCH, 0)) if fast else 0
+    if part:
+        emitter.copy(splittable)
+        emitter.copy(run_in_parts)
     class_name = _class_name(net, stem, set(emitter.bound) | reserved)
     emitter.reserved.add(class_name)
     single = len(outputs) == 1
+    returns = "torch.Tensor" if single else "tuple[torch.Tensor, ...]"
     fwd_args, fwd_body = _forward_source(net, inputs, stmts, outputs,
                                          set(emitter.bound) | reserved | {class_name}, single)
     shown = [f"{display_text(f)} ({role}, sha256 {digest[:12]}...)"
@@ -839,8 +854,10 @@ def render_module(
         outputs=_literal(tuple(net.blobs[v].caffe_name for v in outputs)),
         init_body="\n".join(init_lines) if init_lines else "        pass",
         forward_args=fwd_args,
-        forward_returns="torch.Tensor" if single else "tuple[torch.Tensor, ...]",
+        forward_returns=returns,
         forward_body=fwd_body,
+        call_method=string.Template(CALL_IN_PARTS).substitute(part=part, returns=returns)
+        if part else "",
         form=FAST_FORM if fast else EXACT_FORM,
     )
     check_identifiers(source)
