@@ -5,8 +5,9 @@ elementwise op and layout reorder; in parts of 4 each blob (13 MB) stays in the 
 cache, and the whole batch runs 1.2x (SE-ResNet-50) to 2.4x (MobileNet v2) faster
 (``BENCHMARKS.md``). This is only valid when sample ``i`` of every output depends on sample ``i``
 of the inputs alone: each layer type declares that in its registration (``per_sample``), and a
-net with one undeclared layer is never split. Only the fast form splits (``caffe_bridge.fast``);
-the exact form runs the batch whole, as Caffe does.
+net with one undeclared layer is never split. Only the fast form splits (``caffe_bridge.fast``),
+and only on the CPU (a GPU wants the whole batch); the exact form runs the batch whole, as Caffe
+does.
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ def _hooked(module: nn.Module) -> bool:
 
 
 def splittable(module: nn.Module, args: tuple[object, ...], part: int) -> bool:
-    """Whether ``module(*args)`` may run in parts of ``part`` samples: tensors of one batch size
-    above ``part``, no tracing or compiling, no forward hooks."""
-    if part <= 0 or not args or not all(isinstance(a, torch.Tensor) and a.dim() > 0
-                                        for a in args):
-        return False
-    if len({a.shape[0] for a in args}) != 1 or args[0].shape[0] <= part:
-        return False
+    """Whether ``module(*args)`` may run in parts of ``part`` samples: CPU tensors of one batch
+    size above ``part``, no tracing or compiling, no forward hooks."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_symbolic_tracing():
+        return False
+    if part <= 0 or not args or not all(isinstance(a, torch.Tensor) and a.dim() > 0
+                                        and a.device.type == "cpu" for a in args):
+        return False  # a GPU wants the whole batch: the parts are for a CPU's cache
+    if len({a.shape[0] for a in args}) != 1 or args[0].shape[0] <= part:
         return False
     return not _hooked(module)
 

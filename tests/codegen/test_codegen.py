@@ -152,6 +152,21 @@ def test_small_net_bit_exact_in_fresh_interpreter(tmp_path: Path, exact: bool) -
     assert ("= ChannelsLastPool(" in source) == (not exact)
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+def test_large_batch_runs_in_the_same_parts_as_convert(tmp_path: Path, exact: bool) -> None:
+    """The fast file splits a batch of 11 into parts of 4 as ``convert``'s model does
+    (``caffe_bridge.micro_batch``), so the two agree bit for bit there too; the exact file
+    runs the batch whole."""
+    proto, model = _write_net(tmp_path, SMALL, "small")
+    py, _ = write_module_files(proto, model, tmp_path / "out", exact=exact)
+    source = py.read_text(encoding="utf-8")
+    assert ("MICRO_BATCH = 4" in source) == (not exact)
+    inputs = random_inputs(load_net(proto), seed=3, batch=11)
+    got = _fresh_run(py, py.with_suffix(".pth"), inputs, tmp_path)
+    want = _converted_outputs(proto, model, inputs, exact)
+    assert torch.equal(torch.from_numpy(got[0]), torch.from_numpy(want[0]))
+
+
 def test_header_names_sources_with_sha256(tmp_path: Path) -> None:
     proto, model = _write_net(tmp_path, SMALL, "small")
     py, _ = write_module_files(proto, model, tmp_path / "out")
