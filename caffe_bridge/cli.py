@@ -269,7 +269,8 @@ def layers_command() -> None:
 @click.option("--exact", is_flag=True,
               help="Write Caffe's own order of operations (BatchNorm kept, NCHW) instead of "
                    "the default fast form (BatchNorm folded into the convolutions, ReLU in "
-                   "place, pooling channels-last: Caffe's numbers within float32 rounding).")
+                   "place, pooling channels-last, a large CPU batch in parts: Caffe's numbers "
+                   "within float32 rounding).")
 @click.option("--as", "as_", type=click.Choice(["senet"]), default=None,
               help="Write the idiomatic SENet instead (caffe_bridge.models): <stem>.pth "
                    "(state dict) + <stem>.preset.json (mean, std, channel order, crop, classes).")

@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from caffe_bridge.ir import Net
+from caffe_bridge.ir import Layer, Net
 
 PART_LIMIT = "caffe_part_limit"  # GraphModule.meta key: most samples per part (0: never split)
 MICRO_BATCH = "caffe_micro_batch"  # GraphModule.meta key: samples per part in use (0: whole)
@@ -29,7 +29,7 @@ PART_BYTES = 32 * 2**20  # a part's largest blob (float32) fits a 32 MiB last-le
 MAX_PART = 4  # fewer samples per part gain nothing more and lose batched-GEMM efficiency
 
 
-def part_limit(net: Net, per_sample: Callable[..., bool]) -> int:
+def part_limit(net: Net, per_sample: Callable[[Layer, Net], bool]) -> int:
     """Samples per part for ``net`` (1 to ``MAX_PART``), or 0 when some layer mixes samples.
 
     ``per_sample(layer, net)`` is the registry's per-layer test.
