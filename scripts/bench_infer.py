@@ -9,6 +9,8 @@ batch 1 and batch 16, each as GFLOP/s (FLOPs from ``caffe_bridge.summary``, 2 x 
 and as a percentage of the GEMM rate and of the peak; MobileNet v2 is memory-bound, so it is
 also given as bytes/s (every layer's bottoms, tops and weights moved once) against the copy
 bandwidth.
+``--parts 16`` instead times each net's default model at batch 16 whole and in parts of 1, 2,
+4 and 8 samples (``caffe_bridge.micro_batch``), interleaved, with its minor page faults.
 Beside each: the exact model (``convert(exact=True)``) and OpenCV dnn on the same definition
 and weights (Winograd on, its default). ``--profile`` adds a torch.profiler table of the
 default model of SE-ResNet-50 at batch 1 (where the time goes).
@@ -17,15 +19,17 @@ The same number of threads for torch and OpenCV; best of ``--repeats`` timed run
 warm-up. Each model's output is compared with the exact model's, so a fast wrong answer shows.
 
     python scripts/bench_infer.py [--threads N] [--repeats 5] [--nets SE-ResNet-50,...]
-        [--batches 1,16] [--profile] [--idiomatic 8]
+        [--batches 1,16] [--profile] [--idiomatic 8] [--parts 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +41,7 @@ import torch
 from caffe_bridge.build import convert
 from caffe_bridge.caffemodel import write_caffemodel
 from caffe_bridge.ir import Net, load_net, with_weights
+from caffe_bridge.micro_batch import MICRO_BATCH
 from caffe_bridge.numeric import rel_err
 from caffe_bridge.opencv_reference import opencv_definition
 from caffe_bridge.random_weights import random_inputs, random_weights
@@ -237,6 +242,74 @@ def bench_idiomatic(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     return results
 
 
+PART_SIZES = (0, 1, 2, 4, 8)  # samples per part; 0: the whole batch at once
+
+
+def _faults(fn: Callable[[], object]) -> int:
+    """Minor page faults (pages the kernel mapped and zeroed) during one call of ``fn``."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def bench_parts(args: argparse.Namespace) -> dict[str, object]:
+    """The default model of each of ``--nets`` at batch ``--parts``, whole and in parts of
+    ``PART_SIZES`` samples, interleaved round by round (best of ``--repeats``), with the GEMM
+    timed in each round and the minor page faults of one forward."""
+    n = args.gemm_n
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    gemm = functools.partial(torch.mm, a, b, out=out)
+    results: dict[str, object] = {}
+    for key in args.nets.split(","):
+        net = load_net(NETS[key])
+        net = with_weights(net, random_weights(net, args.seed))
+        model = convert(net)
+        x = torch.from_numpy(random_inputs(net, args.seed + 1, batch=args.parts)[
+            next(iter(net.inputs))])
+        limit = model.meta[MICRO_BATCH]
+        runs = {size: functools.partial(_with_part, model, size, x) for size in PART_SIZES}
+        with torch.inference_mode():
+            row = _parts_row(runs, gemm, 2 * n**3, summarize(net).total_flops * args.parts,
+                             args.repeats)
+        model.meta[MICRO_BATCH] = limit
+        results[key] = {"default_part": limit, **row}
+        print(f"{key:13s} b{args.parts} (GEMM {row['gemm_gflops']} GFLOP/s; default part "
+              f"{limit}; 0 = whole): " + "  ".join(
+                  f"{s}: {r['ms']} ms {r['pct_gemm']}% {r['page_faults']} faults"
+                  f"{'' if r['bit_equal_to_whole'] else ' (not bit-equal)'}"
+                  for s, r in ((s, row[f"part{s}"]) for s in PART_SIZES)), flush=True)
+    return results
+
+
+def _parts_row(runs: dict[int, Callable[[], torch.Tensor]], gemm: Callable[[], object],
+               gemm_flops: int, flops: int, repeats: int) -> dict[str, object]:
+    """Each run timed once per round after the GEMM, best of ``repeats`` rounds."""
+    whole = runs[0]()
+    for run in runs.values():  # warm-up
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    gemm_best = float("inf")
+    for _ in range(repeats):
+        gemm_best = min(gemm_best, best_of(gemm, 1, 0))
+        for size, run in runs.items():
+            best[size] = min(best[size], best_of(run, 1, 0))
+    rate = gemm_flops / gemm_best / 1e9
+    row: dict[str, object] = {"gemm_gflops": round(rate, 1)}
+    for size, run in runs.items():
+        row[f"part{size}"] = {
+            "ms": round(best[size] * 1e3, 1),
+            "pct_gemm": round(100 * flops / best[size] / 1e9 / rate, 1),
+            "page_faults": _faults(run),
+            "bit_equal_to_whole": bool(torch.equal(run(), whole))}
+    return row
+
+
+def _with_part(model: torch.nn.Module, size: int, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` run in parts of ``size`` samples (0: whole)."""
+    model.meta[MICRO_BATCH] = size
+    return model(x)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -247,6 +320,9 @@ def main() -> None:
     ap.add_argument("--copy-mb", type=int, default=512)
     ap.add_argument("--no-opencv", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--parts", type=int, default=0,
+                    help="instead: time the default models at this batch whole and in parts of "
+                         f"{', '.join(map(str, PART_SIZES[1:]))} samples (0: no)")
     ap.add_argument("--idiomatic", type=int, default=0,
                     help="also time the idiomatic se_resnet50 at this batch (0: no)")
     ap.add_argument("--seed", type=int, default=0)
@@ -259,6 +335,10 @@ def main() -> None:
         cv2.setNumThreads(args.threads)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"threads {args.threads}; torch {torch.__version__}; best of {args.repeats}")
+    if args.parts:
+        results = {"threads": args.threads, "repeats": args.repeats, "batch": args.parts}
+        print("\n" + json.dumps({**results, **bench_parts(args)}))
+        return
     gemm = gemm_gflops(args.gemm_n, args.repeats)
     conv = conv_gflops(args.repeats)
     peak = max(gemm, conv)
