@@ -19,7 +19,7 @@ from torch import nn
 
 from caffe_bridge import schema, shapes
 from caffe_bridge.converters import conv, pooling
-from caffe_bridge.converters.registry import refuse, register
+from caffe_bridge.converters.registry import axis_past_batch, refuse, register
 from caffe_bridge.ir import Layer, Net
 from caffe_bridge.numeric import f32
 from caffe_bridge.shapes import LayerShapes, Shape, ShapeRuleError
@@ -63,7 +63,7 @@ class ReductionCaffe(nn.Module):
         return f"op={self.op}, axis={self.axis}, coeff={self.coeff}"
 
 
-@register("Reduction", shape=reduction_shape)
+@register("Reduction", shape=reduction_shape, per_sample=axis_past_batch("reduction_param"))
 def convert_reduction(layer: Layer, net: Net) -> nn.Module:
     """Reduction SUM/ASUM/SUMSQ/MEAN of all axes from ``axis`` (default 0) on, times coeff."""
     rp = layer.param.reduction_param

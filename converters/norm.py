@@ -9,6 +9,7 @@ which case it normalises with the batch's own statistics even at test time (as P
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -186,13 +187,28 @@ def _scale_or_bias(layer: Layer, net: Net, is_scale: bool) -> nn.Module:
     return Affine(None, _operand(layer, 0, span, trailing, 0.0))
 
 
-@register("Scale", shape=shapes.scale_shapes, per_sample=axis_past_batch("scale_param"))
+def _operand_per_sample(param: str) -> Callable[[Layer, Net], bool]:
+    """Scale/Bias: a learned operand must not run along the batch axis (axis 0), a second
+    bottom must (axis 0: one operand per sample, as SE-BN-Inception's gates); a second bottom
+    broadcast from a later axis would be shared by all the samples of the batch."""
+    past_batch = axis_past_batch(param)
+
+    def test(layer: Layer, net: Net) -> bool:
+        if len(layer.bottoms) == 1:
+            return past_batch(layer, net)
+        ndim = len(net.blobs[layer.bottoms[0]].shape)
+        return getattr(layer.param, param).axis in (0, -ndim)
+
+    return test
+
+
+@register("Scale", shape=shapes.scale_shapes, per_sample=_operand_per_sample("scale_param"))
 def convert_scale(layer: Layer, net: Net) -> nn.Module:
     """Scale: learned (one bottom, axis/num_axes) or bottom[1] broadcast from axis; opt. bias."""
     return _scale_or_bias(layer, net, is_scale=True)
 
 
-@register("Bias", shape=shapes.scale_shapes, per_sample=axis_past_batch("bias_param"))
+@register("Bias", shape=shapes.scale_shapes, per_sample=_operand_per_sample("bias_param"))
 def convert_bias(layer: Layer, net: Net) -> nn.Module:
     """Bias: learned (one bottom, axis/num_axes) or bottom[1] broadcast from axis."""
     return _scale_or_bias(layer, net, is_scale=False)

@@ -12,6 +12,7 @@ import torch
 
 from caffe_bridge import converters
 from caffe_bridge.build import build_module, convert
+from caffe_bridge.fast import fast_model
 from caffe_bridge.ir import load_net, with_weights
 from caffe_bridge.micro_batch import (
     MICRO_BATCH,
@@ -27,6 +28,7 @@ from tests.helpers.layer_check import layer_text, net_from_text, net_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 X4 = (1, 4, 6, 6)
+X2 = (2, 4, 6, 6)
 CONV = "convolution_param { num_output: 2 kernel_size: 3 }"
 DROPOUT = ('python_param { module: "spatial_dropout" layer: "SpatialDropoutLayer" '
            "param_str: \"{\\'phase\\': \\'TEST\\', \\'p\\': \\'0.1\\'}\" }")
@@ -80,24 +82,36 @@ PER_SAMPLE = {
     "Crop": ("Crop", "crop_param { offset: 1 }", (X4, (1, 4, 4, 4)), 1),
     "Reshape": ("Reshape", "reshape_param { shape { dim: 0 dim: -1 dim: 3 } }", (X4,), 1),
     "Permute": ("Permute", "permute_param { order: 0 order: 2 order: 3 order: 1 }", (X4,), 1),
+    "Reduction": ("Reduction", "reduction_param { operation: MEAN axis: 2 }", (X4,), 1),
+}
+# More parameters of declared types that keep the samples apart.
+PER_SAMPLE_TOO = {
+    # SE-BN-Inception's gates: bottom[1] holds one value per sample and channel, from axis 0.
+    "scale-by-bottom-from-axis-0": ("Scale", "scale_param { axis: 0 }", (X4, (1, 4)), 1),
+    "bias-by-bottom-from-axis-0": ("Bias", "bias_param { axis: 0 }", (X4, (1, 4, 6)), 1),
 }
 
-# Parameters that make a declared type mix the samples of a batch (never split).
+# Parameters that make a declared type mix the samples of a batch (never split); bottom
+# shapes as given (a batch of 2).
 MIXING = {
-    "softmax-axis-0": ("Softmax", "softmax_param { axis: 0 }", (X4,)),
+    "softmax-axis-0": ("Softmax", "softmax_param { axis: 0 }", (X2,)),
     "inner-product-axis-0": ("InnerProduct", "inner_product_param { num_output: 3 axis: 0 }",
-                             (X4,)),
-    "concat-dim-0": ("Concat", "concat_param { concat_dim: 0 }", (X4, X4)),
-    "concat-axis-minus-4": ("Concat", "concat_param { axis: -4 }", (X4, X4)),
-    "slice-dim-0": ("Slice", "slice_param { slice_dim: 0 }", ((2, 4, 6, 6),)),
-    "flatten-axis-0": ("Flatten", "flatten_param { axis: 0 }", (X4,)),
-    "crop-axis-0": ("Crop", "crop_param { axis: 0 }", (X4, (1, 4, 4, 4))),
-    "reshape-infers-batch": ("Reshape", "reshape_param { shape { dim: -1 dim: 48 } }", (X4,)),
-    "permute-batch-moved": ("Permute", "permute_param { order: 1 order: 0 }", (X4,)),
+                             (X2,)),
+    "concat-dim-0": ("Concat", "concat_param { concat_dim: 0 }", (X2, X2)),
+    "concat-axis-minus-4": ("Concat", "concat_param { axis: -4 }", (X2, X2)),
+    "slice-dim-0": ("Slice", "slice_param { slice_dim: 0 }", (X2,)),
+    "flatten-axis-0": ("Flatten", "flatten_param { axis: 0 }", (X2,)),
+    "crop-axis-0": ("Crop", "crop_param { axis: 0 }", (X2, (2, 4, 4, 4))),
+    "reshape-infers-batch": ("Reshape", "reshape_param { shape { dim: -1 dim: 48 } }", (X2,)),
+    "permute-batch-moved": ("Permute", "permute_param { order: 1 order: 0 }", (X2,)),
     "batch-norm-batch-stats": ("BatchNorm", "batch_norm_param { use_global_stats: false }",
-                               (X4,)),
-    "scale-axis-0": ("Scale", "scale_param { axis: 0 num_axes: 1 }", (X4,)),
-    "undeclared-type": ("PriorBox", "prior_box_param { min_size: 2 }", (X4, (1, 3, 12, 12))),
+                               (X2,)),
+    "scale-axis-0": ("Scale", "scale_param { axis: 0 num_axes: 1 }", (X2,)),
+    "scale-by-bottom-from-axis-1": ("Scale", "scale_param { axis: 1 }", (X2, (4, 6))),
+    "reduction-default-axis-0": ("Reduction", "", (X2,)),
+    "reshape-fixed-batch-1": ("Reshape", "reshape_param { shape { dim: 1 dim: 2 dim: -1 } }",
+                              (X2,)),
+    "undeclared-type": ("PriorBox", "prior_box_param { min_size: 2 }", (X2, (2, 3, 12, 12))),
 }
 
 
@@ -117,11 +131,11 @@ def test_every_declared_type_is_checked_here() -> None:
     assert declared == set(PER_SAMPLE)
 
 
-@pytest.mark.parametrize("key", sorted(PER_SAMPLE))
+@pytest.mark.parametrize("key", sorted(PER_SAMPLE) + sorted(PER_SAMPLE_TOO))
 def test_declared_layers_compute_each_sample_alone(key: str) -> None:
     """Caffe's result (the numpy reference) for a batch of 3 is the results of the samples
     run one at a time, so a part of the batch may run alone."""
-    type_, body, shapes, tops = PER_SAMPLE[key]
+    type_, body, shapes, tops = {**PER_SAMPLE, **PER_SAMPLE_TOO}[key]
     one = net_from_text(_text(type_, body, shapes, tops))
     three = net_from_text(_text(type_, body, shapes, tops, batch=3))
     assert converters.REGISTRY.per_sample(_layer(three), three)
@@ -138,7 +152,7 @@ def test_declared_layers_compute_each_sample_alone(key: str) -> None:
 @pytest.mark.parametrize("key", sorted(MIXING))
 def test_layers_that_mix_samples_are_not_declared(key: str) -> None:
     type_, body, shapes = MIXING[key]
-    net = net_from_text(_text(type_, body, shapes, 1, batch=2))
+    net = net_from_text(net_text(layer_text(type_, body, n_bottoms=len(shapes)), *shapes))
     assert not converters.REGISTRY.per_sample(_layer(net), net)
     assert part_limit(net, converters.REGISTRY.per_sample) == 0
 
@@ -165,11 +179,23 @@ def test_part_size_keeps_the_largest_blob_within_the_cache(channels: int, side: 
     assert part_limit(net, converters.REGISTRY.per_sample) == part
 
 
-def test_se_resnet50_runs_in_parts_of_four_in_the_fast_form_only() -> None:
-    net = load_net(FIXTURES / "senet" / "SE-ResNet-50.prototxt")
+SENETS = ("SE-ResNet-50", "SE-ResNet-101", "SE-ResNet-152", "SE-ResNeXt-50", "SE-ResNeXt-101",
+          "SENet-154", "SE-BN-Inception")
+
+
+@pytest.mark.parametrize("name", SENETS)
+def test_every_senet_runs_in_parts_of_four(name: str) -> None:
+    """SE-BN-Inception gates with a two-bottom Scale from axis 0 (one gate per sample), which
+    keeps the samples apart; the other SENets with Axpy."""
+    net = load_net(FIXTURES / "senet" / f"{name}.prototxt")
     assert part_limit(net, converters.REGISTRY.per_sample) == 4
+
+
+def test_only_the_fast_form_runs_in_parts() -> None:
+    net = load_net(FIXTURES / "senet" / "SE-ResNet-50.prototxt")
     exact = build_module(net)
     assert exact.meta[PART_LIMIT] == 4 and exact.meta.get(MICRO_BATCH, 0) == 0
+    assert fast_model(exact).meta[MICRO_BATCH] == 4
 
 
 def test_run_in_parts_slices_every_input_and_joins_every_output() -> None:
