@@ -123,26 +123,36 @@ def _stored_stats(blobs: list[torch.Tensor], eps: float) -> nn.Module:
     return bn
 
 
+def _variant(layer: Layer) -> str:
+    return bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
+
+
+def batch_statistics(layer: Layer) -> bool:
+    """Whether this BN normalises with the statistics of the batch it is given at test time
+    (SegNet's ``bn_mode: LEARN``, the initial PSPNet variant without ``moving_average``), so
+    mixing the samples of a batch; the other variants apply stored statistics."""
+    kind, bp = _variant(layer), layer.param.bn_param
+    if kind == SEGNET:
+        return bp.bn_mode != INFERENCE
+    return kind == INITIAL and not bp.moving_average
+
+
 @register("BN", shape=bn_shape,
-          fork="hszhao/PSPNet, yjxiong/caffe, alexgkendall/caffe-segnet, TimoSaemann/caffe-enet")
+          fork="hszhao/PSPNet, yjxiong/caffe, alexgkendall/caffe-segnet, TimoSaemann/caffe-enet",
+          per_sample=lambda layer, net: not batch_statistics(layer))
 def convert_bn(layer: Layer, net: Net) -> nn.Module:
     """BN of the forks (PSPNet/TSN, SegNet/ENet incl. bn_mode LEARN, PSPNet initial commit)."""
-    kind = bn_variant(layer.param, len(layer.blobs) if layer.blobs else None)
-    bp = layer.param.bn_param
+    kind, bp = _variant(layer), layer.param.bn_param
     axis = bp.axis if kind == INITIAL else 1
-    shape = tuple(layer.param_shapes[0])
-    blobs = _blobs(layer, kind, shape)
-    if kind == PSPNET:
-        return _stored_stats(blobs, bp.eps)
-    if kind == SEGNET and bp.bn_mode == INFERENCE:
+    blobs = _blobs(layer, kind, tuple(layer.param_shapes[0]))
+    if batch_statistics(layer):
+        eps, moments = (SEGNET_EPS, True) if kind == SEGNET else (bp.var_eps, False)
+        return BatchStatNorm(blobs[0], blobs[1], eps, axis, moments=moments)
+    if kind == SEGNET:  # bn_mode: INFERENCE
         return ChannelAffine(*blobs)
-    if kind == SEGNET:
-        return BatchStatNorm(blobs[0], blobs[1], SEGNET_EPS, 1, moments=True)
-    if bp.moving_average and axis == 1:
-        return _stored_stats(blobs, bp.var_eps)
-    if bp.moving_average:
+    if axis != 1:
         raise UnsupportedLayerError("BN with axis 2 and moving_average is not converted")
-    return BatchStatNorm(blobs[0], blobs[1], bp.var_eps, axis, moments=False)
+    return _stored_stats(blobs, bp.eps if kind == PSPNET else bp.var_eps)
 
 
 class MeanVarNorm(nn.Module):

@@ -83,9 +83,13 @@ PER_SAMPLE = {
     "Reshape": ("Reshape", "reshape_param { shape { dim: 0 dim: -1 dim: 3 } }", (X4,), 1),
     "Permute": ("Permute", "permute_param { order: 0 order: 2 order: 3 order: 1 }", (X4,), 1),
     "Reduction": ("Reduction", "reduction_param { operation: MEAN axis: 2 }", (X4,), 1),
+    "BN": ("BN", "bn_param { eps: 1e-5 }", (X4,), 1),  # PSPNet's: stored statistics
 }
 # More parameters of declared types that keep the samples apart.
 PER_SAMPLE_TOO = {
+    "bn-segnet-inference": ("BN", "bn_param { bn_mode: INFERENCE }", (X4,), 1),
+    "bn-initial-moving-average": ("BN", "bn_param { moving_average: true var_eps: 1e-3 }",
+                                  (X4,), 1),
     # SE-BN-Inception's gates: bottom[1] holds one value per sample and channel, from axis 0.
     "scale-by-bottom-from-axis-0": ("Scale", "scale_param { axis: 0 }", (X4, (1, 4)), 1),
     "bias-by-bottom-from-axis-0": ("Bias", "bias_param { axis: 0 }", (X4, (1, 4, 6)), 1),
@@ -111,6 +115,8 @@ MIXING = {
     "reduction-default-axis-0": ("Reduction", "", (X2,)),
     "reshape-fixed-batch-1": ("Reshape", "reshape_param { shape { dim: 1 dim: 2 dim: -1 } }",
                               (X2,)),
+    "bn-segnet-learn": ("BN", "bn_param { bn_mode: LEARN }", (X2,)),
+    "bn-initial-batch-stats": ("BN", "bn_param { var_eps: 1e-3 }", (X2,)),
     "undeclared-type": ("PriorBox", "prior_box_param { min_size: 2 }", (X2, (2, 3, 12, 12))),
 }
 
