@@ -488,14 +488,20 @@ def flatten_shapes(p: pb_message.Message, ins: Sequence[Shape]) -> LayerShapes:
     return LayerShapes(((*x[:start], _count(x[start: end + 1]), *x[end + 1:]),))
 
 
+def reshape_start(rp: pb_message.Message, x: Shape) -> int:
+    """The first axis of bottom shape ``x`` a Reshape replaces (``axis``; -1: after the last)."""
+    start = rp.axis + len(x) + 1 if rp.axis < 0 else rp.axis
+    if not 0 <= start <= len(x):
+        raise ShapeRuleError(f"reshape axis {rp.axis} out of range for {x}")
+    return start
+
+
 def reshape_target(p: pb_message.Message, x: Shape) -> Shape:
     """Caffe's Reshape: 0 copies the bottom dim at that position, one -1 is inferred."""
     rp = p.reshape_param
     dims = [int(d) for d in rp.shape.dim]
     ndim = len(x)
-    start = rp.axis + ndim + 1 if rp.axis < 0 else rp.axis
-    if not 0 <= start <= ndim:
-        raise ShapeRuleError(f"reshape axis {rp.axis} out of range for {x}")
+    start = reshape_start(rp, x)
     if rp.num_axes == -1:
         end = ndim
     else:

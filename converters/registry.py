@@ -25,7 +25,7 @@ from caffe_bridge.errors import (
     UnsupportedLayerError,
 )
 from caffe_bridge.ir import Blob, Layer, Net, SourceLoc
-from caffe_bridge.shapes import LayerShapes, Rule, Shape, ShapeRuleError
+from caffe_bridge.shapes import LayerShapes, Rule, Shape, ShapeRuleError, canonical_axis
 
 Converter = Callable[[Layer, Net], nn.Module]
 # Whether sample i of every top depends on sample i of the bottoms alone (axis 0 is the batch
@@ -204,8 +204,10 @@ def axis_past_batch(param: str, legacy: str | None = None) -> Callable[[Layer, N
     def test(layer: Layer, net: Net) -> bool:
         p = getattr(layer.param, param)
         axis = getattr(p, legacy) if legacy and p.HasField(legacy) else p.axis
-        ndim = len(net.blobs[layer.bottoms[0]].shape)
-        return -ndim <= axis < ndim and axis % ndim != 0
+        try:
+            return canonical_axis(axis, len(net.blobs[layer.bottoms[0]].shape)) != 0
+        except ShapeRuleError:  # out of range: nothing is declared
+            return False
 
     return test
 

@@ -107,7 +107,7 @@ class Reshape(nn.Module):
 def _keeps_batch(layer: Layer, net: Net) -> bool:
     """Reshape's per-sample test: axis 0 is outside the reshaped span or copied (``0``)."""
     rp = layer.param.reshape_param
-    start = rp.axis + len(net.blobs[layer.bottoms[0]].shape) + 1 if rp.axis < 0 else rp.axis
+    start = shapes.reshape_start(rp, net.blobs[layer.bottoms[0]].shape)
     return start > 0 or (len(rp.shape.dim) > 0 and rp.shape.dim[0] == 0)
 
 
@@ -119,7 +119,7 @@ def convert_reshape(layer: Layer, net: Net) -> nn.Module:
     rp = layer.param.reshape_param
     spec = [int(d) for d in rp.shape.dim]
     ndim = len(x)
-    start = rp.axis + ndim + 1 if rp.axis < 0 else rp.axis  # validated by reshape_target
+    start = shapes.reshape_start(rp, x)
     end = ndim if rp.num_axes == -1 else start + rp.num_axes
     copied = [(i, i) for i in range(start)]
     copied += [(start + i, start + i) for i, d in enumerate(spec) if d == 0]
